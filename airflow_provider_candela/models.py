@@ -1,0 +1,271 @@
+"""The Candela Sessions API wire format (Gen A), as pydantic v2 models.
+
+This module is the one definition of the wire format in the package: the hook parses responses
+into these models and serialises requests from them, the operators push their JSON form through
+XCom, and the emulator validates its requests and builds its responses with them.
+
+JSON field names are exactly those on the wire.  Response models ignore unknown fields (a newer
+server may add some); request models are built by our own code and serialised with
+``model_dump(mode="json", exclude_none=True)`` (the SDK omits unset keys too).
+
+This module must not import Airflow: the emulator uses it without Airflow installed in the loop.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import IntEnum
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "EVENT_TYPES",
+    "CircuitDTO",
+    "DevSessionStartRequest",
+    "Directive",
+    "Event",
+    "HTTPValidationError",
+    "ObjectId",
+    "ObjectMetadata",
+    "Session",
+    "SessionStartRequest",
+    "SlotData",
+    "SlotState",
+    "SubmitPrompt",
+    "TokenResponse",
+    "ToolModule",
+    "ValidationErrorItem",
+]
+
+#: Default scope used by Candela when a request gives none.
+DEFAULT_SCOPE: Final = "default"
+
+#: Event types a Gen A server may stream from ``/session/agent_submit``.
+EVENT_TYPES: Final = frozenset({"user", "chat", "intent", "info", "wait", "sys", "result"})
+
+# Scopes and identifiers: letters, digits, '-', '_' and '.', not starting with '.' or '-'.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
+# Versions: semver-like ("1.0.0", "0.0.1-rc.1+build").
+_VERSION = r"[A-Za-z0-9][A-Za-z0-9.+\-]*"
+_NAME_RE: Final = re.compile(rf"^{_NAME}$")
+_VERSION_RE: Final = re.compile(rf"^{_VERSION}$")
+_SHORT_FORM_RE: Final = re.compile(rf"^(?P<scope>{_NAME})/(?P<identifier>{_NAME})(?::(?P<version>{_VERSION}))?$")
+
+
+class _Wire(BaseModel):
+    """Base of every wire model: unknown fields are tolerated and dropped."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class ObjectId(_Wire):
+    """Identity of a Candela object (app, model, circuit, directive, session ...).
+
+    ``version`` is a semver-like string; ``None`` means "the latest".  The short form
+    ``scope/identifier:version`` (version optional) is accepted by :meth:`parse` and produced by
+    ``str()``.
+    """
+
+    scope: str
+    identifier: str
+    version: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ObjectId:
+        """Parse ``scope/identifier`` or ``scope/identifier:version``.
+
+        :raises ValueError: with the expected form in the message when ``text`` does not match.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"expected a 'scope/identifier:version' string, got {type(text).__name__}")
+        match = _SHORT_FORM_RE.match(text.strip())
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not of the form 'scope/identifier' or 'scope/identifier:version' "
+                "(letters, digits, '-', '_' and '.'; e.g. 'default/demo-pipeline:1.0.0')"
+            )
+        return cls(scope=match["scope"], identifier=match["identifier"], version=match["version"])
+
+    def __str__(self) -> str:
+        base = f"{self.scope}/{self.identifier}"
+        return f"{base}:{self.version}" if self.version else base
+
+    def validate_names(self) -> ObjectId:
+        """Check scope, identifier and version are well formed; return self.
+
+        Wire parsing is lenient (a server may use names we do not expect); inputs from DAG
+        authors are checked with this before any request.
+
+        :raises ValueError: naming the part that is malformed.
+        """
+        for part in ("scope", "identifier"):
+            value = getattr(self, part)
+            if not isinstance(value, str) or not _NAME_RE.match(value):
+                raise ValueError(
+                    f"{part} {value!r} is not valid: use letters, digits, '-', '_' and '.', "
+                    "and start with a letter, digit or '_'"
+                )
+        if self.version is not None and not _VERSION_RE.match(self.version):
+            raise ValueError(f"version {self.version!r} is not valid: use a semver-like string such as '1.0.0'")
+        return self
+
+
+class ObjectMetadata(_Wire):
+    """What ``start_session`` returns and what ``list_sessions`` lists: the XCom currency."""
+
+    obj_id: ObjectId
+    domain: str
+    created_by: str
+    created_at: datetime
+    description: str | None = None
+
+
+class Session(_Wire):
+    """A stored session, as returned by ``GET /sessions/``.  ``app`` is null for dev sessions."""
+
+    app: ObjectId | None
+    model_cfg: ObjectId
+    host_id: str
+    parent_session: ObjectId | None = None
+    circuit_override: ObjectId | None = None
+    directive_override: ObjectId | None = None
+    dev_session: bool | None = None
+
+
+class SessionStartRequest(_Wire):
+    """Body of ``POST /session``: start an app (agent or pipeline) with a model."""
+
+    app: ObjectId
+    model_cfg: ObjectId
+    scope: str | None = None
+    parent_session: ObjectId | None = None
+    circuit_override: ObjectId | None = None
+    directive_override: ObjectId | None = None
+
+
+class CircuitDTO(BaseModel):
+    """A circuit sent inline by a dev session.  Validated at the top level only: ``first`` names
+    the entry node and ``nodes`` maps node ids to node objects (kept as opaque JSON)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    first: str = Field(min_length=1)
+    nodes: dict[str, dict[str, Any]]
+
+    @field_validator("nodes")
+    @classmethod
+    def _first_node_exists(cls, nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not nodes:
+            raise ValueError("a circuit needs at least one node")
+        return nodes
+
+
+class Directive(BaseModel):
+    """A directive sent inline by a dev session (validated at the top level; extra keys kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    point: str | None = None
+    hide: bool | None = None
+    identity: str | None = None
+    purpose: str | None = None
+    style: str | None = None
+    restriction: list[str] | None = None
+    context_vals: dict[str, str] | None = None
+
+
+class ToolModule(BaseModel):
+    """Python source of tool classes for a dev session."""
+
+    model_config = ConfigDict(extra="allow")
+
+    content: str
+
+
+class DevSessionStartRequest(_Wire):
+    """Body of ``POST /session/dev``: run an inline circuit and directive with a model."""
+
+    model_id: ObjectId
+    circuit: CircuitDTO
+    directive: Directive
+    scope: str | None = None
+    parent_session: ObjectId | None = None
+    tool_module_override: ToolModule | None = None
+
+
+class SubmitPrompt(_Wire):
+    """Body of ``POST /session/pipeline_submit`` and ``POST /session/agent_submit``."""
+
+    prompt: str
+    session_id: str
+    scope: str = DEFAULT_SCOPE
+
+
+class Event(_Wire):
+    """One line of the agent NDJSON stream.
+
+    ``event_type`` is one of :data:`EVENT_TYPES` on a Gen A server; other values are kept (not
+    rejected) so that a newer server does not break a running DAG.  For ``result`` events,
+    ``content`` is itself a JSON string ``{"content_type": ..., "content": ...}``.
+    """
+
+    event_type: str
+    content: str
+
+
+class SlotState(IntEnum):
+    """Lifecycle of a user's slot (``GET /slot/state``); sessions run only on HOST_READY."""
+
+    START_REQUEST = 0
+    NODE_STARTING = 1
+    HOST_STARTING = 2
+    HOST_READY = 3
+    STOPPING = 4
+    HOST_DISPOSED = 5
+    ERRORED = 6
+    HOST_GONE = 7
+    HOST_IDLE = 8
+
+
+class SlotData(_Wire):
+    """``GET /slot/metadata``: the slot bound to the calling user."""
+
+    slot_id: str
+    slot_type: str
+    domain: str
+    state: int | None = None
+    assigned_to: str | None = None
+    url: str | None = None
+    created: datetime | None = None
+    assigned: datetime | None = None
+    disposed: datetime | None = None
+    ready: datetime | None = None
+
+
+class ValidationErrorItem(_Wire):
+    """One entry of a FastAPI 422 body."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class HTTPValidationError(_Wire):
+    """A FastAPI 422 body: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``."""
+
+    detail: list[ValidationErrorItem] | None = None
+
+    def lines(self) -> list[str]:
+        """One ``loc.path: msg`` line per error, e.g. ``body.app.identifier: Field required``."""
+        return [".".join(str(part) for part in item.loc) + f": {item.msg}" for item in self.detail or []]
+
+
+class TokenResponse(_Wire):
+    """Body of a successful ``POST <token_url>`` (password or refresh grant)."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int = 3600
+    token_type: str = "Bearer"
