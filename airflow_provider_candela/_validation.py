@@ -1,0 +1,235 @@
+"""Argument coercion shared by the operators, the sensor and the trigger.
+
+DAG authors pass ids in several forms (an :class:`~airflow_provider_candela.models.ObjectId`, a
+dict, an ``ObjectMetadata`` dict pulled from XCom, or the short form ``scope/identifier:version``);
+these helpers turn them into models and raise :class:`CandelaInputError` with a message that names
+the argument, the task and the fix.
+
+Values that are still templates (``"{{ ... }}"``) or ``XComArg`` objects at DAG parse time are not
+checked at construction (:func:`is_resolved` tells); the operators check them again at execute,
+after rendering.
+
+Import-cheap: pydantic models and the exception module only, no hook and no ``requests``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from airflow_provider_candela.exceptions import CandelaInputError
+from airflow_provider_candela.models import DEFAULT_SCOPE, ObjectId, ObjectMetadata
+
+__all__ = [
+    "coerce_object_id",
+    "coerce_older_than",
+    "coerce_optional_name",
+    "coerce_session",
+    "is_resolved",
+    "require_text",
+    "session_ids",
+]
+
+_ID_FORMS = (
+    "an ObjectId, a dict {'scope': ..., 'identifier': ..., 'version': ...}, an ObjectMetadata dict "
+    "(e.g. the XCom of a start task) or a 'scope/identifier:version' string such as 'default/my-app:1.0.0'"
+)
+_PLAIN = (str, int, float, bool, timedelta, ObjectId, ObjectMetadata, type(None))
+_DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days?|hours?|minutes?|seconds?)?\s*$")
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def _shorten(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_resolved(value: Any) -> bool:
+    """Whether ``value`` is a plain value that can be validated now (at DAG parse time).
+
+    ``False`` for Jinja templates (strings containing ``{{`` or ``{%``), ``XComArg`` objects and
+    containers holding any of them: those are rendered by Airflow just before ``execute``.
+    """
+    if isinstance(value, str):
+        return "{{" not in value and "{%" not in value
+    if isinstance(value, Mapping):
+        return all(is_resolved(k) and is_resolved(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(is_resolved(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _parse_structured_text(text: str) -> Any:
+    """A dict rendered by Jinja (``"{'scope': ...}"``) or JSON text back into a dict."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+        raise ValueError(f"{text!r} looks like a dict but could not be parsed ({err})") from None
+
+
+def coerce_object_id(value: Any, *, argument: str, task_id: str) -> ObjectId:
+    """Turn any accepted id form into a validated :class:`ObjectId`.
+
+    :param value: an ``ObjectId``, an ``ObjectMetadata`` (or its dict), a ``{scope, identifier,
+        version}`` dict, or a ``scope/identifier[:version]`` string (a JSON or Python-literal dict
+        rendered by a template is accepted too).
+    :param argument: name of the operator argument, for the error message.
+    :param task_id: the task, for the error message.
+    :raises CandelaInputError: naming the argument, the task and the accepted forms.
+    """
+    try:
+        parsed: Any = value
+        if isinstance(parsed, str) and parsed.strip().startswith("{"):
+            parsed = _parse_structured_text(parsed.strip())
+        if isinstance(parsed, ObjectMetadata):
+            parsed = parsed.obj_id
+        if isinstance(parsed, ObjectId):
+            return ObjectId(scope=parsed.scope, identifier=parsed.identifier, version=parsed.version).validate_names()
+        if isinstance(parsed, str):
+            return ObjectId.parse(parsed).validate_names()
+        if isinstance(parsed, Mapping):
+            data = dict(parsed)
+            if "obj_id" in data:  # an ObjectMetadata dict, e.g. the XCom of a start task
+                data = data["obj_id"]
+                if isinstance(data, ObjectId):
+                    return coerce_object_id(data, argument=argument, task_id=task_id)
+                if not isinstance(data, Mapping):
+                    raise ValueError(f"'obj_id' must be a dict, got {type(data).__name__}")
+                data = dict(data)
+            unknown = sorted(set(data) - {"scope", "identifier", "version"})
+            if unknown:
+                raise ValueError(f"unexpected keys {unknown}")
+            if data.get("version") == "":
+                data["version"] = None
+            return ObjectId.model_validate(data).validate_names()
+        raise ValueError(f"got a {type(value).__name__}")
+    except (ValueError, TypeError, ValidationError) as err:
+        reason = _reason(err)
+        raise CandelaInputError(
+            f"Invalid `{argument}` for task '{task_id}': {reason}. Pass {_ID_FORMS} (got {_shorten(value)})."
+        ) from None
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors(include_url=False)
+        )
+    return str(err)
+
+
+def coerce_session(
+    session: Any, *, session_id: str | None, scope: str | None, task_id: str, argument: str = "session"
+) -> ObjectId:
+    """The session a prompt/stop/delete/sensor task works on.
+
+    Either ``session`` (any form accepted by :func:`coerce_object_id`, typically ``start.output``)
+    or ``session_id`` (the session identifier) plus an optional ``scope`` (default ``"default"``).
+
+    :raises CandelaInputError: when neither or both are given, or a value is malformed.
+    """
+    if session is not None and session_id:
+        raise CandelaInputError(
+            f"Task '{task_id}' got both `{argument}` and `session_id`: pass one of them "
+            f"(`{argument}=start.output` or `session_id=...` with `scope=...`)."
+        )
+    if session is not None:
+        oid = coerce_object_id(session, argument=argument, task_id=task_id)
+        if scope and scope != oid.scope:
+            raise CandelaInputError(
+                f"Task '{task_id}': `scope`={scope!r} contradicts the scope of `{argument}` ({oid.scope!r}). "
+                f"Drop `scope` or make them equal."
+            )
+        return oid
+    if session_id:
+        if not isinstance(session_id, str):
+            raise CandelaInputError(
+                f"Invalid `session_id` for task '{task_id}': expected the session identifier as a string, "
+                f"got {type(session_id).__name__} ({_shorten(session_id)})."
+            )
+        if scope is not None and not isinstance(scope, str):
+            raise CandelaInputError(
+                f"Invalid `scope` for task '{task_id}': expected a string, got {type(scope).__name__}."
+            )
+        try:
+            return ObjectId(scope=scope or DEFAULT_SCOPE, identifier=session_id.strip()).validate_names()
+        except ValueError as err:
+            raise CandelaInputError(
+                f"Invalid `session_id`/`scope` for task '{task_id}': {err} (got session_id={session_id!r}, "
+                f"scope={scope!r})."
+            ) from None
+    raise CandelaInputError(
+        f"Task '{task_id}' needs a session: pass `{argument}=start.output` (the XCom of a "
+        "CandelaStartSessionOperator), or `session_id='<identifier>'` (and `scope=` when not 'default')."
+    )
+
+
+def session_ids(oid: ObjectId) -> dict[str, Any]:
+    """The JSON form of a session id, as put in XCom and events."""
+    return oid.model_dump(mode="json")
+
+
+def require_text(value: Any, *, argument: str, task_id: str) -> str:
+    """A non-empty string argument (e.g. ``prompt``).
+
+    :raises CandelaInputError: when ``value`` is not a string or is blank.
+    """
+    if not isinstance(value, str):
+        raise CandelaInputError(
+            f"Invalid `{argument}` for task '{task_id}': expected a string, got {type(value).__name__} "
+            f"({_shorten(value)})."
+        )
+    if not value.strip():
+        raise CandelaInputError(f"Invalid `{argument}` for task '{task_id}': it is empty. Pass a non-empty string.")
+    return value
+
+
+def coerce_optional_name(value: Any, *, argument: str, task_id: str) -> str | None:
+    """An optional scope / user name / identifier prefix: ``None``, or a non-blank string."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise CandelaInputError(
+            f"Invalid `{argument}` for task '{task_id}': expected a string, got {type(value).__name__} "
+            f"({_shorten(value)})."
+        )
+    return value.strip()
+
+
+def coerce_older_than(value: Any, *, task_id: str, argument: str = "older_than") -> timedelta | None:
+    """A minimum session age for cleanup.
+
+    Accepts a ``timedelta``, a number of **seconds**, or a string: a number of seconds (``"3600"``)
+    or a number with a unit (``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2 days"``), as a template
+    may render.
+
+    :raises CandelaInputError: naming the argument, the task and the accepted forms.
+    """
+    if value is None or value == "":
+        return None
+    seconds: float | None = None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value.lower())
+        if match:
+            unit = (match["unit"] or "s")[0]
+            seconds = float(match["number"]) * _UNIT_SECONDS[unit]
+    if seconds is None or seconds < 0:
+        raise CandelaInputError(
+            f"Invalid `{argument}` for task '{task_id}': {_shorten(value)} is not a non-negative duration. "
+            "Pass a timedelta, a number of seconds, or a string such as '7d', '12h', '30m' or '3600'."
+        )
+    return timedelta(seconds=seconds)

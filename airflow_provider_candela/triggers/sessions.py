@@ -1,0 +1,162 @@
+"""Candela triggers: wait for a session to exist without holding a worker slot.
+
+The trigger reuses the synchronous :class:`~airflow_provider_candela.hooks.candela.CandelaHook` (one
+hook per trigger run) and runs each of its calls in a worker thread through
+``asgiref.sync.sync_to_async(..., thread_sensitive=False)``, so the triggerer's event loop never
+blocks.  ``sync_to_async`` (rather than a bare ``asyncio.to_thread``) matters on Airflow 3: the
+hook's connection lookup talks to the triggerer's supervisor, and asgiref records the main event
+loop in the worker thread so that the lookup is bridged back to it (the way
+``airflow.providers.common.compat.connection.get_async_connection`` reads connections).
+
+Only identifiers, the connection id and the timing are serialized; never credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_candela.models import ObjectId
+
+if TYPE_CHECKING:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+__all__ = ["CandelaSessionExistsTrigger"]
+
+_T = TypeVar("_T")
+
+
+async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking hook call in a worker thread, triggerer-safe (see the module docstring)."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(func, thread_sensitive=False)(*args)
+
+
+def _event(payload: dict[str, Any]) -> TriggerEvent:
+    return TriggerEvent(payload)  # type: ignore[no-untyped-call]
+
+
+class CandelaSessionExistsTrigger(BaseTrigger):
+    """Poll Candela until a session exists, then fire one event.
+
+    Events (``TriggerEvent.payload``):
+
+    * ``{"status": "success", "message": ..., "session": <ObjectMetadata dict>}``
+    * ``{"status": "timeout", "message": ..., "session": {"scope", "identifier", "version"}}``
+    * ``{"status": "error", "message": ..., "session": {"scope", "identifier", "version"}}``
+
+    :param scope: scope of the awaited session.
+    :param identifier: identifier of the awaited session.
+    :param version: version of the awaited session (``None``: any version).
+    :param candela_conn_id: the Airflow connection of type ``candela`` to use.
+    :param poll_interval: seconds between two checks.
+    :param timeout: seconds to wait before firing a ``timeout`` event (``None``: no limit).  Turned
+        into an absolute ``end_time`` so that a trigger moved to another triggerer keeps its deadline.
+    :param end_time: absolute deadline (seconds since the epoch); wins over ``timeout``.
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        identifier: str,
+        version: str | None = None,
+        *,
+        candela_conn_id: str = "candela_default",
+        poll_interval: float = 60.0,
+        timeout: float | None = None,
+        end_time: float | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.scope = scope
+        self.identifier = identifier
+        self.version = version
+        self.candela_conn_id = candela_conn_id
+        self.poll_interval = float(poll_interval)
+        if end_time is None and timeout is not None:
+            end_time = time.time() + float(timeout)
+        self.end_time = end_time
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and JSON-safe kwargs: ids, conn id and timing only (no credentials)."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "scope": self.scope,
+                "identifier": self.identifier,
+                "version": self.version,
+                "candela_conn_id": self.candela_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+            },
+        )
+
+    @property
+    def _session_id(self) -> ObjectId:
+        return ObjectId(scope=self.scope, identifier=self.identifier, version=self.version)
+
+    def _make_hook(self) -> CandelaHook:
+        """Create the hook and read the connection (runs in a worker thread)."""
+        from airflow_provider_candela.hooks.candela import CandelaHook
+
+        hook = CandelaHook(candela_conn_id=self.candela_conn_id)
+        hook.get_conn()  # the connection lookup happens here, off the event loop
+        return hook
+
+    @staticmethod
+    def _metadata(hook: CandelaHook, oid: ObjectId) -> dict[str, Any]:
+        """The session's ObjectMetadata dict, or its ids when the metadata call fails."""
+        try:
+            found: dict[str, Any] = hook.get_session_metadata(oid).model_dump(mode="json")
+        except Exception:
+            return oid.model_dump(mode="json")
+        return found
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Check every ``poll_interval`` seconds until the session exists or ``end_time`` passes."""
+        oid = self._session_id
+        ids = oid.model_dump(mode="json")
+        hook: CandelaHook | None = None
+        checks = 0
+        try:
+            live = hook = await _in_thread(self._make_hook)
+            while True:
+                checks += 1
+                if await _in_thread(live.session_exists, oid):
+                    session = await _in_thread(self._metadata, live, oid)
+                    self.log.info("Candela session %s exists (check %d).", oid, checks)
+                    yield _event({"status": "success", "message": f"Candela session {oid} exists.", "session": session})
+                    return
+                remaining = None if self.end_time is None else self.end_time - time.time()
+                if remaining is not None and remaining <= 0:
+                    yield _event(
+                        {
+                            "status": "timeout",
+                            "message": f"Candela session {oid} did not appear before the deadline "
+                            f"({checks} checks, every {self.poll_interval:g} s).",
+                            "session": ids,
+                        }
+                    )
+                    return
+                self.log.debug("Candela session %s does not exist yet (check %d).", oid, checks)
+                await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            yield _event(
+                {
+                    "status": "error",
+                    "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",
+                    "session": ids,
+                }
+            )
+        finally:
+            if hook is not None:
+                try:
+                    await _in_thread(hook.close)
+                except Exception as err:  # closing is best effort
+                    self.log.debug("Closing the Candela hook failed: %s", err)
