@@ -38,8 +38,8 @@ CONN_FIELDS: Final[dict[str, dict[str, Any]]] = {
     },
     "access_token": {
         "label": "Personal Access Token",
-        "description": "When set, used as the bearer token and no OAuth2 grant is made.",
-        "placeholder": "personal access token (optional)",
+        "description": "Optional. When set, used as the bearer token and no OAuth2 grant is made.",
+        "placeholder": "optional",
         "schema": {"type": ["string", "null"], "format": "password"},
     },
     "app_name": {
@@ -51,13 +51,13 @@ CONN_FIELDS: Final[dict[str, dict[str, Any]]] = {
     "verify": {
         "label": "Verify TLS",
         "description": "true (default), false, or the path of a CA bundle file.",
-        "placeholder": "true | false | /path/to/ca-bundle.pem",
+        "placeholder": "/path/to/ca-bundle.pem",
         "schema": {"type": ["string", "null"]},
     },
     "proxy": {
         "label": "Proxy URL",
         "description": "HTTP(S) proxy for every call, e.g. http://proxy.example:3128.",
-        "placeholder": "http://proxy:3128",
+        "placeholder": "http://proxy.example:3128",
         "schema": {"type": ["string", "null"]},
     },
     "timeout": {
@@ -99,10 +99,23 @@ UI_FIELD_BEHAVIOUR: Final[dict[str, Any]] = {
 }
 
 
+def _description_with_placeholder(field: dict[str, Any]) -> str:
+    """The field's description, ending with its placeholder as an example unless that adds nothing.
+
+    Airflow 3's React form renders an extra field as label (``schema.title``), input and description
+    only: it shows no placeholder, so the example would otherwise be lost there.
+    """
+    description: str = field["description"]
+    placeholder: str | None = field.get("placeholder")
+    if not placeholder or placeholder.lower() in f"{field['label']} {description}".lower():
+        return description
+    return f"{description} Example: {placeholder}"
+
+
 def _conn_fields_for_provider_info() -> dict[str, dict[str, Any]]:
     """``conn-fields`` in the provider-info schema (label, description, schema only)."""
     return {
-        name: {"label": f["label"], "description": f["description"], "schema": f["schema"]}
+        name: {"label": f["label"], "description": _description_with_placeholder(f), "schema": f["schema"]}
         for name, f in CONN_FIELDS.items()
     }
 
