@@ -1,0 +1,104 @@
+# airflow-provider-candela: developer and CI entry points.
+#
+#   make venv       .venv (Airflow 3.3 + the provider, editable, with the dev extra)
+#   make test       lint + format check + mypy --strict + pytest on Airflow 3.3 + pytest on Airflow 2.11
+#   make demo       every example DAG run with `airflow dags test` against the local Candela emulator
+#   make lint       ruff check + ruff format --check
+#   make typecheck  mypy --strict on the package
+#   make clean      remove the virtual environments and caches
+#
+# Everything is installed with uv (installed with pip when absent). A venv is rebuilt only when
+# pyproject.toml or the pins below change (a stamp file inside the venv is keyed on both).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+UV ?= $(PYTHON) -m uv
+export UV
+# uv must never download a Python of its own: use the machine's python3.
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+
+VENV := .venv
+VENV_AF2 := .venv-af2
+
+# common-compat >= 1.22: the first release whose `airflow.providers.common.compat.sdk` exports every name the
+# provider imports (`mask_secret` arrived in 1.22, `conf` in 1.12; 1.7.x has no `sdk` module at all).
+COMPAT_REQ := "apache-airflow-providers-common-compat>=1.22"
+
+# Airflow 3.3 (latest 3.3.x): the main development and test environment.
+AF3_REQS := "apache-airflow==3.3.*" $(COMPAT_REQ)
+
+# Airflow 2.11 (latest 2.11.x), second environment for the operator, hook and example-DAG tests.
+AF2_REQS := "apache-airflow==2.11.*" $(COMPAT_REQ)
+
+PYTEST_AF2_DIRS := tests/operators tests/sensors tests/triggers tests/e2e tests/hooks
+
+STAMP_KEY := $(shell (cat pyproject.toml; echo '$(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
+VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)
+VENV_AF2_STAMP := $(VENV_AF2)/.installed-$(STAMP_KEY)
+
+define section
+	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
+endef
+
+.PHONY: venv venv-af2 uv test test-py3 test-af2 lint typecheck demo bench clean
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || { echo "uv not found: installing it with pip"; $(PYTHON) -m pip install -q uv; }
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): | uv
+	$(call section,venv: $(VENV) with Airflow 3.3 and the provider (editable with the dev extra))
+	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	@rm -f $(VENV)/.installed-*
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e ".[dev]" $(AF3_REQS)
+	@touch $@
+
+venv-af2: $(VENV_AF2_STAMP)
+
+$(VENV_AF2_STAMP): | uv
+	$(call section,venv: $(VENV_AF2) with Airflow 2.11 and the provider (editable with the dev extra))
+	@test -x $(VENV_AF2)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV_AF2)
+	@rm -f $(VENV_AF2)/.installed-*
+	VIRTUAL_ENV=$(VENV_AF2) $(UV) pip install -q -e ".[dev]" $(AF2_REQS)
+	@touch $@
+
+lint: venv
+	$(call section,ruff check)
+	$(VENV)/bin/ruff check .
+	$(call section,ruff format --check)
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(call section,mypy --strict airflow_provider_candela/)
+	$(VENV)/bin/mypy airflow_provider_candela
+
+test-py3: venv
+	$(call section,pytest on Airflow $$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'))
+	$(VENV)/bin/python -m pytest tests
+
+test-af2: venv-af2
+	$(call section,pytest on Airflow $$($(VENV_AF2)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') ($(PYTEST_AF2_DIRS)))
+	@dirs=""; for d in $(PYTEST_AF2_DIRS); do [ -d "$$d" ] && dirs="$$dirs $$d"; done; \
+	if [ -z "$$dirs" ]; then echo "no Airflow 2.11 test directories yet"; exit 1; fi; \
+	echo "$(VENV_AF2)/bin/python -m pytest$$dirs"; \
+	$(VENV_AF2)/bin/python -m pytest $$dirs
+
+test: lint typecheck test-py3 test-af2
+	$(call section,make test: all green)
+
+demo: venv
+	$(call section,demo: example_dags/ run against the Candela emulator)
+	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags example_dags
+
+bench:
+	@echo "make bench: not available yet"
+
+clean:
+	rm -rf $(VENV) $(VENV_AF2) .venv-sdk .mypy_cache .ruff_cache .pytest_cache
+	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
