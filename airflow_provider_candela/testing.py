@@ -1,0 +1,307 @@
+"""Run the Candela emulator from tests (a pytest plugin) or scripts.
+
+``CandelaEmulator`` starts ``python -m airflow_provider_candela.emulator`` as a subprocess on a free
+loopback port and drives its ``/_emulator/`` controls.  The pytest fixtures (registered through the
+``pytest11`` entry point, so they are available in every pytest run once the package is installed):
+
+* ``candela_emulator_server`` (session scope): one emulator process for the whole run;
+* ``candela_emulator`` (function scope): the same server, reset (sessions, slots, tokens, faults,
+  statistics) and with its start-up config restored;
+* ``candela_connection`` (function scope): sets ``AIRFLOW_CONN_CANDELA_DEFAULT`` to a connection
+  pointing at the emulator and yields the connection id ``"candela_default"``.
+
+This module is imported by every pytest run: it imports only the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from types import TracebackType
+from typing import IO, Any, Final
+
+__all__ = [
+    "CandelaEmulator",
+    "CandelaEmulatorError",
+    "candela_connection",
+    "candela_emulator",
+    "candela_emulator_server",
+]
+
+_READY_PREFIX: Final = "Candela emulator listening on "
+_DEFAULTS: Final[dict[str, Any]] = {
+    "host": "127.0.0.1",
+    "username": "demo",
+    "password": "demo-password",
+    "client_id": "demo-client",
+    "client_secret": "demo-client-secret",
+    "access_token": "demo-pat",
+    "domain": "demo",
+}
+_RESTORABLE: Final = ("token_ttl", "slot_startup_seconds", "event_delay", "agent_chat_events")
+_RESTORE_DEFAULTS: Final[dict[str, Any]] = {
+    "token_ttl": 3600.0,
+    "slot_startup_seconds": 0.3,
+    "event_delay": 0.0,
+    "agent_chat_events": None,
+}
+
+
+class CandelaEmulatorError(RuntimeError):
+    """The emulator did not start, or a control call failed."""
+
+
+class CandelaEmulator:
+    """A Candela emulator subprocess on a loopback port.
+
+    Keyword arguments are the command-line flags with ``_`` for ``-`` (``token_ttl=1``,
+    ``slot_startup_seconds=0``, ``catalog="catalog.json"``, ``fault=[{...}]`` ...); ``port=None``
+    (the default) picks a free port.  Use as a context manager or call :meth:`start` /
+    :meth:`stop`::
+
+        with CandelaEmulator(token_ttl=5) as emulator:
+            print(emulator.url, emulator.token_url, emulator.username, emulator.password)
+    """
+
+    def __init__(self, *, startup_timeout: float = 20.0, **flags: Any) -> None:
+        self.flags: dict[str, Any] = {**_DEFAULTS, **flags}
+        self.startup_timeout = startup_timeout
+        self.host: str = str(self.flags["host"])
+        self.username: str = str(self.flags["username"])
+        self.password: str = str(self.flags["password"])
+        self.client_id: str = str(self.flags["client_id"])
+        self.client_secret: str = str(self.flags["client_secret"])
+        self.access_token: str | None = self.flags["access_token"] or None
+        self.port: int | None = flags.get("port")
+        self.url = ""
+        self.token_url = ""
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def _command(self, port: int) -> list[str]:
+        cmd = [sys.executable, "-m", "airflow_provider_candela.emulator"]
+        for name, value in self.flags.items():
+            if name == "port" or value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if name in ("fault", "faults"):
+                for fault in value if isinstance(value, list | tuple) else [value]:
+                    cmd += ["--fault", fault if isinstance(fault, str) else json.dumps(fault)]
+            elif name == "catalog" and isinstance(value, dict):
+                with tempfile.NamedTemporaryFile(
+                    "w", suffix=".json", prefix="candela-catalog-", delete=False
+                ) as handle:
+                    json.dump(value, handle)
+                cmd += [flag, handle.name]
+            else:
+                cmd += [flag, str(value)]
+        cmd += ["--port", str(port)]
+        return cmd
+
+    @property
+    def running(self) -> bool:
+        """True while the subprocess is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> CandelaEmulator:
+        """Start the subprocess and wait until it answers; returns self."""
+        if self.running:
+            return self
+        self._stderr = tempfile.TemporaryFile("w+", prefix="candela-emulator-stderr-")  # noqa: SIM115 (closed in stop)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._process = subprocess.Popen(
+            self._command(self.port if self.port is not None else 0),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        url = self._read_url()
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+        self.token_url = f"{url}/oauth2/token"
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                self._control("GET", "/_emulator/config", timeout=2.0)
+                return self
+            except (OSError, CandelaEmulatorError):
+                if time.monotonic() > deadline or not self.running:
+                    self.stop()
+                    raise CandelaEmulatorError(f"the Candela emulator at {url} did not answer") from None
+                time.sleep(0.02)
+
+    def _read_url(self) -> str:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        stdout = process.stdout
+        found: list[str] = []
+        ready = threading.Event()
+
+        def reader() -> None:
+            for line in stdout:
+                if not found and line.startswith(_READY_PREFIX):
+                    found.append(line[len(_READY_PREFIX) :].strip())
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=reader, name="candela-emulator-stdout", daemon=True).start()
+        if not ready.wait(self.startup_timeout) or not found:
+            error = self._stderr_text()
+            self.stop()
+            raise CandelaEmulatorError(
+                f"the Candela emulator did not start within {self.startup_timeout:.0f} s "
+                f"(command: {' '.join(process.args)}); stderr:\n{error}"  # type: ignore[arg-type]
+            )
+        return found[0]
+
+    def _stderr_text(self) -> str:
+        if self._stderr is None:
+            return ""
+        try:
+            self._stderr.seek(0)
+            return self._stderr.read()[-4000:]
+        except (OSError, ValueError):
+            return ""
+
+    def stop(self) -> None:
+        """Stop the subprocess (SIGTERM, then SIGKILL after 5 s).  Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+            if process.stdout is not None:
+                process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def restart(self) -> CandelaEmulator:
+        """Stop and start again on the same port (state is lost, as after a server restart)."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> CandelaEmulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ controls
+    def _control(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise CandelaEmulatorError(f"{method} {path} failed with HTTP {exc.code}: {detail}") from None
+        return json.loads(raw) if raw else None
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /_emulator/stats``: requests per route and status, token grants, TCP connections ..."""
+        result: dict[str, Any] = self._control("GET", "/_emulator/stats")
+        return result
+
+    def reset(self) -> None:
+        """Forget sessions, slots, tokens, faults and statistics (users and config stay)."""
+        self._control("POST", "/_emulator/reset")
+
+    def add_fault(self, **fault: Any) -> None:
+        """Inject a fault, e.g. ``add_fault(match="POST /session", status=503, retry_after="1")``."""
+        self._control("POST", "/_emulator/faults", fault)
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The active faults with their remaining counts."""
+        result: list[dict[str, Any]] = self._control("GET", "/_emulator/faults")
+        return result
+
+    def clear_faults(self) -> None:
+        self._control("DELETE", "/_emulator/faults")
+
+    def expire_tokens(self) -> None:
+        """Invalidate every access token issued so far (refresh tokens and the PAT stay valid)."""
+        self._control("POST", "/_emulator/expire_tokens")
+
+    def configure(self, **config: Any) -> dict[str, Any]:
+        """Change ``event_delay``, ``token_ttl``, ``slot_startup_seconds`` or ``agent_chat_events``."""
+        result: dict[str, Any] = self._control("PATCH", "/_emulator/config", config)
+        return result
+
+    def add_user(self, username: str, password: str) -> None:
+        """Add (or change the password of) a user; every user has their own slot."""
+        self._control("POST", "/_emulator/users", {"username": username, "password": password})
+
+    def restore_config(self) -> None:
+        """Put back the config the emulator was started with."""
+        self.configure(**{key: self.flags.get(key, _RESTORE_DEFAULTS[key]) for key in _RESTORABLE})
+
+    # ------------------------------------------------------------------ Airflow connection
+    def connection_extra(self, pat: bool = False) -> dict[str, Any]:
+        """The ``extra`` of a Candela connection to this emulator (OAuth2 client, or the PAT)."""
+        if pat:
+            return {"access_token": self.access_token}
+        return {"token_url": self.token_url, "client_id": self.client_id, "client_secret": self.client_secret}
+
+    def connection_json(self, pat: bool = False, **extra_overrides: Any) -> str:
+        """JSON for ``AIRFLOW_CONN_CANDELA_DEFAULT`` (conn_type candela, host = the API URL)."""
+        conn: dict[str, Any] = {"conn_type": "candela", "host": self.url}
+        if not pat:
+            conn["login"] = self.username
+            conn["password"] = self.password
+        conn["extra"] = {**self.connection_extra(pat), **extra_overrides}
+        return json.dumps(conn)
+
+    def __repr__(self) -> str:
+        return f"CandelaEmulator(url={self.url!r}, running={self.running})"
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - usable without pytest
+    pass
+else:
+
+    @pytest.fixture(scope="session")
+    def candela_emulator_server() -> Iterator[CandelaEmulator]:
+        """One Candela emulator subprocess for the whole test session."""
+        emulator = CandelaEmulator().start()
+        try:
+            yield emulator
+        finally:
+            emulator.stop()
+
+    @pytest.fixture
+    def candela_emulator(candela_emulator_server: CandelaEmulator) -> Iterator[CandelaEmulator]:
+        """The session's emulator, reset to a clean state (restarted if a test stopped it)."""
+        if not candela_emulator_server.running:
+            candela_emulator_server.start()
+        candela_emulator_server.reset()
+        candela_emulator_server.restore_config()
+        yield candela_emulator_server
+
+    @pytest.fixture
+    def candela_connection(candela_emulator: CandelaEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+        """``AIRFLOW_CONN_CANDELA_DEFAULT`` pointing at the emulator; yields ``"candela_default"``."""
+        monkeypatch.setenv("AIRFLOW_CONN_CANDELA_DEFAULT", candela_emulator.connection_json())
+        yield "candela_default"
