@@ -1,0 +1,84 @@
+"""Fixtures of the browser test: Chromium, a real ``airflow api-server`` and a logged-in page.
+
+Chromium comes from Debian (installed with apt-get when ``/usr/bin/chromium`` is missing) and is
+driven by Playwright's Python package; no browser is downloaded. Every process started here is
+stopped here, by the process group of the child that was started.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from airflow_ui import CHROMIUM, CHROMIUM_ARGS, AirflowServer, ensure_chromium, ensure_playwright, start_airflow_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext, Page, Playwright
+
+OUTPUT_DIR = Path(__file__).with_name("output")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ui: browser tests of the Airflow UI (headless Chromium, airflow api-server)")
+
+
+@pytest.fixture(scope="session")
+def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
+    """A real Airflow 3 ``api-server`` (SQLite, temp AIRFLOW_HOME) for the whole session."""
+    server = start_airflow_server(tmp_path_factory.mktemp("airflow-ui-home"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    ensure_chromium()
+    ensure_playwright()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture
+def browser_context(playwright_driver: Playwright, tmp_path: Path) -> Iterator[BrowserContext]:
+    """Headless Debian Chromium with a fresh profile (its own ``--user-data-dir``) per test."""
+    context = playwright_driver.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1400, "height": 1100},
+    )
+    context.set_default_timeout(30_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def ui_output_dir(request: pytest.FixtureRequest) -> Path:
+    """``tests/ui/output/<test name>/`` (gitignored): screenshots to look at after the run."""
+    folder = OUTPUT_DIR / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser_context: BrowserContext, airflow_server: AirflowServer) -> Page:
+    """A page logged into the Airflow UI as the simple auth manager's admin user."""
+    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    page.goto(f"{airflow_server.url}/")
+    page.wait_for_url("**/auth/login**")
+    page.get_by_label("Username").fill(airflow_server.username)
+    page.get_by_label("Password").fill(airflow_server.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{airflow_server.url}/")
+    return page
