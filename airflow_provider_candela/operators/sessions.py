@@ -768,8 +768,9 @@ class CandelaStopSessionOperator(_CandelaOperator):
 class CandelaDeleteSessionOperator(_CandelaOperator):
     """Delete one stored session, or (cleanup mode) every stored session matching filters.
 
-    One session: pass ``session`` (``start.output``, an ``ObjectId``, dict or ``"scope/identifier:version"``)
-    or ``session_id`` (+ ``scope``, ``version``).  A session that does not exist is logged and skipped.
+    Given sessions: pass ``session`` (``start.output``, an ``ObjectId``, dict or
+    ``"scope/identifier:version"``, or a list of those) or ``session_id`` (+ ``scope``, ``version``).
+    A session that does not exist is logged and skipped.
 
     Cleanup mode (no session given): lists every stored session version and deletes those matching
     all the given filters; at least one filter is required.  ``older_than=0`` matches everything.
@@ -778,7 +779,7 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
     XCom return value: the list of deleted (with ``dry_run``: that would be deleted) ``ObjectMetadata``
     dicts.
 
-    :param session: the session to delete (templated).
+    :param session: the session to delete, or a list of sessions (templated).
     :param session_id: instead of ``session``: the session identifier (templated).
     :param scope: with ``session_id``: the session scope (default ``"default"``); in cleanup mode a filter
         (templated).
@@ -833,8 +834,8 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         ):
             self._plan()
 
-    def _plan(self) -> tuple[ObjectId | None, dict[str, Any]]:
-        """The single session to delete, or None and the cleanup filters; validates every argument."""
+    def _plan(self) -> tuple[list[ObjectId] | None, dict[str, Any]]:
+        """The sessions to delete, or None and the cleanup filters; validates every argument."""
         tid = self.task_id
         filters = {
             "older_than": coerce_older_than(self.older_than, task_id=tid),
@@ -851,9 +852,18 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
             if used:
                 raise CandelaInputError(
                     f"Task '{tid}' got a session to delete and the cleanup filter(s) {used}: pass either "
-                    "`session`/`session_id` (delete one session) or filters (cleanup mode), not both."
+                    "`session`/`session_id` (delete given sessions) or filters (cleanup mode), not both."
                 )
             session = self.session if self.session != "" else None
+            if isinstance(session, list | tuple):
+                if self.session_id or version:
+                    raise CandelaInputError(
+                        f"Task '{tid}': with a list of sessions in `session`, do not pass `session_id` or `version`."
+                    )
+                return [
+                    coerce_session(item, session_id=None, scope=scope, task_id=tid, argument=f"session[{i}]")
+                    for i, item in enumerate(session)
+                ], {}
             oid = coerce_session(session, session_id=self.session_id, scope=scope, task_id=tid)
             if version:
                 if oid.version and oid.version != version:
@@ -861,7 +871,7 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
                         f"Task '{tid}': `version`={version!r} contradicts the version of `session` ({oid.version!r})."
                     )
                 oid = ObjectId(scope=oid.scope, identifier=oid.identifier, version=version).validate_names()
-            return oid, {}
+            return [oid], {}
         if version:
             raise CandelaInputError(
                 f"Task '{tid}': `version` needs `session_id` (or `session`); in cleanup mode use the filters."
@@ -876,11 +886,11 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         return None, filters
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        """Delete the session or the matching sessions; return their metadata."""
-        oid, filters = self._plan()
+        """Delete the given sessions or the matching sessions; return their metadata."""
+        oids, filters = self._plan()
         try:
-            if oid is not None:
-                return self._delete_one(oid)
+            if oids is not None:
+                return [meta for oid in oids for meta in self._delete_one(oid)]
             return self._cleanup(filters)
         finally:
             self._close_hook()
