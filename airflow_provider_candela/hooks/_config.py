@@ -101,6 +101,10 @@ def _text(value: Any) -> str | None:
     return None
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def parse_extra(conn_id: str, extra: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """The connection extra as a dict with unprefixed keys (``extra__candela__x`` -> ``x``).
 
@@ -318,7 +322,7 @@ def load_config(
         if missing:
             raise _err(
                 conn_id,
-                f"cannot authenticate: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing. "
+                f"cannot authenticate: {_and(missing)} {'is' if len(missing) == 1 else 'are'} missing. "
                 "Set login, password and the extras token_url, client_id and client_secret (OAuth2 password "
                 "grant), or set the extra access_token to a personal access token",
             )

@@ -1,0 +1,53 @@
+"""Helpers of the hook tests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from airflow_provider_candela.hooks.candela import CandelaHook
+
+T = TypeVar("T")
+
+AGENT = "default/demo-agent"
+PIPELINE = "default/demo-pipeline"
+MODEL = "default/demo-model"
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        time.sleep(interval)
+
+
+def fast(hook: CandelaHook) -> CandelaHook:
+    """Short backoff waits so that retry tests run in milliseconds (Retry-After is still honoured)."""
+    hook.retry_wait_base = 0.01
+    hook.retry_wait_max = 0.05
+    return hook
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def requests_of(stats: dict[str, Any], route: str) -> dict[str, int]:
+    """``{"<status>": n}`` of one route in ``/_emulator/stats``."""
+    result: dict[str, int] = stats["requests"].get(route, {})
+    return result
+
+
+def conn_json(**fields: Any) -> str:
+    return json.dumps({"conn_type": "candela", **fields})
