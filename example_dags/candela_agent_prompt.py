@@ -76,5 +76,5 @@ with DAG(
 
     stop = CandelaStopSessionOperator(task_id="stop_session", session=start.output)
 
-    reported = report(answers)
+    reported = report(answers.output)
     start >> answers >> reported >> stop.as_teardown(setups=start)
