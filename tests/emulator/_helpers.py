@@ -81,10 +81,10 @@ class Api:
         assert self.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
         wait_until(lambda: self.get("/slot/state").json() == 3)
 
-    def start(self, app: dict[str, str] | None = None, **body: Any) -> requests.Response:
+    def start(self, app: dict[str, Any] | None = None, **body: Any) -> requests.Response:
         return self.post("/session", json={"app": app or AGENT, "model_cfg": MODEL, **body})
 
-    def started(self, app: dict[str, str] | None = None, **body: Any) -> dict[str, Any]:
+    def started(self, app: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
         response = self.start(app, **body)
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()

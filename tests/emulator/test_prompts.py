@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -15,8 +17,8 @@ from airflow_provider_candela.testing import CandelaEmulator
 from ._helpers import AGENT, PIPELINE, Api
 
 
-def submit(api: Api, kind: str, session_id: str, prompt: str, **kwargs: object) -> requests.Response:
-    return api.post(f"/session/{kind}_submit", json={"prompt": prompt, "session_id": session_id}, **kwargs)  # type: ignore[arg-type]
+def submit(api: Api, kind: str, session_id: str, prompt: str, **kwargs: Any) -> requests.Response:
+    return api.post(f"/session/{kind}_submit", json={"prompt": prompt, "session_id": session_id}, **kwargs)
 
 
 def events_of(response: requests.Response) -> list[Event]:
@@ -185,7 +187,7 @@ CATALOG = {
 
 
 @pytest.fixture(scope="module")
-def catalog_emulator() -> object:
+def catalog_emulator() -> Iterator[CandelaEmulator]:
     with CandelaEmulator(catalog=CATALOG, slot_startup_seconds=0) as emulator:
         yield emulator
 
