@@ -26,7 +26,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitPipelinePromptOperator,
 )
 
-START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 PIPELINE = "default/demo-pipeline:1.0.0"
 AGENT = "default/demo-agent"
 MODEL = {"scope": "default", "identifier": "demo-model"}
@@ -95,7 +95,7 @@ def test_templated_arguments_are_checked_at_execute_not_at_parse_time() -> None:
     assert start.app == "{{ params.app }}"
     assert set(prompt.template_fields) == {"session", "session_id", "scope", "prompt"}
     assert "older_than" in delete.template_fields
-    with pytest.raises(CandelaInputError, match="Invalid `app` for task 'start'.*got 'default/'"):
+    with pytest.raises(CandelaInputError, match=r"Invalid `app` for task 'start'.*got 'default/'"):
         start.app = "default/"
         start.execute(context={})  # type: ignore[arg-type]
 
@@ -201,9 +201,7 @@ def test_start_dev_session_then_stop_and_delete(candela: Any, dagrun: ModuleType
     assert stats["sessions_stored"] == 0
 
 
-def test_start_leaves_exactly_one_running_session_after_an_ambiguous_failure(
-    candela: Any, dagrun: ModuleType
-) -> None:
+def test_start_leaves_exactly_one_running_session_after_an_ambiguous_failure(candela: Any, dagrun: ModuleType) -> None:
     # The first start is applied by the server but its answer is lost; the task is also retried.
     candela.add_fault(match="POST /session", status=503, after=True, count=1)
     with _dag("op_start_retry") as dag:

@@ -1,0 +1,204 @@
+"""CandelaSessionExistsSensor in poke, reschedule and deferrable modes, run as real Airflow tasks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import DAG, AirflowSensorTimeout, AirflowSkipException
+
+from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
+from airflow_provider_candela.operators.sessions import CandelaStartSessionOperator
+from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
+from airflow_provider_candela.triggers.sessions import CandelaSessionExistsTrigger
+
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+AGENT = "default/demo-agent"
+MODEL = "default/demo-model"
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=START, catchup=False)
+
+
+def _start(**kwargs: Any) -> Any:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+    with CandelaHook() as hook:
+        hook.ensure_slot(timeout=10)
+        hook.stop_session()
+        return hook.start_session(AGENT, MODEL, **kwargs)
+
+
+@pytest.fixture
+def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """Record each trigger run (its serialized kwargs and the event it fired)."""
+    runs: list[dict[str, Any]] = []
+    original = CandelaSessionExistsTrigger.run
+
+    async def recording_run(self: CandelaSessionExistsTrigger) -> AsyncIterator[Any]:
+        record: dict[str, Any] = {"kwargs": self.serialize()[1], "events": []}
+        runs.append(record)
+        async for event in original(self):
+            record["events"].append(event.payload)
+            yield event
+
+    monkeypatch.setattr(CandelaSessionExistsTrigger, "run", recording_run)
+    yield runs
+
+
+def _in_background(target: Any) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _child_after(candela: Any, dagrun: ModuleType, parent: Any, checks: int) -> Any:
+    """Start a continuation of ``parent`` (same identifier, version 1.1.0) after ``checks`` existence checks."""
+
+    def run() -> None:
+        dagrun.wait_for(lambda: dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= checks, 60)
+        _start(parent_session=parent)
+
+    return _in_background(run)
+
+
+def test_poke_mode_returns_the_metadata_of_a_session_started_upstream(candela: Any, dagrun: ModuleType) -> None:
+    with _dag("sensor_poke") as dag:
+        start = CandelaStartSessionOperator(task_id="start", app=AGENT, model=MODEL)
+        wait = CandelaSessionExistsSensor(task_id="wait", session=start.output, poke_interval=0.2, timeout=30)
+        start >> wait
+    assert wait.mode == "poke"
+    assert not wait.deferrable
+    dr = dagrun.run_dag(dag)
+    assert dagrun.states(dr) == {"start": "success", "wait": "success"}
+    assert dagrun.xcom(dr, "wait") == dagrun.xcom(dr, "start")
+
+
+def test_reschedule_mode_waits_for_the_session_to_appear(candela: Any, dagrun: ModuleType) -> None:
+    parent = _start().obj_id
+    with _dag("sensor_reschedule") as dag:
+        CandelaSessionExistsSensor(
+            task_id="wait",
+            scope="{{ params.scope }}",
+            identifier=parent.identifier,
+            version="1.1.0",
+            params={"scope": parent.scope},
+            mode="reschedule",
+            poke_interval=0.5,
+            timeout=60,
+        )
+    thread = _child_after(candela, dagrun, parent, checks=1)
+    dr = dagrun.run_dag(dag)
+    thread.join(10)
+    assert dagrun.states(dr) == {"wait": "success"}
+    assert dagrun.xcom(dr, "wait")["obj_id"] == {
+        "scope": parent.scope,
+        "identifier": parent.identifier,
+        "version": "1.1.0",
+    }
+    assert dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 2
+    assert _reschedules(dr, "wait") >= 1  # the worker slot was released between checks
+
+
+def _reschedules(dag_run: Any, task_id: str) -> int:
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.utils.session import create_session
+
+    ti = dag_run.get_task_instance(task_id)
+    with create_session() as session:
+        query = session.query(TaskReschedule)
+        if hasattr(TaskReschedule, "ti_id"):  # Airflow 3
+            query = query.filter(TaskReschedule.ti_id == ti.id)
+        else:  # Airflow 2
+            query = query.filter_by(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id)
+        return int(query.count())
+
+
+def test_deferrable_mode_resumes_when_the_session_appears(
+    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
+) -> None:
+    parent = _start().obj_id
+    with _dag("sensor_deferrable") as dag:
+        CandelaSessionExistsSensor(
+            task_id="wait",
+            session=f"{parent.scope}/{parent.identifier}:1.1.0",
+            deferrable=True,
+            poke_interval=0.2,
+            timeout=60,
+        )
+    # one check by the sensor before deferring, then at least one by the trigger
+    thread = _child_after(candela, dagrun, parent, checks=2)
+    dr = dagrun.run_dag(dag)
+    thread.join(10)
+    assert dagrun.states(dr) == {"wait": "success"}
+    [run] = trigger_runs
+    assert run["kwargs"]["identifier"] == parent.identifier
+    assert run["kwargs"]["version"] == "1.1.0"
+    assert [e["status"] for e in run["events"]] == ["success"]
+    assert dagrun.xcom(dr, "wait") == run["events"][0]["session"]
+    assert dagrun.xcom(dr, "wait")["obj_id"]["version"] == "1.1.0"
+
+
+def test_deferrable_mode_does_not_defer_when_the_session_already_exists(
+    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
+) -> None:
+    started = _start()
+    with _dag("sensor_deferrable_exists") as dag:
+        CandelaSessionExistsSensor(task_id="wait", session=started.model_dump(mode="json"), deferrable=True)
+    dr = dagrun.run_dag(dag)
+    assert dagrun.states(dr) == {"wait": "success"}
+    assert trigger_runs == []
+    assert dagrun.xcom(dr, "wait") == started.model_dump(mode="json")
+
+
+def test_deferrable_mode_times_out_cleanly(
+    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
+) -> None:
+    with _dag("sensor_deferrable_timeout") as dag:
+        hard = CandelaSessionExistsSensor(
+            task_id="hard", identifier="never", deferrable=True, poke_interval=0.2, timeout=1
+        )
+        soft = CandelaSessionExistsSensor(
+            task_id="soft", identifier="never", deferrable=True, poke_interval=0.2, timeout=1, soft_fail=True
+        )
+        hard >> soft
+        soft.trigger_rule = "all_done"  # type: ignore[assignment]
+    dr = dagrun.run_dag(dag)
+    assert dagrun.states(dr) == {"hard": "failed", "soft": "skipped"}
+    assert [[e["status"] for e in run["events"]] for run in trigger_runs] == [["timeout"], ["timeout"]]
+    assert "default/never did not appear before the deadline" in trigger_runs[0]["events"][0]["message"]
+
+
+def test_execute_complete_validates_the_event() -> None:
+    with _dag("sensor_events"):
+        sensor = CandelaSessionExistsSensor(task_id="wait", identifier="s1")
+    session = {"obj_id": {"scope": "default", "identifier": "s1", "version": "1.0.0"}}
+    assert sensor.execute_complete({}, {"status": "success", "message": "ok", "session": session}) == session
+    with pytest.raises(AirflowSensorTimeout, match="timed out waiting for the Candela session: late"):
+        sensor.execute_complete({}, {"status": "timeout", "message": "late"})
+    with pytest.raises(CandelaError, match="could not check the Candela session: boom.*connection 'candela_default'"):
+        sensor.execute_complete({}, {"status": "error", "message": "boom"})
+    with pytest.raises(CandelaError, match="unexpected trigger event"):
+        sensor.execute_complete({}, {"status": "weird"})
+    with pytest.raises(CandelaError, match="unexpected trigger event"):
+        sensor.execute_complete({}, None)
+    sensor.soft_fail = True
+    with pytest.raises(AirflowSkipException):
+        sensor.execute_complete({}, {"status": "timeout", "message": "late"})
+
+
+def test_sensor_arguments_are_validated() -> None:
+    with _dag("sensor_args"):
+        with pytest.raises(CandelaInputError, match="needs a session to wait for"):
+            CandelaSessionExistsSensor(task_id="a")
+        with pytest.raises(CandelaInputError, match="both `session` and `identifier`"):
+            CandelaSessionExistsSensor(task_id="b", session="default/x", identifier="x")
+        with pytest.raises(CandelaInputError, match="Invalid `identifier` for task 'c'"):
+            CandelaSessionExistsSensor(task_id="c", identifier="bad id")
+        templated = CandelaSessionExistsSensor(task_id="d", session="{{ ti.xcom_pull('start') }}")
+    assert templated.template_fields == ("session", "scope", "identifier", "version")

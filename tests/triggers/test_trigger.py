@@ -1,0 +1,125 @@
+"""CandelaSessionExistsTrigger: run with asyncio against the emulator, and its serialization."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from airflow_provider_candela.triggers.sessions import CandelaSessionExistsTrigger
+
+
+def _events(trigger: CandelaSessionExistsTrigger, limit: float = 30.0) -> list[dict[str, Any]]:
+    """Run the trigger to its first event (as the triggerer would) and return the payloads."""
+
+    async def collect() -> list[dict[str, Any]]:
+        out = []
+        async for event in trigger.run():
+            out.append(event.payload)
+            break
+        return out
+
+    return asyncio.run(asyncio.wait_for(collect(), limit))
+
+
+def _start_session(scope: str | None = None) -> Any:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+    with CandelaHook() as hook:
+        hook.ensure_slot(timeout=10)
+        hook.stop_session()
+        return hook.start_session("default/demo-agent", "default/demo-model", scope=scope)
+
+
+def test_serialize_round_trip_carries_ids_and_timing_but_no_credentials(candela: Any) -> None:
+    trigger = CandelaSessionExistsTrigger("team", "session-1", "1.0.0", poll_interval=5, timeout=60)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
+    assert set(kwargs) == {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
+    text = json.dumps(kwargs)  # JSON-safe
+    for secret in (candela.password, candela.client_secret, candela.access_token, candela.username):
+        assert secret not in text
+    clone = CandelaSessionExistsTrigger(**kwargs)
+    assert clone.serialize() == (classpath, kwargs)  # the deadline is absolute: it survives a triggerer restart
+
+
+def test_fires_success_with_the_session_metadata(candela: Any) -> None:
+    started = _start_session(scope="team")
+    oid = started.obj_id
+    [event] = _events(CandelaSessionExistsTrigger(oid.scope, oid.identifier, None, poll_interval=0.1, timeout=10))
+    assert event["status"] == "success"
+    assert event["session"] == started.model_dump(mode="json")
+
+
+def test_polls_until_the_session_appears(candela: Any, dagrun: ModuleType) -> None:
+    # Candela names sessions itself; a continuation (parent_session) gets the parent's identifier
+    # and the next version, so the awaited name is known before it exists.
+    parent = _start_session().obj_id
+    awaited = (parent.scope, parent.identifier, "1.1.0")
+
+    def start_child_after_two_checks() -> None:
+        from airflow_provider_candela.hooks.candela import CandelaHook
+
+        dagrun.wait_for(lambda: dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 2)
+        with CandelaHook() as hook:
+            hook.stop_session()
+            hook.start_session("default/demo-agent", "default/demo-model", parent_session=parent)
+
+    thread = threading.Thread(target=start_child_after_two_checks)
+    thread.start()
+    try:
+        [event] = _events(CandelaSessionExistsTrigger(*awaited, poll_interval=0.1, timeout=20))
+    finally:
+        thread.join(30)
+    assert event["status"] == "success"
+    assert event["session"]["obj_id"] == dict(zip(("scope", "identifier", "version"), awaited, strict=True))
+    assert dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 3
+
+
+def test_times_out_with_a_clear_event(candela: Any, dagrun: ModuleType) -> None:
+    trigger = CandelaSessionExistsTrigger("default", "never", "1.0.0", poll_interval=0.2, timeout=0.7)
+    [event] = _events(trigger)
+    assert event["status"] == "timeout"
+    assert event["session"] == {"scope": "default", "identifier": "never", "version": "1.0.0"}
+    assert "default/never:1.0.0 did not appear before the deadline" in event["message"]
+    checks = dagrun.request_count(candela.stats(), "GET /sessions/exists", "200")
+    assert 3 <= checks <= 6  # polled every 0.2 s until the deadline, then stopped
+
+
+def test_reports_an_error_event_for_a_missing_connection(candela: Any) -> None:
+    trigger = CandelaSessionExistsTrigger("default", "x", candela_conn_id="no_such_conn", poll_interval=0.1)
+    [event] = _events(trigger)
+    assert event["status"] == "error"
+    assert "no_such_conn" in event["message"]
+    assert candela.stats()["requests_total"] == 0
+
+
+def test_reports_an_error_event_when_candela_keeps_failing(candela: Any) -> None:
+    candela.add_fault(match="GET /sessions/exists", status=403, count=-1)
+    [event] = _events(CandelaSessionExistsTrigger("default", "x", poll_interval=0.1, timeout=10))
+    assert event["status"] == "error"
+    assert "403" in event["message"]
+
+
+def test_cancelling_the_trigger_stops_polling(candela: Any, dagrun: ModuleType) -> None:
+    trigger = CandelaSessionExistsTrigger("default", "never", poll_interval=0.1, timeout=60)
+
+    async def run_then_cancel() -> None:
+        task = asyncio.ensure_future(_drain(trigger))
+        while dagrun.request_count(candela.stats(), "GET /sessions/exists") < 1:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    # The cancellation propagates (the trigger does not turn it into an error event).
+    asyncio.run(asyncio.wait_for(run_then_cancel(), 20))
+
+
+async def _drain(trigger: CandelaSessionExistsTrigger) -> None:
+    async for _ in trigger.run():
+        pass
