@@ -63,10 +63,16 @@ def agent_events(prompt: str, chat_events: int | None) -> Iterator[tuple[str, st
     Generated lazily, so a stream of 100,000 events never exists in memory at once.
     """
     words = _words(prompt)
-    count = chat_events if chat_events is not None else 3 + len(words) % 3
     yield "user", prompt
-    for i in range(count):
-        yield "chat", ("You asked:" if i == 0 else f" {words[(i - 1) % len(words)]}")
+    if chat_events is None:
+        # Default: a readable, deterministic answer that repeats the whole prompt, word by word.
+        yield "chat", "You asked:"
+        for word in words:
+            yield "chat", f" {word}"
+        yield "chat", f". This answer comes from the Candela emulator ({len(words)} words).\n"
+    else:
+        for i in range(chat_events):
+            yield "chat", ("You asked:" if i == 0 else f" {words[(i - 1) % len(words)]}")
     if wants_result(prompt):
         yield (
             "result",
