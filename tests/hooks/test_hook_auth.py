@@ -193,7 +193,7 @@ def test_tokens_are_masked_as_soon_as_obtained(hook: CandelaHook, emulator: Cand
 def test_personal_access_token_is_masked(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
     hook = make_hook(pat=True, extra={"access_token": "pat-value-for-masking-test"})
     assert "pat-value-for-masking-test" in str(redact("token pat-value-for-masking-test"))  # not known yet
-    hook.user_has_slot()
+    assert hook.config.uses_pat  # reading the connection registers its secrets
     assert "pat-value-for-masking-test" not in str(redact("token pat-value-for-masking-test"))
 
 
