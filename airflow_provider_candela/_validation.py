@@ -27,6 +27,7 @@ from airflow_provider_candela.exceptions import CandelaInputError
 from airflow_provider_candela.models import DEFAULT_SCOPE, ObjectId, ObjectMetadata
 
 __all__ = [
+    "coerce_bool",
     "coerce_object_id",
     "coerce_older_than",
     "coerce_optional_name",
@@ -204,6 +205,25 @@ def coerce_optional_name(value: Any, *, argument: str, task_id: str) -> str | No
             f"({_shorten(value)})."
         )
     return value.strip()
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0", "", "none"})
+
+
+def coerce_bool(value: Any, *, argument: str, task_id: str) -> bool:
+    """A flag given as a bool, or as text rendered by a template (``"True"``, ``"false"``, ``"1"`` ...).
+
+    :raises CandelaInputError: naming the argument, the task and the accepted values.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise CandelaInputError(
+        f"Invalid `{argument}` for task '{task_id}': expected True or False (or 'true'/'false' from a template), "
+        f"got {_shorten(value)}."
+    )
 
 
 def coerce_older_than(value: Any, *, task_id: str, argument: str = "older_than") -> timedelta | None:

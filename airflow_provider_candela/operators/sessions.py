@@ -25,6 +25,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, TriggerRule
 from pydantic import ValidationError
 
 from airflow_provider_candela._validation import (
+    coerce_bool,
     coerce_object_id,
     coerce_older_than,
     coerce_optional_name,
@@ -788,7 +789,8 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         of seconds, or ``"7d"``/``"12h"``/``"30m"``/``"45s"`` (templated).
     :param created_by: cleanup filter: sessions created by this user (templated).
     :param identifier_prefix: cleanup filter: sessions whose identifier starts with this (templated).
-    :param dry_run: only list (and log) what would be deleted.
+    :param dry_run: only list (and log) what would be deleted: a bool, or ``"true"``/``"false"`` from a
+        template (templated, as the attribute ``dry_run_flag``: ``BaseOperator.dry_run`` is a method).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     """
 
@@ -800,6 +802,7 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         "older_than",
         "created_by",
         "identifier_prefix",
+        "dry_run_flag",
     )
 
     def __init__(
@@ -812,11 +815,12 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         older_than: timedelta | float | str | None = None,
         created_by: str | None = None,
         identifier_prefix: str | None = None,
-        dry_run: bool = False,
+        dry_run: bool | str = False,
         candela_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(candela_conn_id=candela_conn_id, **kwargs)
+        self.is_dry_run = False
         self.session = session
         self.session_id = session_id
         self.scope = scope
@@ -824,11 +828,9 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         self.older_than = older_than
         self.created_by = created_by
         self.identifier_prefix = identifier_prefix
-        if not isinstance(dry_run, bool):
-            raise CandelaInputError(
-                f"Invalid `dry_run` for task '{self.task_id}': expected True or False, got {dry_run!r}."
-            )
-        self.is_dry_run = dry_run
+        # Stored under another name: ``BaseOperator.dry_run`` is a method.
+        self.dry_run_flag = dry_run
+        self._check_now(dry_run, lambda v: coerce_bool(v, argument="dry_run", task_id=self.task_id))
         if all(
             is_resolved(v) for v in (session, session_id, scope, version, older_than, created_by, identifier_prefix)
         ):
@@ -888,6 +890,7 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Delete the given sessions or the matching sessions; return their metadata."""
         oids, filters = self._plan()
+        self.is_dry_run = coerce_bool(self.dry_run_flag, argument="dry_run", task_id=self.task_id)
         try:
             if oids is not None:
                 return [meta for oid in oids for meta in self._delete_one(oid)]

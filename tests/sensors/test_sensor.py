@@ -181,7 +181,7 @@ def test_execute_complete_validates_the_event() -> None:
     assert sensor.execute_complete({}, {"status": "success", "message": "ok", "session": session}) == session
     with pytest.raises(AirflowSensorTimeout, match="timed out waiting for the Candela session: late"):
         sensor.execute_complete({}, {"status": "timeout", "message": "late"})
-    with pytest.raises(CandelaError, match="could not check the Candela session: boom.*connection 'candela_default'"):
+    with pytest.raises(CandelaError, match=r"could not check the Candela session: boom.*connection 'candela_default'"):
         sensor.execute_complete({}, {"status": "error", "message": "boom"})
     with pytest.raises(CandelaError, match="unexpected trigger event"):
         sensor.execute_complete({}, {"status": "weird"})

@@ -1,0 +1,133 @@
+"""Whole DAGs of Candela operators, run with ``dag.test()`` against the emulator.
+
+start >> pipeline prompt >> agent prompt >> stop (teardown) >> delete, checking what each task got
+through XCom; and a failing prompt whose session is still stopped by the teardown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import DAG, task
+
+from airflow_provider_candela.operators.sessions import (
+    CandelaDeleteSessionOperator,
+    CandelaStartSessionOperator,
+    CandelaStopSessionOperator,
+    CandelaSubmitAgentPromptOperator,
+    CandelaSubmitPipelinePromptOperator,
+)
+
+pytestmark = pytest.mark.e2e
+
+START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def dagrun(airflow_db: Path) -> ModuleType:
+    """The DAG-run helpers of tests/operators/dagrun.py (one module instance for all test dirs)."""
+    name = "candela_test_dagrun"
+    if name not in sys.modules:
+        path = Path(__file__).parents[1] / "operators" / "dagrun.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def candela(candela_emulator: Any, candela_connection: str) -> Any:
+    candela_emulator.configure(slot_startup_seconds=0)
+    return candela_emulator
+
+
+def _session_dag(dag_id: str, *, pipeline_prompt: str = "Summarise {{ params.topic }}") -> DAG:
+    """A pipeline session and an agent session (Candela runs one session per user at a time)."""
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False, params={"topic": "Q3 flows"}) as dag:
+        start_pipeline = CandelaStartSessionOperator(
+            task_id="start_pipeline", app="default/demo-pipeline", model="default/demo-model"
+        )
+        pipeline = CandelaSubmitPipelinePromptOperator(
+            task_id="pipeline_prompt", session=start_pipeline.output, prompt=pipeline_prompt
+        )
+        start_agent = CandelaStartSessionOperator(
+            task_id="start_agent",
+            app="default/demo-agent:1.0.0",
+            model={"scope": "default", "identifier": "demo-model"},
+        )
+        agent = CandelaSubmitAgentPromptOperator(
+            task_id="agent_prompt",
+            session=start_agent.output,
+            prompt="Turn this into a table: {{ ti.xcom_pull('pipeline_prompt')['metadata']['request_id'] }}",
+        )
+        stop = CandelaStopSessionOperator(task_id="stop", session=start_agent.output)
+        delete = CandelaDeleteSessionOperator(task_id="delete", session=[start_pipeline.output, start_agent.output])
+
+        @task
+        def received(pipeline_answer: dict[str, Any], agent_answer: dict[str, Any]) -> dict[str, Any]:
+            return {"pipeline": pipeline_answer, "agent": agent_answer}
+
+        start_pipeline >> pipeline >> start_agent >> agent
+        agent >> stop.as_teardown(setups=[start_pipeline, start_agent]) >> delete
+        received(pipeline.output, agent.output)
+    return dag
+
+
+def test_start_prompt_prompt_stop_delete_runs_green_and_passes_metadata_through_xcom(
+    candela: Any, dagrun: ModuleType
+) -> None:
+    dr = dagrun.run_dag(_session_dag("e2e_candela_sessions"))
+    assert set(dagrun.states(dr).values()) == {"success"}, dagrun.states(dr)
+    assert str(getattr(dr.state, "value", dr.state)) == "success"
+
+    pipeline_session = dagrun.xcom(dr, "start_pipeline")
+    agent_session = dagrun.xcom(dr, "start_agent")
+    for metadata in (pipeline_session, agent_session):
+        assert set(metadata) >= {"obj_id", "domain", "created_by", "created_at"}
+        assert metadata["created_by"] == candela.username
+
+    # What the downstream tasks received is exactly the start tasks' ObjectMetadata.
+    agent_answer = dagrun.xcom(dr, "agent_prompt")
+    assert agent_answer["session"] == agent_session["obj_id"]
+    assert agent_answer["event_counts"]["user"] == 1
+    assert agent_answer["event_counts"]["chat"] >= 1
+    assert agent_answer["results"][0]["content_type"] == "table"
+    assert agent_answer["response"]
+    assert "events" not in agent_answer  # XCom stays small unless asked
+
+    pipeline_answer = dagrun.xcom(dr, "pipeline_prompt")
+    assert pipeline_answer["metadata"]["request_id"]
+    assert dagrun.xcom(dr, "received") == {"pipeline": pipeline_answer, "agent": agent_answer}
+
+    assert dagrun.xcom(dr, "delete") == [pipeline_session, agent_session]
+    stats = candela.stats()
+    assert stats["running_sessions"].get(candela.username) is None
+    assert stats["sessions_stored"] == 0
+    assert stats["sessions_started"] == 2
+    # the prompts went to the sessions the start tasks created (the emulator checks the running one)
+    assert dagrun.request_count(stats, "POST /session/pipeline_submit", "200") == 1
+    assert dagrun.request_count(stats, "POST /session/agent_submit", "200") == 1
+
+
+def test_a_failing_prompt_still_stops_the_session_through_the_teardown(candela: Any, dagrun: ModuleType) -> None:
+    candela.add_fault(match="POST /session/agent_submit", status=400, body={"detail": "model overloaded"}, count=-1)
+    dr = dagrun.run_dag(_session_dag("e2e_candela_failing_prompt"))
+    states = dagrun.states(dr)
+    assert states["agent_prompt"] == "failed"
+    assert states["stop"] == "success"  # the teardown ran although its upstream failed
+    assert states["delete"] == "success"  # downstream of the teardown only: the cleanup goes on
+    assert str(getattr(dr.state, "value", dr.state)) == "failed"  # a teardown does not hide the failure
+    stats = candela.stats()
+    assert stats["running_sessions"].get(candela.username) is None
+    assert stats["sessions_started"] == 2
+    assert stats["sessions_stored"] == 0
+    assert dagrun.request_count(stats, "POST /session/agent_submit", "400") == 1  # failed once, not replayed
+    assert dagrun.request_count(stats, "GET /session/stop", "204") >= 1
