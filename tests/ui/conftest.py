@@ -65,7 +65,7 @@ def browser_context(playwright_driver: Playwright, tmp_path: Path) -> Iterator[B
 @pytest.fixture
 def ui_output_dir(request: pytest.FixtureRequest) -> Path:
     """``tests/ui/output/<test name>/`` (gitignored): screenshots to look at after the run."""
-    folder = OUTPUT_DIR / request.node.name
+    folder = OUTPUT_DIR / str(request.node.name)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder

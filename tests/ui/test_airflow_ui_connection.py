@@ -8,8 +8,10 @@ Candela emulator, whose credentials are random per run so that any leak is unamb
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from airflow_ui import AirflowServer, wait_for  # pytest puts this folder on sys
 from airflow_provider_candela.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page, Response
+    from playwright.sync_api import Locator, Page, Response, Route
 
     from airflow_provider_candela.testing import CandelaEmulator
 
@@ -81,16 +83,56 @@ def connection_row(page: Page, conn_id: str) -> Locator:
     return row
 
 
-def press_test(page: Page, conn_id: str) -> tuple[str, str]:
-    """Press the row's "Test Connection" button; return the toast's (title, description)."""
+#: Airflow 3.3.2's list-row "Test" button sends ``port: Number(null)`` = 0 for a connection with no
+#: port, and the API then refuses to reuse the stored secrets ("differs from the stored
+#: connection"): every port-less connection type fails with "Bad Request". Fixed upstream in
+#: apache/airflow#73298 (the API normalises port 0 like blank), not yet in a release.
+UPSTREAM_PORT_BUG = "The host or port to test differs from the stored connection"
+
+
+def _port_zero_as_blank(route: Route) -> None:
+    """Browser-side equivalent of apache/airflow#73298: send a port-less connection's port as null."""
+    body = route.request.post_data_json
+    if isinstance(body, dict) and body.get("port") == 0:
+        body["port"] = None
+    route.continue_(post_data=json.dumps(body))
+
+
+def _press_test_once(page: Page, conn_id: str, shot: Path) -> tuple[int, str, str, str]:
     page.goto(f"{page.url.split('/connections')[0]}/connections")
     toasts = page.locator("[data-scope=toast][data-part=root]")
     before = toasts.count()
-    connection_row(page, conn_id).get_by_role("button", name="Test Connection").click()
-    wait_for(lambda: toasts.count() > before, 60, f"the test result toast of {conn_id}")
+    button = connection_row(page, conn_id).get_by_role("button", name="Test Connection")
+    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test"), timeout=90_000) as info:
+        button.click()
+    response = info.value
+    wait_for(lambda: toasts.count() > before, 30, f"the test result toast of {conn_id}")
     toast = toasts.last
+    toast.screenshot(path=str(shot))  # also waits until the toast stops moving
     title = toast.locator("[data-part=title]").inner_text()
     description = toast.locator("[data-part=description]").inner_text()
+    return response.status, response.text(), title, description
+
+
+def press_test(page: Page, conn_id: str, shot: Path) -> tuple[str, str]:
+    """Press the row's "Test Connection" button; return the toast's (title, description).
+
+    The toast is saved as the screenshot ``shot``.
+
+    When the installed Airflow has the upstream port bug (and only then: the exact 400 is
+    checked), the test request is corrected in the browser, a warning says so, and it is
+    pressed again. Any other outcome is returned as it is.
+    """
+    status, body, title, description = _press_test_once(page, conn_id, shot)
+    if status == 400 and UPSTREAM_PORT_BUG in body:
+        warnings.warn(
+            f"Airflow's Test button sent port 0 for port-less {conn_id!r} and got 400 ({UPSTREAM_PORT_BUG}); "
+            "retrying with port null, as apache/airflow#73298 does server-side",
+            stacklevel=2,
+        )
+        page.route("**/api/v2/connections/test", _port_zero_as_blank)
+        status, body, title, description = _press_test_once(page, conn_id, shot)
+    assert status == 200, f"POST /api/v2/connections/test answered {status}: {body}"
     return title, description
 
 
@@ -111,6 +153,16 @@ def assert_not_shown(page: Page, secret_values: dict[str, str], where: str) -> N
         assert value not in html, f"{name} appears in the HTML of {where}"
         assert value not in text, f"{name} is shown in clear text on {where}"
         assert not any(value in v for v in values), f"{name} is the value of an input on {where}: {values}"
+
+
+def open_edit_dialog_checking_secrets(page: Page, conn_id: str, secret_values: dict[str, str]) -> Locator:
+    """Open the row's edit form, checking that no section of it shows a secret; return the dialog."""
+    connection_row(page, conn_id).get_by_role("button", name="Edit Connection").click()
+    dialog = page.get_by_role("dialog")
+    for section in ("Standard Fields", "Extra Fields", "Extra Fields JSON"):
+        open_section(dialog, section)
+        assert_not_shown(page, secret_values, f"the edit form of {conn_id} ({section})")
+    return dialog
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -162,8 +214,14 @@ def test_connection_save_test_edit_and_secrets(
     page: Page, airflow_server: AirflowServer, emulator: CandelaEmulator, ui_output_dir: Path
 ) -> None:
     """Fill the form for the emulator, save, Test (success), wrong password, Test (clear failure)."""
-    responses: list[Response] = []
-    page.on("response", responses.append)
+    received: list[tuple[str, str]] = []  # (request, body) of every JSON response the browser got
+
+    def record(response: Response) -> None:
+        if "json" in (response.headers.get("content-type") or ""):
+            received.append((f"{response.request.method} {response.url}", response.text()))
+
+    page.on("response", record)
+    assert emulator.access_token is not None
     wrong_password = f"wrong-{secrets.token_hex(8)}"
     secret_values = {
         "password": emulator.password,
@@ -189,34 +247,33 @@ def test_connection_save_test_edit_and_secrets(
     for shot in ("filled-form-standard.png", "filled-form-extra.png"):
         data = (ui_output_dir / shot).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, f"{shot} was not written"
+    with pytest.raises(AssertionError, match="password"):  # the detector sees a secret where there is one
+        assert_not_shown(page, {"password": emulator.password}, "the filled add form")
     save(dialog, page, OAUTH_CONN_ID)
 
     # 2. Test: success, through a real password grant at the emulator.
     grants_before = emulator.stats()["token_grants"]["password"]
-    title, description = press_test(page, OAUTH_CONN_ID)
+    title, description = press_test(page, OAUTH_CONN_ID, ui_output_dir / "test-success.png")
     assert title == "Test Connection Successful", f"{title}: {description}"
     assert emulator.stats()["token_grants"]["password"] > grants_before
-    page.screenshot(path=str(ui_output_dir / "test-success.png"))
 
     # 3. Nothing secret anywhere once saved: the list, and every section of the edit form.
     assert_not_shown(page, secret_values, "the connections list")
-    row = connection_row(page, OAUTH_CONN_ID)
-    row.get_by_role("button", name="Edit Connection").click()
-    dialog = page.get_by_role("dialog")
-    for section in ("Standard Fields", "Extra Fields", "Extra Fields JSON"):
-        open_section(dialog, section)
-        assert_not_shown(page, secret_values, f"the edit form ({section})")
+    dialog = open_edit_dialog_checking_secrets(page, OAUTH_CONN_ID, secret_values)
 
     # 4. Change the password in the edit form, save, Test: a clear failure.
     open_section(dialog, "Standard Fields")
     dialog.locator("[name=password]").fill(wrong_password)
     dialog.get_by_role("button", name="Save").click()
     dialog.wait_for(state="hidden")
-    title, description = press_test(page, OAUTH_CONN_ID)
-    page.screenshot(path=str(ui_output_dir / "test-failure.png"))
+    title, description = press_test(page, OAUTH_CONN_ID, ui_output_dir / "test-failure.png")
+    (ui_output_dir / "test-failure.txt").write_text(f"{title}\n{description}\n")
     assert title == "Test Connection Failed", f"{title}: {description}"
-    assert re.search(r"401|invalid_grant|credential|password", description, re.IGNORECASE), description
-    assert wrong_password not in description
+    # It names what failed (the token endpoint, kept through the edit although the form showed it masked)
+    # and why, and leaks no secret.
+    assert emulator.token_url in description, description
+    assert re.search(r"invalid_grant|credential|password", description, re.IGNORECASE), description
+    assert_not_shown(page, secret_values, "the failed test's message")
 
     # 5. A personal-access-token connection (no OAuth2 fields) tests green too.
     dialog = open_add_dialog(page, airflow_server, "Candela")
@@ -226,17 +283,16 @@ def test_connection_save_test_edit_and_secrets(
     open_section(dialog, "Extra Fields")
     dialog.locator("[name=element_access_token]").fill(emulator.access_token)
     save(dialog, page, PAT_CONN_ID)
-    title, description = press_test(page, PAT_CONN_ID)
+    title, description = press_test(page, PAT_CONN_ID, ui_output_dir / "test-success-pat.png")
     assert title == "Test Connection Successful", f"{title}: {description}"
     assert_not_shown(page, secret_values, "the connections list")
+    open_edit_dialog_checking_secrets(page, PAT_CONN_ID, secret_values)
 
     # 6. No secret in anything the server sent to the browser (API and UI JSON responses).
-    for response in responses:
-        if "json" not in (response.headers.get("content-type") or ""):
-            continue
-        body = response.text()
+    assert any("/api/v2/connections" in request for request, _ in received), "no API response was recorded"
+    for request, body in received:
         for name, value in secret_values.items():
-            assert value not in body, f"{name} sent to the browser by {response.request.method} {response.url}"
+            assert value not in body, f"{name} sent to the browser in the response to {request}"
 
     # 7. The CLI sees the provider and both saved connections.
     providers = airflow_server.cli("providers", "list", "--output", "json")
@@ -248,8 +304,6 @@ def test_connection_save_test_edit_and_secrets(
 
 
 def _json_list(text: str) -> list[dict[str, Any]]:
-    import json
-
     start = text.index("[")
     data: list[dict[str, Any]] = json.loads(text[start:])
     return data
