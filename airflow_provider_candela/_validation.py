@@ -18,7 +18,7 @@ import ast
 import json
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,7 +41,7 @@ _ID_FORMS = (
     "an ObjectId, a dict {'scope': ..., 'identifier': ..., 'version': ...}, an ObjectMetadata dict "
     "(e.g. the XCom of a start task) or a 'scope/identifier:version' string such as 'default/my-app:1.0.0'"
 )
-_PLAIN = (str, int, float, bool, timedelta, ObjectId, ObjectMetadata, type(None))
+_PLAIN = (str, int, float, bool, datetime, timedelta, ObjectId, ObjectMetadata, type(None))
 _DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days?|hours?|minutes?|seconds?)?\s*$")
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 

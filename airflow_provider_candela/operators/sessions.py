@@ -542,7 +542,13 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), oid)
         transcript = AgentTranscript(self.log.info, keep_events=self.return_events)
         try:
-            transcript.consume(self.hook.submit_prompt_to_agent(oid.identifier, prompt, scope=oid.scope))
+            stream = self.hook.submit_prompt_to_agent(oid.identifier, prompt, scope=oid.scope)
+            try:
+                transcript.consume(stream)
+            finally:
+                close = getattr(stream, "close", None)
+                if callable(close):
+                    close()  # release the connection even when the stream is cut or the task fails
         finally:
             transcript.flush()
             self._close_hook()

@@ -47,6 +47,10 @@ class CandelaSessionExistsSensor(BaseSensorOperator):
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     :param deferrable: wait in the triggerer instead of a worker (default: the
         ``[operators] default_deferrable`` option).
+    :param kwargs: ``BaseSensorOperator`` arguments, notably ``poke_interval`` (seconds between checks,
+        also the trigger's poll interval), ``timeout`` (seconds before the sensor fails, also the
+        trigger's deadline), ``mode`` (``"poke"`` or ``"reschedule"``) and ``soft_fail`` (skip instead
+        of failing on timeout).
     """
 
     template_fields: Sequence[str] = ("session", "scope", "identifier", "version")

@@ -77,7 +77,7 @@ def _session_dag(dag_id: str, *, pipeline_prompt: str = "Summarise {{ params.top
 
         start_pipeline >> pipeline >> start_agent >> agent
         agent >> stop.as_teardown(setups=[start_pipeline, start_agent]) >> delete
-        received(pipeline.output, agent.output)
+        received(pipeline.output, agent.output)  # type: ignore[arg-type]
     return dag
 
 

@@ -97,7 +97,7 @@ def test_templated_arguments_are_checked_at_execute_not_at_parse_time() -> None:
     assert "older_than" in delete.template_fields
     with pytest.raises(CandelaInputError, match=r"Invalid `app` for task 'start'.*got 'default/'"):
         start.app = "default/"
-        start.execute(context={})  # type: ignore[arg-type]
+        start.execute(context={})
 
 
 @pytest.mark.parametrize(
@@ -347,3 +347,20 @@ def test_delete_a_list_of_sessions_and_a_missing_one(candela: Any, dagrun: Modul
     assert dagrun.xcom(dr, "both") == sessions
     assert dagrun.xcom(dr, "again") == []
     assert candela.stats()["sessions_stored"] == 0
+
+
+def test_stop_runs_after_a_failed_start_and_the_failed_start_leaves_nothing_running(
+    candela: Any, dagrun: ModuleType
+) -> None:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+    with CandelaHook() as hook:  # something of this user's is running before the DAG starts
+        hook.ensure_slot(timeout=10)
+        hook.start_session(AGENT, "default/demo-model")
+    with _dag("op_stop_after_failed_start") as dag:
+        start = CandelaStartSessionOperator(task_id="start", app="default/no-such-app", model=MODEL)
+        CandelaStopSessionOperator(task_id="stop", session=start.output)  # trigger_rule all_done
+    dr = dagrun.run_dag(dag)
+    assert dagrun.states(dr) == {"start": "failed", "stop": "success"}
+    assert dagrun.request_count(candela.stats(), "POST /session", "400") == 1  # Candela's "Unknown app"
+    assert _running(candela) is None
