@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from airflow_ui import AirflowServer, wait_for  # pytest puts this folder on sys.path
 
+from airflow_provider_candela import __version__
 from airflow_provider_candela.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 if TYPE_CHECKING:
@@ -294,13 +295,14 @@ def test_connection_save_test_edit_and_secrets(
         for name, value in secret_values.items():
             assert value not in body, f"{name} sent to the browser in the response to {request}"
 
-    # 7. The CLI sees the provider and both saved connections.
-    providers = airflow_server.cli("providers", "list", "--output", "json")
-    assert "airflow-provider-candela" in providers
+    # 7. The CLI sees the provider and both saved connections (and prints no secret either).
+    providers = {p["package_name"]: p for p in _json_list(airflow_server.cli("providers", "list", "--output", "json"))}
+    assert providers["airflow-provider-candela"]["version"] == __version__
     listed = airflow_server.cli("connections", "list", "--output", "json")
-    conn_ids = {c["conn_id"]: c for c in _json_list(listed)}
-    assert {OAUTH_CONN_ID, PAT_CONN_ID} <= set(conn_ids), listed
-    assert conn_ids[OAUTH_CONN_ID]["conn_type"] == "candela"
+    conn_types = {c["conn_id"]: c["conn_type"] for c in _json_list(listed)}
+    assert conn_types.get(OAUTH_CONN_ID) == conn_types.get(PAT_CONN_ID) == "candela", listed
+    for name, value in secret_values.items():
+        assert value not in listed, f"{name} printed by `airflow connections list`"
 
 
 def _json_list(text: str) -> list[dict[str, Any]]:
