@@ -16,7 +16,9 @@ SHELL := bash
 .DELETE_ON_ERROR:
 
 PYTHON ?= python3
-UV ?= $(PYTHON) -m uv
+# The uv *binary*. Never `python -m uv`: started that way, `uv pip install` installs into the Python that
+# launched it instead of the VIRTUAL_ENV. Resolved lazily, so that the `uv` target can install it first.
+UV ?= $(shell $(PYTHON) -c 'import uv, sys; sys.stdout.write(uv.find_uv_bin())' 2>/dev/null || command -v uv)
 export UV
 # uv must never download a Python of its own: use the machine's python3.
 export UV_PYTHON_DOWNLOADS := never
@@ -37,7 +39,7 @@ AF2_REQS := "apache-airflow==2.11.*" $(COMPAT_REQ)
 
 PYTEST_AF2_DIRS := tests/operators tests/sensors tests/triggers tests/e2e tests/hooks
 
-STAMP_KEY := $(shell (cat pyproject.toml; echo 'compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
+STAMP_KEY := $(shell (cat pyproject.toml; echo 'uv-bin compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)
 VENV_AF2_STAMP := $(VENV_AF2)/.installed-$(STAMP_KEY)
 
@@ -55,7 +57,8 @@ endef
 .PHONY: venv venv-af2 uv test test-py3 test-af2 lint typecheck demo bench clean
 
 uv:
-	@$(UV) --version >/dev/null 2>&1 || { echo "uv not found: installing it with pip"; $(PYTHON) -m pip install -q uv; }
+	@$(PYTHON) -c 'import uv' 2>/dev/null || command -v uv >/dev/null || \
+		{ echo "uv not found: installing it with pip"; $(PYTHON) -m pip install -q uv; }
 
 venv: $(VENV_STAMP)
 
@@ -63,7 +66,7 @@ $(VENV_STAMP): | uv
 	$(call section,venv: $(VENV) with Airflow 3.3 and the provider (editable with the dev extra))
 	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
 	@rm -f $(VENV)/.installed-*
-	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -e ".[dev]" $(AF3_REQS)
+	$(UV) pip install -q --python $(VENV)/bin/python -e ".[dev]" $(AF3_REQS)
 	$(call compile_venv,$(VENV))
 	@touch $@
 
@@ -73,7 +76,7 @@ $(VENV_AF2_STAMP): | uv
 	$(call section,venv: $(VENV_AF2) with Airflow 2.11 and the provider (editable with the dev extra))
 	@test -x $(VENV_AF2)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV_AF2)
 	@rm -f $(VENV_AF2)/.installed-*
-	VIRTUAL_ENV=$(VENV_AF2) $(UV) pip install -q -e ".[dev]" $(AF2_REQS)
+	$(UV) pip install -q --python $(VENV_AF2)/bin/python -e ".[dev]" $(AF2_REQS)
 	$(call compile_venv,$(VENV_AF2))
 	@touch $@
 

@@ -24,6 +24,7 @@ _STAMP = SDK_VENV / ".installed-requirement"
 
 
 def _uv_command() -> list[str] | None:
+    """The uv binary ($UV from the Makefile, or on PATH); `uv pip` is always given --python explicitly."""
     env_uv = os.environ.get("UV")
     if env_uv:
         return shlex.split(env_uv)
@@ -49,7 +50,7 @@ def ensure_sdk_venv() -> Path:
     if uv is not None:
         subprocess.run([*uv, "venv", "-q", "--python", _base_python(), str(SDK_VENV)], check=True, env=env)
         env["VIRTUAL_ENV"] = str(SDK_VENV)
-        subprocess.run([*uv, "pip", "install", "-q", SDK_REQUIREMENT], check=True, env=env)
+        subprocess.run([*uv, "pip", "install", "-q", "--python", str(python), SDK_REQUIREMENT], check=True, env=env)
     else:
         subprocess.run([_base_python(), "-m", "venv", str(SDK_VENV)], check=True, env=env)
         subprocess.run([str(python), "-m", "pip", "install", "-q", SDK_REQUIREMENT], check=True, env=env)
