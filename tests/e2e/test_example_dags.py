@@ -1,0 +1,148 @@
+"""The example DAGs: they parse without touching the network, and each runs green end to end.
+
+Parsing: every file in ``example_dags/`` is loaded into a DagBag while every socket ``connect`` is
+recorded, and the emulator's request counter must stay at zero: a DAG file must never open a
+connection at parse time (every scheduler loop would pay for it).
+
+Running: each DAG is run with ``airflow dags test`` in a subprocess (exactly what a user and
+``make demo`` run) against the emulator, then the emulator's statistics say what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_candela.testing import CandelaEmulator
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
+EXAMPLE_DAG_IDS = {"candela_scheduled_pipeline_prompt", "candela_agent_prompt", "candela_session_cleanup"}
+
+pytestmark = pytest.mark.e2e
+
+
+def _dagbag() -> Any:
+    try:  # Airflow 3 (no example DAGs of Airflow's own: load_examples is off in tests/conftest.py)
+        from airflow.dag_processing.dagbag import DagBag
+
+        return DagBag(dag_folder=str(EXAMPLES))
+    except ImportError:  # Airflow 2.11
+        from airflow.models.dagbag import DagBag
+
+        return DagBag(dag_folder=str(EXAMPLES), include_examples=False)
+
+
+@pytest.fixture
+def recorded_connects(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Record every outgoing socket connection made while the fixture is active."""
+    calls: list[Any] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            calls.append(address)
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield calls
+
+
+def test_example_dags_parse_without_errors_or_network(
+    candela_emulator: CandelaEmulator, candela_connection: str, recorded_connects: list[Any]
+) -> None:
+    bag = _dagbag()
+
+    assert bag.import_errors == {}, f"example DAGs failed to import: {bag.import_errors}"
+    assert set(bag.dag_ids) == EXAMPLE_DAG_IDS
+    assert recorded_connects == [], f"parsing the example DAGs opened connections: {recorded_connects}"
+    assert candela_emulator.stats()["requests_total"] == 0
+
+
+def test_example_dags_stop_their_sessions_in_teardowns() -> None:
+    bag = _dagbag()
+    for dag_id in ("candela_scheduled_pipeline_prompt", "candela_agent_prompt"):
+        dag = bag.dags[dag_id]
+        stop = dag.get_task("stop_session")
+        assert stop.is_teardown, f"{dag_id}: stop_session must be a teardown"
+        assert "start_session" in stop.upstream_task_ids, f"{dag_id}: stop_session must tear down start_session"
+        assert dag.get_task("start_session").is_setup
+
+
+def _dags_test(dag_id: str, emulator: CandelaEmulator, conf: dict[str, Any] | None = None) -> str:
+    """Run ``airflow dags test`` in a subprocess against the emulator; return its output."""
+    env = os.environ.copy()
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(EXAMPLES)
+    env["AIRFLOW_CONN_CANDELA_DEFAULT"] = emulator.connection_json()
+    cmd = [str(Path(sys.executable).with_name("airflow")), "dags", "test", dag_id]
+    if conf is not None:
+        cmd += ["-c", json.dumps(conf)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"`airflow dags test {dag_id}` exited {proc.returncode}:\n{output[-6000:]}"
+    assert "state=success" in output and "state=failed" not in output, output[-6000:]
+    return output
+
+
+def _running(emulator: CandelaEmulator) -> dict[str, Any]:
+    return {user: run for user, run in emulator.stats()["running_sessions"].items() if run}
+
+
+def test_scheduled_pipeline_prompt_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
+    output = _dags_test("candela_scheduled_pipeline_prompt", candela_emulator)
+
+    stats = candela_emulator.stats()
+    assert stats["sessions_started"] == 1
+    assert _running(candela_emulator) == {}, "the teardown must leave no session running"
+    assert stats["requests"]["POST /session/pipeline_submit"] == {"200": 1}
+    assert "Pipeline answer for request" in output  # the downstream task received the answer via XCom
+
+
+def test_agent_prompt_runs_green_with_streamed_answers_in_the_logs(
+    airflow_db: Path, candela_emulator: CandelaEmulator
+) -> None:
+    output = _dags_test("candela_agent_prompt", candela_emulator)
+
+    stats = candela_emulator.stats()
+    assert stats["sessions_started"] == 1
+    assert stats["requests"]["POST /session/agent_submit"] == {"200": 3}, "one prompt per mapped task"
+    assert _running(candela_emulator) == {}
+    assert "[result] table" in output, "the streamed result event is labelled in the task log"
+    assert "You asked: Which of our funds had the largest drawdown last week" in output
+    assert output.count("Answer ") >= 3, "the report task received every mapped answer"
+
+
+def test_session_cleanup_deletes_only_what_the_params_say(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+    os.environ["AIRFLOW_CONN_CANDELA_DEFAULT"] = candela_emulator.connection_json()
+    try:
+        with CandelaHook() as hook:
+            hook.ensure_slot(timeout=30, poll_interval=0.1)
+            for _ in range(2):
+                hook.start_session("default/demo-pipeline", "default/demo-model")
+                hook.stop_session()
+    finally:
+        del os.environ["AIRFLOW_CONN_CANDELA_DEFAULT"]
+    assert candela_emulator.stats()["sessions_stored"] == 2
+
+    # Defaults: older than 7 days -> the two fresh sessions stay.
+    output = _dags_test("candela_session_cleanup", candela_emulator)
+    assert "Deleted 0 session version(s)." in output
+    assert candela_emulator.stats()["sessions_stored"] == 2
+
+    # Dry run of "older than 0 days": both listed, none deleted.
+    output = _dags_test("candela_session_cleanup", candela_emulator, {"older_than_days": 0, "dry_run": True})
+    assert "Would delete 2 session version(s)." in output
+    assert candela_emulator.stats()["sessions_stored"] == 2
+
+    output = _dags_test("candela_session_cleanup", candela_emulator, {"older_than_days": 0})
+    assert "Deleted 2 session version(s)." in output
+    assert candela_emulator.stats()["sessions_stored"] == 0
