@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,14 @@ _RESTORE_DEFAULTS: Final[dict[str, Any]] = {
 }
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    """TLS without certificate checks, for the control calls to our own loopback subprocess only."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class CandelaEmulatorError(RuntimeError):
     """The emulator did not start, or a control call failed."""
 
@@ -64,7 +73,9 @@ class CandelaEmulator:
 
     Keyword arguments are the command-line flags with ``_`` for ``-`` (``token_ttl=1``,
     ``slot_startup_seconds=0``, ``catalog="catalog.json"``, ``fault=[{...}]`` ...); ``port=None``
-    (the default) picks a free port.  Use as a context manager or call :meth:`start` /
+    (the default) picks a free port; ``ssl_certfile=`` and ``ssl_keyfile=`` serve HTTPS (``url`` then
+    starts with ``https://``; the control calls of this class do not verify that certificate, they
+    only ever talk to this loopback subprocess).  Use as a context manager or call :meth:`start` /
     :meth:`stop`::
 
         with CandelaEmulator(token_ttl=5) as emulator:
@@ -210,8 +221,9 @@ class CandelaEmulator:
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        context = _unverified_tls() if self.url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
@@ -238,6 +250,11 @@ class CandelaEmulator:
 
     def clear_faults(self) -> None:
         self._control("DELETE", "/_emulator/faults")
+
+    def tokens(self) -> dict[str, list[str]]:
+        """``GET /_emulator/tokens``: every access and refresh token issued since the last reset (for leak checks)."""
+        result: dict[str, list[str]] = self._control("GET", "/_emulator/tokens")
+        return result
 
     def expire_tokens(self) -> None:
         """Invalidate every access token issued so far (refresh tokens and the PAT stay valid)."""

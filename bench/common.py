@@ -30,8 +30,11 @@ __all__ = [
     "airflow_env",
     "bench_emulator",
     "cpu_seconds",
+    "dump_json",
     "interleave",
+    "log",
     "median",
+    "paired_ratio",
     "peak_rss_mb",
     "request_count",
     "rss_mb",
@@ -77,6 +80,11 @@ def median(values: list[float]) -> float:
     if not values:
         raise ValueError("no samples")
     return float(statistics.median(values))
+
+
+def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of the per-round ratios of two interleaved candidates (robust to slow load swings)."""
+    return median([a / b for a, b in zip(numerators, denominators, strict=True)])
 
 
 def interleave(

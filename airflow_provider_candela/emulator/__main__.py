@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="candela-emulator",
         description="A local Candela (Gen A Sessions API) server for tests and demos. "
-        "Test controls are under /_emulator/ (stats, reset, faults, expire_tokens, config, users).",
+        "Test controls are under /_emulator/ (stats, reset, faults, tokens, expire_tokens, config, users).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default=d.host, help="address to bind (keep it on loopback)")
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="server log level; 'debug' also turns the access log on",
     )
+    parser.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (needs --ssl-keyfile)")
+    parser.add_argument("--ssl-keyfile", metavar="PEM", help="private key of --ssl-certfile")
     return parser
 
 
@@ -73,7 +75,11 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         agent_chat_events=args.agent_chat_events,
         domain=args.domain,
         log_level=args.log_level,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        parser.error("--ssl-certfile and --ssl-keyfile go together: give both (HTTPS) or neither (HTTP)")
     if args.catalog:
         try:
             config.catalog = load_catalog(args.catalog)

@@ -240,6 +240,11 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         state.faults.clear()
         return _json({"cleared": cleared})
 
+    @app.get("/_emulator/tokens", tags=["emulator"])
+    async def issued_tokens() -> Response:
+        """Every access and refresh token issued since the last reset (tests check that none leaks)."""
+        return _json(state.issued_tokens())
+
     @app.post("/_emulator/expire_tokens", tags=["emulator"])
     async def expire_tokens() -> Response:
         return _json({"expired": state.expire_tokens()})

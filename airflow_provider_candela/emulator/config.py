@@ -112,6 +112,9 @@ class EmulatorConfig:
     agent_chat_events: int | None = None
     domain: str = "demo"
     log_level: str = "warning"
+    #: Serve HTTPS with this certificate (PEM, may include the chain) and private key; both or neither.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     catalog: Catalog = field(default_factory=Catalog.builtin)
     faults: list[dict[str, Any]] = field(default_factory=list)
 

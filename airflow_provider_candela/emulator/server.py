@@ -54,13 +54,15 @@ def _protocol_class(state: EmulatorState) -> type[asyncio.Protocol]:
 
 
 class _AnnouncingServer(uvicorn.Server):
+    scheme = "http"
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.should_exit:
             return
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"{READY_PREFIX}http://{shown}:{port}", flush=True)
+        print(f"{READY_PREFIX}{self.scheme}://{shown}:{port}", flush=True)
 
 
 def serve(config: EmulatorConfig) -> None:
@@ -77,7 +79,12 @@ def serve(config: EmulatorConfig) -> None:
         access_log=debug,
         timeout_graceful_shutdown=2,
         server_header=False,
+        ssl_certfile=config.ssl_certfile,
+        ssl_keyfile=config.ssl_keyfile,
     )
     if debug:
         logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
-    _AnnouncingServer(uv_config).run()
+    server = _AnnouncingServer(uv_config)
+    if config.ssl_certfile:
+        server.scheme = "https"
+    server.run()

@@ -280,6 +280,10 @@ class EmulatorState:
             self._access[token] = (user, 0.0)
         return count
 
+    def issued_tokens(self) -> dict[str, list[str]]:
+        """The access and refresh tokens issued since the last reset (expired ones included)."""
+        return {"access_tokens": list(self._access), "refresh_tokens": list(self._refresh)}
+
     def snapshot(self) -> dict[str, Any]:
         sessions_stored = sum(len(versions) for versions in self.sessions.values())
         return {
