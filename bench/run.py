@@ -1,0 +1,166 @@
+"""``make bench`` / ``python -m bench``: run every figure of the benchmark, print the table, write JSON.
+
+Figures (each a ratio measured side by side in this run; see each module's docstring):
+
+1. DAG-parse cost (``import_cost``)        4. streaming (``streaming``)
+2. per-call overhead (``call_overhead``)   5. deferral at scale (``triggers``)
+3. lifecycle cost (``lifecycle``)          6. emulator throughput (``throughput``)
+
+The HTTP figures share one emulator subprocess on a free loopback port (reset between figures).
+Exit status: 0 when every figure ran (targets met or not: the table says), 1 when a figure failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_candela.testing import CandelaEmulator
+from bench.common import BENCH_DIR, Row, airflow_env, bench_emulator, dump_json, log
+
+__all__ = ["format_table", "main"]
+
+FIGURES = (1, 2, 3, 4, 5, 6)
+
+
+def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> list[Row]:
+    """Run HTTP figure ``number`` (2-6) against ``emulator``; modules are imported only when run."""
+    if number == 2:
+        from bench import call_overhead
+
+        return call_overhead.run(emulator, rounds=5 if quick else 12)
+    if number == 3:
+        from bench import lifecycle
+
+        return lifecycle.run(emulator)
+    if number == 4:
+        from bench import streaming
+
+        return streaming.run(emulator, rounds=5 if quick else 9, events=20_000 if quick else 100_000)
+    if number == 5:
+        from bench import triggers
+
+        return triggers.run(emulator, count=200 if quick else 1000)
+    if number == 6:
+        from bench import throughput
+
+        return throughput.run(emulator, seconds=2.0 if quick else 5.0)
+    raise ValueError(f"no figure {number}: the figures are {FIGURES}")
+
+
+def _failed(number: int, exc: BaseException) -> Row:
+    return Row(
+        figure=f"{number} FAILED: {type(exc).__name__}",
+        ours=float("nan"),
+        reference=None,
+        reference_name="",
+        unit="",
+        ratio=None,
+        target="runs",
+        met=False,
+        details={"error": "".join(traceback.format_exception(exc))[-4000:]},
+    )
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if value != value:  # NaN
+        return "n/a"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    return f"{text} {unit}".strip()
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The result table: figure, ours, reference, ratio, target, met."""
+    header = ("figure", "ours", "reference", "ratio", "target", "met")
+    lines = [header]
+    for row in rows:
+        reference = _number(row.reference, row.unit) if row.reference is not None else ""
+        if row.reference_name:
+            reference = f"{reference} ({row.reference_name})" if reference else row.reference_name
+        lines.append(
+            (
+                row.figure,
+                _number(row.ours, row.unit),
+                reference,
+                "-" if row.ratio is None else f"{row.ratio:.2f}x",
+                row.target,
+                "yes" if row.met else "NO",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for index, line in enumerate(lines):
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * width for width in widths))
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--only", default="", help="comma-separated figure numbers to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
+    parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.json", help="where to write the JSON")
+    args = parser.parse_args(argv)
+    wanted = [int(n) for n in args.only.split(",") if n.strip()] or list(FIGURES)
+    started = time.monotonic()
+    rows: list[Row] = []
+    failed = False
+    with airflow_env():
+        if 1 in wanted:
+            from bench import import_cost
+
+            try:
+                rows += import_cost.run(rounds=3 if args.quick else 7)
+            except Exception as exc:
+                failed = True
+                rows.append(_failed(1, exc))
+        http_figures = [n for n in wanted if n != 1]
+        if http_figures:
+            with bench_emulator() as emulator:
+                for number in http_figures:
+                    try:
+                        rows += _emulator_figure(number, emulator, args.quick)
+                    except Exception as exc:
+                        failed = True
+                        log(f"figure {number} failed: {type(exc).__name__}: {exc}")
+                        rows.append(_failed(number, exc))
+                    finally:
+                        if emulator.running:
+                            emulator.reset()
+                            emulator.restore_config()
+                        else:
+                            emulator.start()
+    elapsed = time.monotonic() - started
+    table = format_table(rows)
+    print(table)
+    print(f"\n{sum(r.met for r in rows)}/{len(rows)} targets met; {elapsed:.0f} s; results in {args.output}")
+    result: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(elapsed, 1),
+        "quick": args.quick,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
+        "table": table.splitlines(),
+        "figures": [row.to_json() for row in rows],
+    }
+    dump_json(args.output, result)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
