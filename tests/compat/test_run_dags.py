@@ -1,0 +1,162 @@
+"""``python -m airflow_provider_candela.emulator.run_dags``: the tool behind ``make demo``, for DAG authors.
+
+One run over a throw-away folder with three DAG files: a DAG that uses the provider and cleans up after
+itself, a DAG that leaves its Candela session running, and a file that fails to import.  The tool must
+run both DAGs for real (``airflow dags test``), report their task states and return values, report the
+import error and the session left running, exit 1, and leave no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+GOOD_DAG = '''
+"""Starts a pipeline session, prompts it, stops it."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.providers.common.compat.sdk import DAG
+
+from airflow_provider_candela.operators.sessions import (
+    CandelaStartSessionOperator,
+    CandelaStopSessionOperator,
+    CandelaSubmitPipelinePromptOperator,
+)
+
+with DAG(dag_id="rd_good", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    start = CandelaStartSessionOperator(task_id="start", app="default/demo-pipeline", model="default/demo-model")
+    prompt = CandelaSubmitPipelinePromptOperator(task_id="prompt", session=start.output, prompt="Hello run_dags")
+    stop = CandelaStopSessionOperator(task_id="stop", session=start.output)
+    start >> prompt >> stop.as_teardown(setups=start)
+'''
+
+LEAKY_DAG = '''
+"""Starts a session and never stops it."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.providers.common.compat.sdk import DAG
+
+from airflow_provider_candela.operators.sessions import CandelaStartSessionOperator
+
+with DAG(dag_id="rd_leaky", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    CandelaStartSessionOperator(task_id="start", app="default/demo-pipeline", model="default/demo-model")
+'''
+
+_MARKER_VAR = "CANDELA_RUN_DAGS_TEST_MARKER"
+
+BROKEN_DAG = '''
+"""An Airflow DAG file whose import fails."""
+import candela_module_that_does_not_exist  # noqa: F401
+'''
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Live processes whose environment carries ``marker`` (run_dags and everything it started)."""
+    found = []
+    needle = f"{_MARKER_VAR}={marker}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in environ:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def _env(marker: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env[_MARKER_VAR] = marker
+    return env
+
+
+@pytest.fixture
+def dag_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "run-dags-folder"
+    folder.mkdir()
+    (folder / "good.py").write_text(textwrap.dedent(GOOD_DAG))
+    (folder / "leaky.py").write_text(textwrap.dedent(LEAKY_DAG))
+    (folder / "broken_dag.py").write_text(textwrap.dedent(BROKEN_DAG))
+    return folder
+
+
+def test_run_dags_reports_results_import_errors_and_leftover_sessions(dag_folder: Path) -> None:
+    marker = uuid.uuid4().hex
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", str(dag_folder)],
+        env=_env(marker),
+        cwd=dag_folder.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+
+    assert "2 DAG(s): rd_good, rd_leaky" in out
+    assert f"FAIL import error in {dag_folder / 'broken_dag.py'}" in out
+    assert "candela_module_that_does_not_exist" in out
+    # rd_good ran for real: every task succeeded, the start task's XCom is the session's metadata.
+    good = out.split("OK   rd_good: success", 1)[1].split("\nOK ", 1)[0]
+    for task_id in ("start", "prompt", "stop"):
+        assert any(line.split()[:2] == [task_id, "success"] for line in good.splitlines()), good
+    assert '{"obj_id":{"scope":"default","identifier":"session-' in good
+    assert '"request_id"' in good
+    assert "OK   rd_leaky: success" in out
+    # What the emulator saw: two sessions started, one still running (rd_leaky's).
+    assert "sessions started:  2" in out
+    assert "left running:      1 (demo: default/session-" in out
+    assert "Emulator stopped; no process left running." in out
+    assert "FAILED: 1 DAG file(s) failed to import; Candela session(s) left running for: demo" in out
+    kept = out.split("Airflow home(s) and logs kept in ", 1)[1].split()[0]
+    assert (Path(kept) / "home-0" / "run-dags-logs" / "rd_good.log").is_file()
+    assert _processes_with(marker) == []
+
+
+def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path) -> None:
+    (dag_folder / "leaky.py").unlink()
+    (dag_folder / "broken_dag.py").unlink()
+    marker = uuid.uuid4().hex
+    log = dag_folder.parent / "run_dags.out"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", str(dag_folder)],
+            env=_env(marker),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our own process group, as a terminal's Ctrl-C would signal
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "airflow dags test rd_good" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "run_dags never started the DAG"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert "Interrupted: stopping what is running" in out
+    assert "FAILED: interrupted" in out
+    deadline = time.monotonic() + 10
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == []
