@@ -135,5 +135,5 @@ ui-test: venv
 # worker-kill scenarios. Needs root. Takes about 2-4 minutes; leaves no process or port behind.
 .PHONY: deployment-test
 deployment-test: uv
-	$(call section,deployment-test: the example DAGs on Airflow 3.3 with CeleryExecutor, PostgreSQL and Redis)
+	$(call section,deployment-test: the example DAGs on Airflow 3.3 with CeleryExecutor and PostgreSQL and Redis)
 	PYTHON="$(PYTHON)" bash tests/deployment/run.sh

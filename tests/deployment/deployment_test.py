@@ -14,11 +14,14 @@ Scenarios:
 
 1. every example DAG is unpaused and triggered (unpausing also creates their scheduled runs); every
    run must succeed;
-2. ``candela_deploy_wait_for_session``: a ``CandelaSessionExistsSensor(deferrable=True)`` waits for a
-   session that the test creates (as another Candela user) only after it saw the task ``deferred``
-   and its trigger in the ``trigger`` table (no credentials in its kwargs); the run must succeed;
-3. the same DAG again, and the triggerer is restarted while the sensor is deferred: the trigger must
-   move to the new triggerer and the run must still succeed;
+2. ``candela_deploy_wait_for_session``: two ``CandelaSessionExistsSensor(deferrable=True)`` tasks, one
+   with ``candela_default`` (environment variable), one with ``candela_deploy_db`` (a connection the
+   test stores in the metadata DB, so the triggerer must fetch it through the API server), wait for a
+   session that the test creates (as another Candela user) only after it saw both tasks ``deferred``
+   and their triggers in the ``trigger`` table, running in the triggerer (no credentials in their
+   kwargs); the run must succeed and the event log must show each task deferred once;
+3. the same DAG again, and the triggerer is restarted while the sensors are deferred: the triggers
+   must move to the new triggerer and the run must still succeed;
 4. ``candela_deploy_slow_agent``: the worker streaming an agent answer is killed (``kill -9`` of its
    whole process tree) mid-stream; the task must end ``failed`` (no heartbeat), the teardown
    ``stop_session`` must run on the other worker and stop the session, the run must end ``failed``;
@@ -61,6 +64,8 @@ AIRFLOW = str(VENV_BIN / "airflow")
 
 EXAMPLE_DAGS = ("candela_scheduled_pipeline_prompt", "candela_agent_prompt", "candela_session_cleanup")
 SENSOR_DAG = "candela_deploy_wait_for_session"
+SENSOR_TASKS = ("wait_for_session", "wait_for_session_db_conn")  # candela_default (env) and candela_deploy_db (DB)
+DB_CONN_ID = "candela_deploy_db"
 SLOW_DAG = "candela_deploy_slow_agent"
 ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG)
 TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
@@ -605,7 +610,9 @@ class DeploymentTest:
                 "workers": "1",
                 "secret_key": secrets.token_urlsafe(32),
             },
-            "api_auth": {"jwt_secret": secrets.token_urlsafe(32)},
+            "api_auth": {"jwt_secret": secrets.token_urlsafe(64)},  # >= 64 bytes for HS512
+            # Longer than any task of the test: a task still running after this is redelivered by Redis.
+            "celery_broker_transport_options": {"visibility_timeout": "7200"},
             "scheduler": {
                 "scheduler_heartbeat_sec": "2",
                 "scheduler_idle_sleep_time": "0.5",
@@ -789,80 +796,123 @@ class DeploymentTest:
         return f"{major}.{int(minor) + 1}.0"
 
     # -------------------------------------------------------------- deferral evidence
-    def wait_deferred(self, api: AirflowApi, run_id: str) -> dict[str, Any]:
-        def deferred() -> dict[str, Any] | None:
+    def wait_deferred(self, api: AirflowApi, run_id: str) -> None:
+        """Both sensors of the run reach ``deferred`` (seen live through the REST API)."""
+
+        def deferred() -> dict[str, dict[str, Any]] | None:
             self.procs.check_running()
-            ti = api.ti(SENSOR_DAG, run_id, "wait_for_session")
-            if ti and ti["state"] in ("success", "failed", "upstream_failed", "skipped"):
-                raise DeploymentTestError(f"wait_for_session ended {ti['state']} before the session existed")
-            return ti if ti and ti["state"] == "deferred" else None
+            tis = {ti["task_id"]: ti for ti in api.tis(SENSOR_DAG, run_id) if ti["task_id"] in SENSOR_TASKS}
+            for task_id, ti in tis.items():
+                if ti["state"] in ("success", "failed", "upstream_failed", "skipped"):
+                    raise DeploymentTestError(f"{task_id} ended {ti['state']} before the session existed")
+            return (
+                tis if len(tis) == len(SENSOR_TASKS) and all(t["state"] == "deferred" for t in tis.values()) else None
+            )
 
-        ti = wait_for(f"{SENSOR_DAG}/{run_id} wait_for_session to be deferred", deferred, 240, 0.5)
-        self.deferrals.append(f"{SENSOR_DAG} {run_id}: wait_for_session seen deferred (try {ti['try_number']})")
-        self.check(True, f"wait_for_session of {run_id} is in state deferred (REST API)")
-        return ti
+        tis = wait_for(f"{SENSOR_DAG}/{run_id}: {' and '.join(SENSOR_TASKS)} deferred", deferred, 240, 0.5)
+        for task_id, ti in tis.items():
+            self.deferrals.append(f"{run_id} {task_id}: seen deferred (try {ti['try_number']})")
+        self.check(True, f"{' and '.join(SENSOR_TASKS)} of {run_id} are in state deferred (REST API)")
 
-    def trigger_row(self, run_id: str) -> tuple[int, str, int | None, str | None] | None:
+    def trigger_rows(self, run_id: str) -> dict[str, tuple[int, str, int | None, str | None]]:
+        """``{task_id: (trigger id, classpath, triggerer job id, next_method)}`` of the run's deferred TIs."""
         rows = self.query(
-            "SELECT t.id, t.classpath, t.triggerer_id, ti.next_method FROM task_instance ti "
-            "JOIN trigger t ON t.id = ti.trigger_id "
-            "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = 'wait_for_session'",
+            "SELECT ti.task_id, t.id, t.classpath, t.triggerer_id, ti.next_method FROM task_instance ti "
+            "JOIN trigger t ON t.id = ti.trigger_id WHERE ti.dag_id = %s AND ti.run_id = %s",
             (SENSOR_DAG, run_id),
         )
-        return rows[0] if rows else None  # type: ignore[return-value]
+        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
 
-    def check_trigger(self, run_id: str) -> int:
-        """The deferred TI's trigger row: our trigger class, ids + conn id only, run by a triggerer."""
-        row = wait_for(
-            f"the trigger of {run_id} to be assigned to a triggerer",
-            lambda: r if (r := self.trigger_row(run_id)) and r[2] is not None else None,
+    def check_triggers(self, run_id: str) -> dict[str, int]:
+        """The deferred TIs' trigger rows: our trigger class, ids + conn id only, each run by a triggerer."""
+        rows = wait_for(
+            f"the triggers of {run_id} to be assigned to a triggerer",
+            lambda: (
+                r
+                if len(r := self.trigger_rows(run_id)) == len(SENSOR_TASKS) and all(v[2] for v in r.values())
+                else None
+            ),
             60,
             0.5,
         )
-        trigger_id, classpath, triggerer_id, next_method = row
-        self.check(classpath == TRIGGER_CLASSPATH, f"trigger {trigger_id} of {run_id} is {TRIGGER_CLASSPATH}")
-        self.check(next_method == "execute_complete", f"the deferred TI resumes in execute_complete ({next_method})")
         from airflow.models.trigger import Trigger
         from airflow.utils.session import create_session
 
-        with create_session() as session:
-            trigger = session.get(Trigger, trigger_id)
-            kwargs = dict(trigger.kwargs) if trigger is not None else {}
-        expected_keys = {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
-        secrets_in_kwargs = [s for s in self._candela_secrets() if s in json.dumps(kwargs, default=str)]
-        self.check(
-            set(kwargs) == expected_keys and not secrets_in_kwargs,
-            f"trigger kwargs hold ids, conn id and timing only ({sorted(kwargs)}), no credential",
-        )
-        self.deferrals.append(f"{SENSOR_DAG} {run_id}: trigger {trigger_id} run by triggerer job {triggerer_id}")
-        return int(triggerer_id)  # type: ignore[arg-type]
+        jobs = {}
+        for task_id, (trigger_id, classpath, triggerer_id, next_method) in sorted(rows.items()):
+            self.check(
+                classpath == TRIGGER_CLASSPATH and next_method == "execute_complete",
+                f"{task_id}: trigger {trigger_id} is {classpath.rsplit('.', 1)[1]}, the TI resumes in {next_method}",
+            )
+            with create_session() as session:
+                trigger = session.get(Trigger, trigger_id)
+                kwargs = dict(trigger.kwargs) if trigger is not None else {}
+            expected_keys = {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
+            leaked = [secret for secret in self._candela_secrets() if secret in json.dumps(kwargs, default=str)]
+            self.check(
+                set(kwargs) == expected_keys and not leaked,
+                f"{task_id}: trigger kwargs hold ids, conn id ({kwargs.get('candela_conn_id')}) and timing only, "
+                "no credential",
+            )
+            self.deferrals.append(f"{run_id} {task_id}: trigger {trigger_id} run by triggerer job {triggerer_id}")
+            jobs[task_id] = int(triggerer_id)  # type: ignore[arg-type]
+        return jobs
 
     def check_deferral_recorded(self, api: AirflowApi, run_id: str) -> None:
-        """After the run: Airflow's own records show the sensor deferred, once, without using a retry."""
-        events = api.events(SENSOR_DAG, run_id, "wait_for_session")
-        ti = api.ti(SENSOR_DAG, run_id, "wait_for_session")
-        self.check(
-            events.count("deferred") == 1 and ti is not None and ti["try_number"] == 1 and ti["state"] == "success",
-            f"event log of wait_for_session ({run_id}): {events} -> deferred once, resumed in try 1, success",
-        )
+        """After the run: Airflow's event log shows each sensor deferred once, and it resumed without a retry."""
+        for task_id in SENSOR_TASKS:
+            events = api.events(SENSOR_DAG, run_id, task_id)
+            ti = api.ti(SENSOR_DAG, run_id, task_id)
+            self.check(
+                events.count("deferred") == 1 and ti is not None and ti["try_number"] == 1 and ti["state"] == "success",
+                f"event log of {task_id}: {events} (deferred once, resumed in try 1)",
+            )
 
-    def trigger_log(self, run_id: str, triggerer_job: int) -> Path:
-        """The log a triggerer job writes for the sensor's trigger (next to the task's own log)."""
-        task_log = self.ti_log(SENSOR_DAG, run_id, "wait_for_session")
+    def trigger_log(self, run_id: str, task_id: str, triggerer_job: int) -> Path:
+        """The log a triggerer job writes for a sensor's trigger (next to the task's own log)."""
+        task_log = self.ti_log(SENSOR_DAG, run_id, task_id)
         return task_log.with_name(f"{task_log.name}.trigger.{triggerer_job}.log")
+
+    def wait_trigger_running(self, run_id: str, jobs: dict[str, int]) -> None:
+        """Each trigger has started in its triggerer job (that job's trigger log says so)."""
+        for task_id, job in jobs.items():
+            path = self.trigger_log(run_id, task_id, job)
+            wait_for(
+                f"triggerer job {job} to run the trigger of {task_id} ({path.name})",
+                lambda path=path: path.exists() and "starting" in path.read_text(errors="replace"),
+                60,
+                0.5,
+            )
 
     def _candela_secrets(self) -> list[str]:
         conn = json.loads(self.emulator.connection_json())
         producer = json.loads(self.producer_conn)
         return [conn["password"], conn["extra"]["client_secret"], producer["password"]]
 
-    def triggerer_jobs(self) -> list[tuple[int, str, Any]]:
-        rows = self.query("SELECT id, state, latest_heartbeat FROM job WHERE job_type = 'TriggererJob' ORDER BY id")
-        return rows  # type: ignore[return-value]
+    def create_db_connection(self, api: AirflowApi) -> None:
+        """``candela_deploy_db``: the same Candela user as ``candela_default``, but stored in the metadata DB."""
+        conn = json.loads(self.emulator.connection_json())
+        api.call(
+            "POST",
+            "/connections",
+            {
+                "connection_id": DB_CONN_ID,
+                "conn_type": "candela",
+                "host": conn["host"],
+                "login": conn["login"],
+                "password": conn["password"],
+                "extra": json.dumps(conn["extra"]),
+            },
+            expect=(201,),
+        )
+        self.check(
+            f"AIRFLOW_CONN_{DB_CONN_ID.upper()}" not in self.env,
+            f"connection {DB_CONN_ID} created in the metadata DB (REST API), in no process's environment",
+        )
 
     # -------------------------------------------------------------- scenarios
     def scenario_examples_and_deferral(self, api: AirflowApi) -> dict[str, str]:
-        self.phase("example DAGs + deferrable sensor")
+        self.phase("example DAGs + deferrable sensors")
         for dag_id in ALL_DAGS:
             api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         self.check(True, f"unpaused {', '.join(ALL_DAGS)}")
@@ -873,46 +923,48 @@ class DeploymentTest:
         wanted = {**base, "version": self.next_version(base["version"])}
         run_id = api.trigger(SENSOR_DAG, wanted, label="deferral")
         self.wait_deferred(api, run_id)
-        self.check_trigger(run_id)
+        self.wait_trigger_running(run_id, self.check_triggers(run_id))
         exists_before = self.emulator.stats()["requests"].get("GET /sessions/exists", {}).get("200", 0)
         created = self.start_next_version(base)
         self.check(created == wanted, f"the test created the awaited session {created} only after the deferral")
         run = self.wait_run(api, SENSOR_DAG, run_id)
         self.stop_producer_session()
-        self.assert_success(api, run, "sensor deferred, session created afterwards")
+        self.assert_success(api, run, "sensors deferred, session created afterwards")
         self.check_deferral_recorded(api, run_id)
         exists_after = self.emulator.stats()["requests"].get("GET /sessions/exists", {}).get("200", 0)
-        self.check(exists_after > exists_before, "the trigger polled GET /sessions/exists from the triggerer")
+        self.check(
+            exists_after >= exists_before + len(SENSOR_TASKS),
+            f"the triggers found the session with GET /sessions/exists ({exists_after - exists_before} calls)",
+        )
         return triggered
 
     def scenario_triggerer_restart(self, api: AirflowApi) -> None:
-        self.phase("triggerer restart while a sensor is deferred")
+        self.phase("triggerer restart while the sensors are deferred")
         base = self.new_base_session()
         wanted = {**base, "version": self.next_version(base["version"])}
         run_id = api.trigger(SENSOR_DAG, wanted, label="triggerer_restart")
         self.wait_deferred(api, run_id)
-        old_job = self.check_trigger(run_id)
+        old_jobs = self.check_triggers(run_id)
+        self.wait_trigger_running(run_id, old_jobs)
         old_pid = self.procs.services["triggerer"].pid
-        old_log = self.trigger_log(run_id, old_job)
-        wait_for(
-            f"triggerer job {old_job} to run the trigger ({old_log.name})",
-            lambda: old_log.exists() and "starting" in old_log.read_text(errors="replace"),
-            60,
-            0.5,
-        )
-        self.check(True, f"triggerer job {old_job} is running the trigger (its log {old_log.name})")
+        self.check(True, f"triggerer job(s) {sorted(set(old_jobs.values()))} (pid {old_pid}) run the triggers")
         self.procs.stop("triggerer")
-        ti = api.ti(SENSOR_DAG, run_id, "wait_for_session")
-        self.check(ti is not None and ti["state"] == "deferred", "the sensor stays deferred while no triggerer runs")
+        states = {ti["task_id"]: ti["state"] for ti in api.tis(SENSOR_DAG, run_id) if ti["task_id"] in SENSOR_TASKS}
+        self.check(
+            set(states.values()) == {"deferred"}, f"the sensors stay deferred while no triggerer runs ({states})"
+        )
         restarted_at = datetime.now(UTC)
         new = self.start_triggerer()
 
-        def moved() -> int | None:
+        def moved() -> dict[str, int] | None:
             self.procs.check_running()
-            row = self.trigger_row(run_id)
-            return row[2] if row and row[2] is not None and row[2] != old_job else None
+            rows = self.trigger_rows(run_id)
+            jobs = {task_id: row[2] for task_id, row in rows.items() if row[2] is not None}
+            if len(jobs) == len(SENSOR_TASKS) and all(jobs[t] != old_jobs[t] for t in SENSOR_TASKS):
+                return jobs  # type: ignore[return-value]
+            return None
 
-        new_job = wait_for("the trigger to move to the new triggerer", moved, 120, 0.5)
+        new_jobs = wait_for("the triggers to move to the new triggerer", moved, 120, 0.5)
 
         def healthy_again() -> bool:
             beat = api.health()["triggerer"]
@@ -922,23 +974,22 @@ class DeploymentTest:
             )
 
         wait_for("the health endpoint to show the new triggerer's heartbeat", healthy_again, 60, 0.5)
-        self.check(True, f"trigger moved from triggerer job {old_job} (pid {old_pid}) to job {new_job} (pid {new.pid})")
-        new_log = self.trigger_log(run_id, new_job)
-        wait_for(
-            f"triggerer job {new_job} to run the trigger",
-            lambda: new_log.exists() and "starting" in new_log.read_text(errors="replace"),
-            60,
-            0.5,
+        self.wait_trigger_running(run_id, new_jobs)
+        self.check(
+            True,
+            f"the triggers moved from triggerer job(s) {sorted(set(old_jobs.values()))} (pid {old_pid}) to job(s) "
+            f"{sorted(set(new_jobs.values()))} (pid {new.pid}) and run there",
         )
-        self.deferrals.append(f"{SENSOR_DAG} {run_id}: trigger resumed by the restarted triggerer (job {new_job})")
+        for task_id, job in sorted(new_jobs.items()):
+            self.deferrals.append(f"{run_id} {task_id}: trigger resumed by the restarted triggerer (job {job})")
         self.start_next_version(base)
         run = self.wait_run(api, SENSOR_DAG, run_id)
         self.stop_producer_session()
         self.assert_success(api, run, "triggerer restarted while deferred")
         self.check_deferral_recorded(api, run_id)
         self.restarts.append(
-            f"triggerer restarted (SIGTERM, pid {old_pid} -> {new.pid}) while deferred: trigger moved from "
-            f"job {old_job} to job {new_job}, run succeeded"
+            f"triggerer restarted (SIGTERM, pid {old_pid} -> {new.pid}) while 2 sensors were deferred: triggers moved "
+            f"from job(s) {sorted(set(old_jobs.values()))} to {sorted(set(new_jobs.values()))}, run succeeded"
         )
 
     def scenario_examples_finish(self, api: AirflowApi, triggered: dict[str, str]) -> None:
@@ -1054,6 +1105,7 @@ class DeploymentTest:
         self.start_emulator()
         self.phase("Airflow: db migrate, api-server, scheduler, dag-processor, triggerer, 2 Celery workers")
         api = self.api = self.start_airflow()
+        self.create_db_connection(api)
         self.wait_dags_parsed(api)
         triggered = self.scenario_examples_and_deferral(api)
         self.scenario_triggerer_restart(api)

@@ -1,11 +1,14 @@
-"""Deployment test DAG: a deferrable sensor waits for a session that appears only after it deferred.
+"""Deployment test DAG: deferrable sensors wait for a session that appears only after they deferred.
 
-``wait_for_session`` (``CandelaSessionExistsSensor(deferrable=True)``) checks once, finds nothing and
-defers: the wait then runs in the triggerer (``CandelaSessionExistsTrigger``), not on a worker.  The
-deployment test starts the awaited session (a new version of an existing session, as another Candela
-user) only once it has seen the task in the ``deferred`` state, and for one run it restarts the
-triggerer in between.  ``check_session`` then receives the session's metadata through XCom and
-checks that it is the awaited one.
+``wait_for_session`` and ``wait_for_session_db_conn`` (``CandelaSessionExistsSensor(deferrable=True)``)
+check once, find nothing and defer: the wait then runs in the triggerer (``CandelaSessionExistsTrigger``),
+not on a worker.  The first uses ``candela_default`` (an ``AIRFLOW_CONN_*`` environment variable, as
+every process of the test has it); the second uses ``candela_deploy_db``, a connection the test stores
+in the metadata DB through the REST API, so the triggerer (and the worker) must fetch it through
+Airflow 3's API server, as with a connection made in the UI.  The deployment test starts the awaited
+session (a new version of an existing session, as another Candela user) only once it has seen both
+tasks ``deferred``, and for one run it restarts the triggerer in between.  ``check_session`` then
+receives both sensors' XCom and checks that each is the awaited session's metadata.
 
 Params (all required, given by the test when it triggers the run): ``scope``, ``identifier`` and
 ``version`` of the awaited session.
@@ -33,24 +36,34 @@ with DAG(
     },
     tags=["candela", "deployment-test"],
 ) as dag:
-    wait = CandelaSessionExistsSensor(
-        task_id="wait_for_session",
-        scope="{{ params.scope }}",
-        identifier="{{ params.identifier }}",
-        version="{{ params.version }}",
-        deferrable=True,
-        poke_interval=2,
-        timeout=600,
-    )
+    found = {
+        conn_id: CandelaSessionExistsSensor(
+            task_id=task_id,
+            candela_conn_id=conn_id,
+            scope="{{ params.scope }}",
+            identifier="{{ params.identifier }}",
+            version="{{ params.version }}",
+            deferrable=True,
+            poke_interval=2,
+            timeout=600,
+        ).output
+        for task_id, conn_id in (
+            ("wait_for_session", "candela_default"),
+            ("wait_for_session_db_conn", "candela_deploy_db"),
+        )
+    }
 
     @task
-    def check_session(found: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fail unless the sensor's XCom is the metadata of exactly the awaited session version."""
+    def check_session(found: dict[str, dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fail unless each sensor's XCom is the metadata of exactly the awaited session version."""
         wanted = {key: (params or {})[key] for key in ("scope", "identifier", "version")}
-        got = found.get("obj_id") if isinstance(found, dict) else None
-        if got != wanted:
-            raise ValueError(f"The sensor returned {found!r}; expected the metadata of {wanted!r}.")
-        print(f"Session {got} exists (created by {found.get('created_by')} at {found.get('created_at')}).")
-        return got
+        for conn_id, metadata in found.items():
+            got = metadata.get("obj_id") if isinstance(metadata, dict) else None
+            if got != wanted:
+                raise ValueError(
+                    f"The sensor using {conn_id} returned {metadata!r}; expected the metadata of {wanted!r}."
+                )
+            print(f"{conn_id}: session {got} exists (created by {metadata.get('created_by')}).")
+        return wanted
 
-    check_session(wait.output)
+    check_session(found)
