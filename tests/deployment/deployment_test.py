@@ -139,14 +139,20 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def process_tree(root: int) -> dict[int, int]:
-    """``{pid: start time}`` of ``root`` and all its live descendants."""
+def proc_snapshot() -> tuple[dict[int, list[int]], dict[int, int]]:
+    """``({parent pid: [child pids]}, {pid: start time})`` of every live process."""
     children: dict[int, list[int]] = {}
     starts: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (info := _stat(int(entry.name))) is not None:
             children.setdefault(info[0], []).append(int(entry.name))
             starts[int(entry.name)] = info[1]
+    return children, starts
+
+
+def process_tree(root: int, snapshot: tuple[dict[int, list[int]], dict[int, int]] | None = None) -> dict[int, int]:
+    """``{pid: start time}`` of ``root`` and all its live descendants."""
+    children, starts = snapshot or proc_snapshot()
     tree: dict[int, int] = {}
     todo = [root]
     while todo:
@@ -183,8 +189,8 @@ class Service:
     def pid(self) -> int:
         return self.popen.pid
 
-    def refresh_tree(self) -> dict[int, int]:
-        self.tree.update(process_tree(self.pid))
+    def refresh_tree(self, snapshot: tuple[dict[int, list[int]], dict[int, int]] | None = None) -> dict[int, int]:
+        self.tree.update(process_tree(self.pid, snapshot))
         return self.tree
 
 
@@ -224,7 +230,10 @@ class Processes:
         return service
 
     def check_running(self) -> None:
+        """Raise if a service died; also records every process of each service's tree (for the leak check)."""
+        snapshot = proc_snapshot()
         for service in self.services.values():
+            service.refresh_tree(snapshot)
             if service.popen.poll() is not None:
                 raise DeploymentTestError(
                     f"{service.name} (pid {service.pid}) exited with code {service.popen.returncode}; "
@@ -291,19 +300,24 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def marked_processes(marker: str) -> list[int]:
-    """Pids (other than this one) whose environment carries this run's marker."""
+def our_processes(marker: str, workdir: Path) -> list[int]:
+    """Pids (other than this one) that carry this run's marker in their environment or run inside its directory.
+
+    Both: a process that renames itself (setproctitle: the API server, Celery, PostgreSQL) may overwrite the
+    environment that /proc shows, and a process may change its working directory.
+    """
     needle = f"{MARKER_ENV}={marker}".encode()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or _stat(int(entry.name)) is None:
             continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and _stat(int(entry.name)) is not None:
-            found.append(int(entry.name))
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+                continue
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(entry / "cwd")).is_relative_to(workdir):
+                found.append(int(entry.name))
     return found
 
 
@@ -1118,7 +1132,11 @@ class DeploymentTest:
         self.phase("teardown")
         self.procs.stop_all()
         problems = []
-        if left := marked_processes(self.marker):
+        seen: dict[int, int] = {}
+        for service in self.procs.stopped:
+            seen.update(service.tree)
+        left = sorted(set(alive(seen)) | set(our_processes(self.marker, self.workdir)))
+        if left:
             problems.append(f"processes left behind: {left}")
             for pid in left:
                 with contextlib.suppress(ProcessLookupError):
@@ -1128,7 +1146,10 @@ class DeploymentTest:
         if not problems:
             self.checks.append("no process or port left behind")
             ports = sorted(self.ports.values())
-            log(f"ok: nothing left behind (no process with this run's marker; ports {ports} closed)")
+            log(
+                f"ok: nothing left behind ({len(seen)} processes seen in the services' trees all gone, none with "
+                f"this run's marker or directory; ports {ports} closed)"
+            )
         return problems
 
     def summary(self, error: BaseException | None, problems: list[str]) -> None:
