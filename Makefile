@@ -108,8 +108,28 @@ demo: venv
 	$(call section,demo: example_dags/ run against the Candela emulator)
 	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags example_dags
 
-bench:
-	@echo "make bench: not available yet"
+# ---------------------------------------------------------------------------------------------------------------
+# bench (owner: performance engineer): every figure of issue 6 in one run; see bench/run.py and bench/README text.
+# bench/.venv holds the provider (editable, emulator extra) on Airflow 3.3 plus the two peer providers the DAG-parse
+# figure compares against, pinned so that runs stay comparable; the project venv is left untouched.  The official
+# SDK (urllib3<2) gets its own venv from bench/sdk_env.py (.venv-sdk when the contract tests made it, else
+# bench/.venv-sdk).
+BENCH_VENV := bench/.venv
+BENCH_REQS := $(AF3_REQS) "apache-airflow-providers-http==6.3.0" "apache-airflow-providers-databricks==7.23.0"
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell (cat pyproject.toml; echo '$(BENCH_REQS)') | sha256sum | cut -c1-16)
+
+$(BENCH_STAMP): | uv
+	$(call section,bench venv: $(BENCH_VENV) with the provider and the http + databricks providers)
+	@test -x $(BENCH_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(BENCH_VENV)
+	@rm -f $(BENCH_VENV)/.installed-*
+	VIRTUAL_ENV=$(BENCH_VENV) $(UV) pip install -q -e ".[emulator]" $(BENCH_REQS)
+	$(call compile_venv,$(BENCH_VENV))
+	@touch $@
+
+bench: venv $(BENCH_STAMP)
+	$(call section,bench: figures 1-6 (table below; JSON in bench/results.json))
+	$(BENCH_VENV)/bin/python -m bench
+# ---------------------------------------------------------------------------------------------------------------
 
 clean:
 	rm -rf $(VENV) $(VENV_AF2) .venv-sdk .mypy_cache .ruff_cache .pytest_cache
