@@ -109,7 +109,7 @@ demo: venv
 	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags example_dags
 
 # ---------------------------------------------------------------------------------------------------------------
-# bench (owner: performance engineer): every figure of issue 6 in one run; see bench/run.py and bench/README text.
+# bench (owner: performance engineer): every figure of issue 6 in one run, described in bench/run.py.
 # bench/.venv holds the provider (editable, emulator extra) on Airflow 3.3 plus the two peer providers the DAG-parse
 # figure compares against, pinned so that runs stay comparable; the project venv is left untouched.  The official
 # SDK (urllib3<2) gets its own venv from bench/sdk_env.py (.venv-sdk when the contract tests made it, else
