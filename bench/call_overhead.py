@@ -107,7 +107,7 @@ class SdkLoop:
             self.process.wait(10)
 
 
-def run(emulator: CandelaEmulator, calls: int = 50, rounds: int = 30, warmup: int = 2) -> list[Row]:
+def run(emulator: CandelaEmulator, *, calls: int = 50, rounds: int = 30, warmup: int = 2) -> list[Row]:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
     emulator.reset()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from airflow_provider_candela.testing import CandelaEmulator
 
@@ -36,6 +36,7 @@ __all__ = [
     "median",
     "paired_ratio",
     "peak_rss_mb",
+    "private_stdout",
     "request_count",
     "rss_mb",
     "stats_delta",
@@ -59,6 +60,7 @@ class Row:
     :param target: the target, in words.
     :param met: whether the target is met.
     :param details: every raw number behind the row (samples, medians, absolute times).
+    :param note: one line printed under the table (figures reported without a target).
     """
 
     figure: str
@@ -70,6 +72,7 @@ class Row:
     target: str
     met: bool
     details: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +200,18 @@ def bench_emulator(**flags: Any) -> Iterator[CandelaEmulator]:
             os.environ.pop("AIRFLOW_CONN_CANDELA_DEFAULT", None)
         else:
             os.environ["AIRFLOW_CONN_CANDELA_DEFAULT"] = saved
+
+
+def private_stdout() -> TextIO:
+    """Keep the real stdout for this process's own output; send fd 1 (and ``print``) to stderr.
+
+    Airflow's structlog writes its log lines to stdout: in a child whose stdout is a pipe read only
+    for results, they would mix with the results or fill the pipe and block the child.
+    """
+    sys.stdout.flush()
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return channel
 
 
 def log(message: str) -> None:

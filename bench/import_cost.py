@@ -78,7 +78,7 @@ def compile_package() -> None:
     )
 
 
-def run(rounds: int = 10, warmup: int = 1, workers: int = 2) -> list[Row]:
+def run(*, rounds: int = 10, warmup: int = 1, workers: int = 2) -> list[Row]:
     compile_package()
     rng = random.Random(1)
     jobs: list[tuple[int, str]] = []

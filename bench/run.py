@@ -13,6 +13,7 @@ Exit status: 0 when every figure ran (targets met or not: the table says), 1 whe
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_candela.testing import CandelaEmulator
-from bench.common import BENCH_DIR, Row, airflow_env, bench_emulator, dump_json, log
+from bench.common import BENCH_DIR, Row, airflow_env, bench_emulator, dump_json, log, private_stdout
 
 __all__ = ["format_table", "main"]
 
@@ -73,7 +74,7 @@ def _failed(number: int, exc: BaseException) -> Row:
 def _number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    if value != value:  # NaN
+    if math.isnan(value):
         return "n/a"
     text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
     return f"{text} {unit}".strip()
@@ -103,6 +104,9 @@ def format_table(rows: Sequence[Row]) -> str:
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
         if index == 0:
             out.append("  ".join("-" * width for width in widths))
+    notes = [f"  {row.figure.split(' ', 1)[0]}: {row.note}" for row in rows if row.note]
+    if notes:
+        out += ["", "notes:", *notes]
     return "\n".join(out)
 
 
@@ -112,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.json", help="where to write the JSON")
     args = parser.parse_args(argv)
+    out = private_stdout()  # the table goes here; Airflow's log lines (stdout) go to stderr with the progress
     wanted = [int(n) for n in args.only.split(",") if n.strip()] or list(FIGURES)
     started = time.monotonic()
     rows: list[Row] = []
@@ -143,8 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             emulator.start()
     elapsed = time.monotonic() - started
     table = format_table(rows)
-    print(table)
-    print(f"\n{sum(r.met for r in rows)}/{len(rows)} targets met; {elapsed:.0f} s; results in {args.output}")
+    print(table, file=out)
+    print(f"\n{sum(r.met for r in rows)}/{len(rows)} targets met; {elapsed:.0f} s; results in {args.output}", file=out)
     result: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(elapsed, 1),

@@ -43,9 +43,13 @@ def sdk_python() -> Path:
     uv = shlex.split(os.environ["UV"]) if os.environ.get("UV") else ([found] if (found := shutil.which("uv")) else None)
     if uv is not None:
         subprocess.run([*uv, "venv", "-q", "--python", base_python, str(venv)], check=True, env=env)
-        subprocess.run([*uv, "pip", "install", "-q", SDK_REQUIREMENT], check=True, env={**env, "VIRTUAL_ENV": str(venv)})
+        subprocess.run(
+            [*uv, "pip", "install", "-q", SDK_REQUIREMENT], check=True, env={**env, "VIRTUAL_ENV": str(venv)}
+        )
     else:
         subprocess.run([base_python, "-m", "venv", str(venv)], check=True, env=env)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", SDK_REQUIREMENT], check=True, env=env)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", SDK_REQUIREMENT], check=True, env=env
+        )
     (venv / _STAMP).write_text(SDK_REQUIREMENT + "\n")
     return venv / "bin" / "python"

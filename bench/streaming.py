@@ -7,9 +7,10 @@ and reads until the first event line has arrived: that is when the server sent i
 parsing).  The lag is ``hook - raw``; both streams are closed after the first event.
 
 Memory: fresh child processes read a whole 1,000- and 100,000-event stream (the emulator yields to
-its event loop between events, ``event_delay`` = 0.2 ms, so every event is written on its own), keeping
-only a count (a control run keeps every event, to show the measure sees growth), while sampling their resident set size every 1,000 events.  Growth = peak RSS during
-the stream minus RSS before it; the figure is growth(100,000) - growth(1,000), for the hook and for a
+its event loop between events, ``event_delay`` = 0.2 ms, so every event is written on its own),
+keeping only a count, while sampling their resident set size every 1,000 events (a control run keeps
+every event, to show that the measure sees growth).  Growth = peak RSS during the stream minus RSS
+before it; the figure is growth(100,000) - growth(1,000), for the hook and for a
 bare ``requests`` ``iter_lines`` + ``json.loads`` reader (the reference).
 """
 
@@ -24,7 +25,7 @@ import time
 from typing import Any, Final
 
 from airflow_provider_candela.testing import CandelaEmulator
-from bench.common import Row, interleave, log, median, paired_ratio, peak_rss_mb, rss_mb
+from bench.common import Row, interleave, log, median, paired_ratio, peak_rss_mb, private_stdout, rss_mb
 
 __all__ = ["run"]
 
@@ -158,9 +159,7 @@ def _memory_child(reader: str, session_id: str) -> dict[str, Any]:
     }
 
 
-def _memory_sample(
-    emulator: CandelaEmulator, reader: str, events: int, session_id: str, token: str
-) -> dict[str, Any]:
+def _memory_sample(emulator: CandelaEmulator, reader: str, events: int, session_id: str, token: str) -> dict[str, Any]:
     emulator.configure(agent_chat_events=events - 1)  # + the `user` echo
     proc = subprocess.run(
         [sys.executable, "-m", "bench.streaming", "--child", reader, session_id],
@@ -180,6 +179,7 @@ def _memory_sample(
 
 def run(
     emulator: CandelaEmulator,
+    *,
     rounds: int = 9,
     events: int = 100_000,
     small: int = 1_000,
@@ -249,6 +249,7 @@ def run(
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        print(json.dumps(_memory_child(sys.argv[2], sys.argv[3])))
+        channel = private_stdout()
+        print(json.dumps(_memory_child(sys.argv[2], sys.argv[3])), file=channel)
     else:
         sys.exit("usage: python -m bench.streaming --child hook|bare SESSION_ID (run by bench.run)")

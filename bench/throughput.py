@@ -74,7 +74,7 @@ async def _generate(host: str, port: int, request: bytes, seconds: float, max_re
     }
 
 
-def run(emulator: CandelaEmulator, seconds: float = 5.0, max_requests: int = 200_000) -> list[Row]:
+def run(emulator: CandelaEmulator, *, seconds: float = 5.0, max_requests: int = 200_000) -> list[Row]:
     import requests
 
     from airflow_provider_candela.hooks.candela import CandelaHook
