@@ -264,13 +264,14 @@ class Processes:
         """``kill -9`` a service's whole process tree at once (frozen first, so nothing respawns)."""
         service = self.services.pop(name)
         self.stopped.append(service)
-        tree = service.refresh_tree()
-        signal_tree(tree, signal.SIGSTOP)
-        tree = service.refresh_tree()  # anything forked just before the freeze
-        signal_tree(tree, signal.SIGKILL)
+        live = process_tree(service.pid)
+        signal_tree(live, signal.SIGSTOP)
+        live.update(process_tree(service.pid))  # anything forked just before the freeze
+        service.tree.update(live)
+        signal_tree(live, signal.SIGKILL)
         service.popen.wait(10)
-        wait_until_gone(tree, f"the processes of {name}", grace=10.0)
-        return sorted(tree)
+        wait_until_gone(live, f"the processes of {name}", grace=10.0)
+        return sorted(live)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.services)):
