@@ -5,11 +5,11 @@
 #    started by the install: the test starts its own servers on free loopback ports).
 # 2. .venv-deploy: Airflow 3.3 + the Celery and Postgres providers + psycopg2 + this provider (editable,
 #    with the emulator extra). Rebuilt only when pyproject.toml or the pins below change.
-# 3. tests/deployment/deployment_test.py: starts PostgreSQL, Redis, the Candela emulator, the API server,
+# 3. tests/deployment/run_deployment.py: starts PostgreSQL, Redis, the Candela emulator, the API server,
 #    scheduler, DAG processor, triggerer and two Celery workers, runs the scenarios, stops everything.
 #
 # Needs root (apt-get; PostgreSQL runs as the `postgres` user the package creates). Extra arguments go
-# to deployment_test.py (e.g. --keep to keep the run directory with every log).
+# to run_deployment.py (e.g. --keep to keep the run directory with every log).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -63,4 +63,4 @@ fi
 
 # ---------------------------------------------------------------- 3. the test
 section "deployment test: $("$VENV/bin/python" -c 'import importlib.metadata as m; print("Airflow", m.version("apache-airflow"), "+ celery provider", m.version("apache-airflow-providers-celery"), "+ postgres provider", m.version("apache-airflow-providers-postgres"))')"
-exec "$VENV/bin/python" -u tests/deployment/deployment_test.py "$@"
+exec "$VENV/bin/python" -u tests/deployment/run_deployment.py "$@"
