@@ -34,7 +34,7 @@ from airflow_provider_candela._validation import (
     require_text,
     session_ids,
 )
-from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaInputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ObjectMetadata, ToolModule
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_CONN_ID = "candela_default"
+_IF_SESSION_RUNNING = ("stop", "fail")
 
 
 class _CandelaOperator(BaseOperator):
@@ -124,10 +125,13 @@ class _CandelaOperator(BaseOperator):
 class _StartOperatorBase(_CandelaOperator):
     """Slot handling, retry safety and ``on_kill`` shared by the two start operators.
 
-    Retry safety: Candela runs at most one session per user.  Before starting, the operator stops
-    the user's running session (as candela-kit does), so a retried start (after a worker crash or a
-    lost response) never leaves a second session running; if the start call itself fails, the
-    operator stops whatever that call may have started before re-raising.
+    Retry safety: Candela runs at most one session per user.  With ``if_session_running="stop"``
+    (the default, as candela-kit does) the operator stops the user's running session before
+    starting, so a retried start (after a worker crash or a lost response) never leaves a second
+    session running; if the start call itself fails ambiguously, the operator stops whatever that
+    call may have started before re-raising.  With ``if_session_running="fail"`` it never stops a
+    session it did not start: Candela refuses the start while another session runs, and the task
+    fails with a message saying so (with ``retries``, the task then waits for the slot).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class _StartOperatorBase(_CandelaOperator):
         ensure_slot: bool = True,
         slot_type: str | None = None,
         slot_ready_timeout: float = 600,
+        if_session_running: str = "stop",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,6 +151,13 @@ class _StartOperatorBase(_CandelaOperator):
         self.ensure_slot = ensure_slot
         self.slot_type = slot_type
         self.slot_ready_timeout = slot_ready_timeout
+        if if_session_running not in _IF_SESSION_RUNNING:
+            raise CandelaInputError(
+                f"Invalid `if_session_running` for task '{self.task_id}': expected 'stop' (stop the user's running "
+                f"session, then start) or 'fail' (never stop a session this task did not start), "
+                f"got {if_session_running!r}."
+            )
+        self.if_session_running = if_session_running
         if not isinstance(ensure_slot, bool):
             raise CandelaInputError(
                 f"Invalid `ensure_slot` for task '{self.task_id}': expected True or False, got {ensure_slot!r}."
@@ -178,13 +190,32 @@ class _StartOperatorBase(_CandelaOperator):
                 slot_type = coerce_optional_name(self.slot_type, argument="slot_type", task_id=self.task_id)
                 slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
                 self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
-            try_number = _try_number(context)
-            if try_number > 1:
-                self.log.info("Try %s: stopping any session left running by an earlier try.", try_number)
-            # One running session per user: stop it before starting, so a retry never leaves two.
-            hook.stop_session()
+            if self.if_session_running == "stop":
+                try_number = _try_number(context)
+                if try_number > 1:
+                    self.log.info("Try %s: stopping any session left running by an earlier try.", try_number)
+                # One running session per user: stop it before starting, so a retry never leaves two.
+                hook.stop_session()
             try:
                 metadata = start(hook)
+            except CandelaApiError as err:
+                if err.status is not None and 400 <= err.status < 500:
+                    # Candela answered and refused: nothing was started, and the running session (if the
+                    # refusal is about one) belongs to someone else; leave it alone.
+                    if self.if_session_running == "fail" and err.status == 400:
+                        raise CandelaApiError(
+                            f"{err} (task '{self.task_id}' has if_session_running='fail': if another session "
+                            "runs on this Candela user's slot, wait for it to stop (give the task retries), use "
+                            "another connection (Candela user), or set if_session_running='stop')",
+                            status=err.status,
+                            method=err.method,
+                            path=err.path,
+                            detail=err.detail,
+                            hint=err.hint,
+                        ) from err
+                    raise
+                self._stop_session_best_effort("the start call failed")
+                raise
             except BaseException:
                 # The start may have happened server-side (lost response): leave nothing running.
                 self._stop_session_best_effort("the start call failed")
@@ -226,6 +257,9 @@ class CandelaStartSessionOperator(_StartOperatorBase):
     :param ensure_slot: assign a slot when the user has none and wait until it is ready.
     :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``).
     :param slot_ready_timeout: seconds to wait for the slot to become ready.
+    :param if_session_running: what to do when the user already runs a session: ``"stop"`` it first
+        (default; makes retries safe, but stops another DAG run's session if it uses the same Candela
+        user) or ``"fail"`` (never stop a session this task did not start).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     """
 
@@ -251,6 +285,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         ensure_slot: bool = True,
         slot_type: str | None = None,
         slot_ready_timeout: float = 600,
+        if_session_running: str = "stop",
         candela_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -260,6 +295,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
             ensure_slot=ensure_slot,
             slot_type=slot_type,
             slot_ready_timeout=slot_ready_timeout,
+            if_session_running=if_session_running,
             candela_conn_id=candela_conn_id,
             **kwargs,
         )
@@ -315,6 +351,9 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
     :param ensure_slot: assign a slot when the user has none and wait until it is ready.
     :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``).
     :param slot_ready_timeout: seconds to wait for the slot to become ready.
+    :param if_session_running: what to do when the user already runs a session: ``"stop"`` it first
+        (default; makes retries safe, but stops another DAG run's session if it uses the same Candela
+        user) or ``"fail"`` (never stop a session this task did not start).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     """
 
@@ -332,6 +371,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
         ensure_slot: bool = True,
         slot_type: str | None = None,
         slot_ready_timeout: float = 600,
+        if_session_running: str = "stop",
         candela_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -341,6 +381,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
             ensure_slot=ensure_slot,
             slot_type=slot_type,
             slot_ready_timeout=slot_ready_timeout,
+            if_session_running=if_session_running,
             candela_conn_id=candela_conn_id,
             **kwargs,
         )

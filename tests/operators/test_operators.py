@@ -364,3 +364,28 @@ def test_stop_runs_after_a_failed_start_and_the_failed_start_leaves_nothing_runn
     assert dagrun.states(dr) == {"start": "failed", "stop": "success"}
     assert dagrun.request_count(candela.stats(), "POST /session", "400") == 1  # Candela's "Unknown app"
     assert _running(candela) is None
+
+
+def test_if_session_running_fail_leaves_another_runs_session_alone(
+    candela: Any, dagrun: ModuleType, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+
+    with CandelaHook() as hook:  # another DAG run of the same Candela user holds the slot
+        hook.ensure_slot(timeout=10)
+        other = hook.start_session(AGENT, "default/demo-model")
+    with _dag("op_start_if_running_fail") as dag:
+        CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL, if_session_running="fail")
+    with caplog.at_level(logging.INFO):
+        dr = dagrun.run_dag(dag)
+    assert dagrun.states(dr) == {"start": "failed"}
+    assert _running(candela) == other.obj_id.model_dump(mode="json"), "the other run's session must keep running"
+    assert dagrun.request_count(candela.stats(), "GET /session/stop") == 0
+    captured = capsys.readouterr()  # Airflow 3 logs through structlog to stdout, Airflow 2 through logging
+    logged = caplog.text + captured.out + captured.err
+    assert "if_session_running='fail'" in logged and "already running" in logged
+
+
+def test_if_session_running_is_checked_at_parse_time() -> None:
+    with pytest.raises(CandelaInputError, match="Invalid `if_session_running` for task 't'"):
+        CandelaStartSessionOperator(task_id="t", app=PIPELINE, model=MODEL, if_session_running="kill")
