@@ -92,14 +92,14 @@ typecheck: venv
 
 test-py3: venv
 	$(call section,pytest on Airflow $$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'))
-	$(VENV)/bin/python -m pytest tests
+	$(VENV)/bin/python -m pytest --durations=15 tests
 
 test-af2: venv-af2
 	$(call section,pytest on Airflow $$($(VENV_AF2)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') ($(PYTEST_AF2_DIRS)))
 	@dirs=""; for d in $(PYTEST_AF2_DIRS); do [ -d "$$d" ] && dirs="$$dirs $$d"; done; \
 	if [ -z "$$dirs" ]; then echo "no Airflow 2.11 test directories yet"; exit 1; fi; \
 	echo "$(VENV_AF2)/bin/python -m pytest$$dirs"; \
-	$(VENV_AF2)/bin/python -m pytest $$dirs
+	$(VENV_AF2)/bin/python -m pytest --durations=10 $$dirs
 
 test: lint typecheck test-py3 test-af2
 	$(call section,make test: all green)
