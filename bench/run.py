@@ -37,7 +37,7 @@ def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> lis
     if number == 2:
         from bench import call_overhead
 
-        return call_overhead.run(emulator, rounds=5 if quick else 12)
+        return call_overhead.run(emulator, rounds=8) if quick else call_overhead.run(emulator)
     if number == 3:
         from bench import lifecycle
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bench import import_cost
 
             try:
-                rows += import_cost.run(rounds=3 if args.quick else 7)
+                rows += import_cost.run(rounds=3 if args.quick else 10)
             except Exception as exc:
                 failed = True
                 rows.append(_failed(1, exc))

@@ -208,6 +208,7 @@ def run(
         "triggers": count,
         "poll_interval_s": poll_interval,
         "fired_success": successes,
+        "fired_within_two_polls": sum(1 for latency in latencies if latency <= 2 * poll_interval),
         "not_fired": result["pending"],
         "errors": result["errors"],
         "latency_s": {
@@ -231,7 +232,10 @@ def run(
         "tcp_connections": during["tcp_connections"],
         "requests_by_route": during["requests"],
     }
+    in_time = sum(1 for latency in latencies if latency <= 2 * poll_interval)
     note = (
+        f"{in_time}/{count} fired within 2 poll intervals ({result['pending']} had not fired when stopped; "
+        "their delay counts until then); "
         f"{result['cpu_seconds']:.1f} CPU s ({details['cpu_ms_per_trigger']:.1f} ms/trigger), "
         f"{details['memory_kb_per_trigger']:.0f} KB/trigger, {during['token_grants']} token grants, "
         f"{during['tcp_connections']} TCP connections for {checks} checks, "
