@@ -1,12 +1,17 @@
 """Candela triggers: wait for a session to exist without holding a worker slot.
 
-The trigger reuses the synchronous :class:`~airflow_provider_candela.hooks.candela.CandelaHook` (one
-hook per trigger run) and runs each of its calls in a worker thread through
+The trigger reuses the synchronous :class:`~airflow_provider_candela.hooks.candela.CandelaHook` and
+runs each of its calls in a worker thread through
 ``asgiref.sync.sync_to_async(..., thread_sensitive=False)``, so the triggerer's event loop never
 blocks.  ``sync_to_async`` (rather than a bare ``asyncio.to_thread``) matters on Airflow 3: the
 hook's connection lookup talks to the triggerer's supervisor, and asgiref records the main event
 loop in the worker thread so that the lookup is bridged back to it (the way
 ``airflow.providers.common.compat.connection.get_async_connection`` reads connections).
+
+All the triggers of one triggerer process that use the same connection share one hook (one token,
+one pool of keep-alive connections): a thousand deferred sensors make one token grant, not a
+thousand, and do not flood Airflow's secret masker with a thousand tokens.  The hook is closed when
+the last trigger using it ends, so a changed connection is read again by the next trigger.
 
 Only identifiers, the connection id and the timing are serialized; never credentials.
 """
@@ -14,6 +19,7 @@ Only identifiers, the connection id and the timing are serialized; never credent
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +45,50 @@ async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
 
 def _event(payload: dict[str, Any]) -> TriggerEvent:
     return TriggerEvent(payload)  # type: ignore[no-untyped-call]
+
+
+class _SharedHooks:
+    """One hook per connection id for the triggers of this process, counted by its users.
+
+    ``acquire`` and ``release`` block (connection lookup, closing sockets): call them in a worker
+    thread.  The hook itself is safe to share: its token manager locks around grants, and its
+    ``requests.Session`` pools connections per thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: dict[str, tuple[CandelaHook, int]] = {}
+
+    def acquire(self, conn_id: str) -> CandelaHook:
+        from airflow_provider_candela.hooks.candela import CandelaHook
+
+        with self._lock:
+            entry = self._hooks.get(conn_id)
+            if entry is None:
+                hook = CandelaHook(candela_conn_id=conn_id)
+                hook.get_conn()  # the connection lookup happens here, off the event loop
+                entry = (hook, 0)
+            self._hooks[conn_id] = (entry[0], entry[1] + 1)
+            return entry[0]
+
+    def release(self, conn_id: str, hook: CandelaHook) -> None:
+        with self._lock:
+            shared, users = self._hooks.get(conn_id, (None, 0))
+            if shared is not hook:
+                return
+            if users > 1:
+                self._hooks[conn_id] = (hook, users - 1)
+                return
+            del self._hooks[conn_id]
+        hook.close()
+
+    def users(self, conn_id: str) -> int:
+        """How many running triggers share the hook of ``conn_id`` (0: none is open)."""
+        with self._lock:
+            return self._hooks.get(conn_id, (None, 0))[1]
+
+
+_HOOKS = _SharedHooks()
 
 
 class CandelaSessionExistsTrigger(BaseTrigger):
@@ -99,14 +149,6 @@ class CandelaSessionExistsTrigger(BaseTrigger):
     def _session_id(self) -> ObjectId:
         return ObjectId(scope=self.scope, identifier=self.identifier, version=self.version)
 
-    def _make_hook(self) -> CandelaHook:
-        """Create the hook and read the connection (runs in a worker thread)."""
-        from airflow_provider_candela.hooks.candela import CandelaHook
-
-        hook = CandelaHook(candela_conn_id=self.candela_conn_id)
-        hook.get_conn()  # the connection lookup happens here, off the event loop
-        return hook
-
     @staticmethod
     def _metadata(hook: CandelaHook, oid: ObjectId) -> dict[str, Any]:
         """The session's ObjectMetadata dict, or its ids when the metadata call fails."""
@@ -123,7 +165,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         hook: CandelaHook | None = None
         checks = 0
         try:
-            live = hook = await _in_thread(self._make_hook)
+            live = hook = await _in_thread(_HOOKS.acquire, self.candela_conn_id)
             while True:
                 checks += 1
                 if await _in_thread(live.session_exists, oid):
@@ -157,6 +199,6 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         finally:
             if hook is not None:
                 try:
-                    await _in_thread(hook.close)
+                    await _in_thread(_HOOKS.release, self.candela_conn_id, hook)
                 except Exception as err:  # closing is best effort
                     self.log.debug("Closing the Candela hook failed: %s", err)

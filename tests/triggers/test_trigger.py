@@ -123,3 +123,30 @@ def test_cancelling_the_trigger_stops_polling(candela: Any, dagrun: ModuleType) 
 async def _drain(trigger: CandelaSessionExistsTrigger) -> None:
     async for _ in trigger.run():
         pass
+
+
+def test_triggers_of_one_connection_share_one_hook_and_one_token(candela: Any) -> None:
+    from airflow_provider_candela.triggers.sessions import _HOOKS
+
+    started = _start_session()
+    oid = started.obj_id
+    grants_before = candela.stats()["token_grants"]["password"]
+
+    async def run_all() -> list[dict[str, Any]]:
+        async def first_event(trigger: CandelaSessionExistsTrigger) -> dict[str, Any]:
+            async for event in trigger.run():
+                return dict(event.payload)
+            raise AssertionError("the trigger ended without an event")
+
+        triggers = [
+            CandelaSessionExistsTrigger(oid.scope, oid.identifier, None, poll_interval=0.1, timeout=30)
+            for _ in range(50)
+        ]
+        return await asyncio.gather(*(first_event(t) for t in triggers))
+
+    events = asyncio.run(asyncio.wait_for(run_all(), 60))
+
+    assert [e["status"] for e in events] == ["success"] * 50
+    stats = candela.stats()
+    assert stats["token_grants"]["password"] - grants_before == 1, "50 triggers, one shared token"
+    assert _HOOKS.users("candela_default") == 0, "the shared hook is closed when its last trigger ends"
