@@ -10,6 +10,7 @@ once the server may have received them.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
+from urllib.request import getproxies
 
 import requests
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHook, mask_secret
@@ -101,6 +103,11 @@ class _Ambiguous(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+
+
+def _keep_request(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """Session auth that changes nothing (it only keeps requests from applying ~/.netrc)."""
+    return request
 
 
 class CandelaHook(BaseHook):
@@ -213,8 +220,17 @@ class CandelaHook(BaseHook):
             if cfg.app_name:
                 session.headers["X-LUSID-Application"] = cfg.app_name
             session.verify = cfg.verify
+            # Our Authorization header is set on every call: never let requests replace it with ~/.netrc.
+            session.auth = _keep_request
             if cfg.proxy:
                 session.proxies = {"http": cfg.proxy, "https": cfg.proxy}
+                session.trust_env = False
+            elif not getproxies():
+                # No proxy in the environment: stop requests from re-reading the environment on every
+                # call (about 0.3 ms each); the one setting left to take from it is the CA bundle.
+                session.trust_env = False
+            if not session.trust_env and cfg.verify is True:
+                session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             self._session = session
         return self._session
 
