@@ -133,7 +133,7 @@ bench: venv $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) $(VENV_AF2) .venv-sdk .mypy_cache .ruff_cache .pytest_cache
-	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +
+	find . -name __pycache__ -type d -not -path '*/.venv*' -prune -exec rm -rf {} +
 
 # ---- ui-test (owner: UI-test engineer) ---------------------------------------------------------------------
 # The Candela connection form in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the
