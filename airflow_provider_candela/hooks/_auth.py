@@ -222,8 +222,9 @@ class TokenManager:
             hint = "the identity provider is failing; try again later"
         else:
             hint = f"check the extra token_url of connection {cfg.conn_id!r}"
+        said = (detail or "no detail").rstrip(".")
         return CandelaAuthError(
-            f"The token endpoint {cfg.token_url} refused the {grant} grant ({status}): {detail or 'no detail'}. "
+            f"The token endpoint {cfg.token_url} refused the {grant} grant ({status}): {said}. "
             f"{hint[0].upper()}{hint[1:]}.",
             status=status,
             method="POST",

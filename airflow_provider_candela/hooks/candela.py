@@ -419,8 +419,8 @@ class CandelaHook(BaseHook):
         if call.kind == "start":
             raise _Ambiguous(error, retry_after)
         raise type(error)(
-            f"{error}. The prompt may or may not have run; it is not resubmitted automatically. Check the "
-            "session's output before submitting it again",
+            f"{str(error).rstrip('.')}. The prompt may or may not have run; it is not resubmitted automatically. "
+            "Check the session's output before submitting it again",
             status=error.status,
             method=error.method,
             path=error.path,
@@ -534,7 +534,7 @@ class CandelaHook(BaseHook):
             hint = ""
         message = f"Candela {verb} {call.what} ({status}): {detail}"
         if hint:
-            message += f". {hint}"
+            message = f"{message.rstrip('.')}. {hint}"
         return cls(message, status=status, method=call.method, path=call.path, detail=detail, hint=hint)
 
     def _parse(self, resp: requests.Response, adapter: TypeAdapter[T], expected: str, call: _Call) -> T:
@@ -761,8 +761,8 @@ class CandelaHook(BaseHook):
                     return meta
         except CandelaError as exc:
             raise CandelaApiError(
-                f"{error}. The session may or may not have been started, and checking failed too ({exc}). "
-                "Call list_sessions (or look in Candela) before starting it again",
+                f"{str(error).rstrip('.')}. The session may or may not have been started, and checking failed too "
+                f"({exc}). Call list_sessions (or look in Candela) before starting it again",
                 status=getattr(error, "status", None),
                 method=call.method,
                 path=call.path,

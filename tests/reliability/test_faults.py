@@ -282,9 +282,10 @@ def test_token_endpoint_refusing_the_credentials(candela: Emulator, run: Any, mo
         result = run(session_dag("faults_bad_credentials"))
         assert result.states == START_FAILED
         assert (
-            "refused the password grant (400): invalid_grant: The credentials provided were invalid"
+            "refused the password grant (400): invalid_grant: The credentials provided were invalid. "
+            "Check login, password and the extras client_id, client_secret and token_url of connection "
+            "'candela_default'."
         ) in result.log
-        assert "Check login, password and the extras client_id, client_secret and token_url" in result.log
         stats = _clean_end(candela, started=0)
         assert stats["requests"] == {"POST /oauth2/token": {"400": 1}}  # not retried, no API call made
 
