@@ -320,12 +320,16 @@ class CandelaHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Hidden fields, relabels and placeholders, from ``get_provider_info.UI_FIELD_BEHAVIOUR``."""
+        """Hidden fields, relabels and placeholders, from ``get_provider_info.UI_FIELD_BEHAVIOUR``.
+
+        The provider-info schema spells the keys ``hidden-fields``; the hook method (Airflow 2.11)
+        must use ``hidden_fields``, as Airflow 3 itself converts them.
+        """
         import copy
 
         from airflow_provider_candela.get_provider_info import UI_FIELD_BEHAVIOUR
 
-        return copy.deepcopy(dict(UI_FIELD_BEHAVIOUR))
+        return {key.replace("-", "_"): copy.deepcopy(value) for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     def test_connection(self) -> tuple[bool, str]:
         """Authenticate and make one real call (``GET /slot/user_has_slot``).  Never raises.

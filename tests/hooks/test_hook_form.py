@@ -12,9 +12,12 @@ from airflow_provider_candela.hooks.candela import CandelaHook
 
 def test_ui_field_behaviour_is_the_provider_info_one() -> None:
     behaviour = CandelaHook.get_ui_field_behaviour()
-    assert behaviour == UI_FIELD_BEHAVIOUR
-    assert behaviour == get_provider_info()["connection-types"][0]["ui-field-behaviour"]
-    behaviour["hidden-fields"].append("login")  # a copy: callers cannot change the definition
+    # Airflow 2.11 wants the hook's keys in snake_case (and rejects the whole behaviour otherwise).
+    assert set(behaviour) == {"hidden_fields", "relabeling", "placeholders"}
+    in_provider_info = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+    assert in_provider_info == UI_FIELD_BEHAVIOUR
+    assert behaviour == {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
+    behaviour["hidden_fields"].append("login")  # a copy: callers cannot change the definition
     assert "login" not in UI_FIELD_BEHAVIOUR["hidden-fields"]
 
 
