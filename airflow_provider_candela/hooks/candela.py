@@ -595,7 +595,12 @@ class CandelaHook(BaseHook):
                 raise ValueError(f"got {type(value).__name__}")
             return oid.validate_names()
         except (ValueError, ValidationError) as exc:
-            reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            if isinstance(exc, ValidationError):
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                reason = f"{where}: {first['msg']}" if where else first["msg"]
+            else:
+                reason = str(exc)
             raise CandelaInputError(
                 f"Argument {argument!r} is not a Candela object id ({reason}): pass an ObjectId, "
                 "a dict with scope/identifier/version, or 'scope/identifier:version'"
@@ -622,8 +627,36 @@ class CandelaHook(BaseHook):
     @staticmethod
     def _require_text(value: Any, argument: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise CandelaInputError(f"Argument {argument!r} must be a non-empty string, got {value!r}")
+            raise CandelaInputError(f"Argument {argument!r} must be a non-empty string, got {_short(value)}")
         return value
+
+    @staticmethod
+    def _scope(value: Any, argument: str = "scope") -> str:
+        """A well-formed scope name (checked before any request)."""
+        if not isinstance(value, str):
+            raise CandelaInputError(
+                f"Argument {argument!r} must be a scope name such as 'default', got {type(value).__name__} "
+                f"{_short(value)}"
+            )
+        try:
+            ObjectId(scope=value, identifier="x").validate_names()
+        except ValueError as exc:
+            raise CandelaInputError(f"Argument {argument!r} is not a valid scope: {exc}") from None
+        return value
+
+    def _prompt(self, session_id: Any, prompt: Any, scope: Any) -> SubmitPrompt:
+        """The body of a prompt call, every argument checked before any request."""
+        text = self._require_text(prompt, "prompt")
+        identifier = self._require_text(session_id, "session_id")
+        scope = self._scope(scope)
+        try:
+            ObjectId(scope=scope, identifier=identifier).validate_names()
+        except ValueError as exc:
+            raise CandelaInputError(
+                f"Argument 'session_id' is not a session identifier ({exc}): pass obj_id.identifier of the "
+                "session start_session returned"
+            ) from None
+        return SubmitPrompt(prompt=text, session_id=identifier, scope=scope)
 
     # ------------------------------------------------------------------------------------------
     # sessions
@@ -657,7 +690,7 @@ class CandelaHook(BaseHook):
         request = SessionStartRequest(
             app=app_id,
             model_cfg=model_id,
-            scope=scope,
+            scope=None if scope is None else self._scope(scope),
             parent_session=self._object_id(parent_session, "parent_session") if parent_session else None,
             circuit_override=self._object_id(circuit_override, "circuit_override") if circuit_override else None,
             directive_override=(
@@ -700,7 +733,7 @@ class CandelaHook(BaseHook):
             model_id=model_id,
             circuit=self._model(circuit, CircuitDTO, "circuit"),
             directive=self._model(directive, Directive, "directive"),
-            scope=scope,
+            scope=None if scope is None else self._scope(scope),
             parent_session=self._object_id(parent_session, "parent_session") if parent_session else None,
             tool_module_override=self._model(tool_module, ToolModule, "tool_module") if tool_module else None,
         )
@@ -783,11 +816,7 @@ class CandelaHook(BaseHook):
         :param scope: the session's scope.
         :return: the pipeline's JSON answer (``metadata.request_id`` and the result).
         """
-        body = SubmitPrompt(
-            prompt=self._require_text(prompt, "prompt"),
-            session_id=self._require_text(session_id, "session_id"),
-            scope=scope,
-        )
+        body = self._prompt(session_id, prompt, scope)
         call = _Call("POST", "/session/pipeline_submit", "submit", body=body.model_dump(mode="json"))
         return self._parse(self._request(call), _JSON_OBJECT, "a JSON object", call)
 
@@ -802,11 +831,7 @@ class CandelaHook(BaseHook):
         :param prompt: the prompt text.
         :param scope: the session's scope.
         """
-        body = SubmitPrompt(
-            prompt=self._require_text(prompt, "prompt"),
-            session_id=self._require_text(session_id, "session_id"),
-            scope=scope,
-        )
+        body = self._prompt(session_id, prompt, scope)
         call = _Call("POST", "/session/agent_submit", "submit", body=body.model_dump(mode="json"), stream=True)
         resp = self._request(call)
         return CandelaEventStream(resp, what=call.what, scrub=self._scrub, chunk_size=self.stream_chunk_size)
@@ -863,7 +888,12 @@ class CandelaHook(BaseHook):
 
         :param slot_type: e.g. ``"gpu-medium"``; default: the connection's ``slot_type`` extra.
         """
-        slot = slot_type or self.config.slot_type or DEFAULT_SLOT_TYPE
+        if slot_type is not None and not isinstance(slot_type, str):
+            raise CandelaInputError(
+                f"Argument 'slot_type' must be a slot type name such as {DEFAULT_SLOT_TYPE!r} (or None for the "
+                f"connection's), got {type(slot_type).__name__} {_short(slot_type)}"
+            )
+        slot = (slot_type or "").strip() or self.config.slot_type or DEFAULT_SLOT_TYPE
         self._request(_Call("PUT", "/slot", params={"slot_type": slot})).close()
 
     def get_slot_state(self) -> SlotState:
@@ -938,6 +968,12 @@ class CandelaHook(BaseHook):
                     "raise the timeout, or check the slot type and Candela's capacity"
                 )
             time.sleep(min(poll_interval, remaining))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 10 MB prompt must not become a 10 MB message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same(actual: ObjectId | None, wanted: ObjectId) -> bool:

@@ -1,0 +1,642 @@
+"""Bad input: a table of wrong arguments to every operator, the sensor and the hook, and broken connections.
+
+Each row names the call, the error type it must raise, the argument the message must name and a phrase
+of the fix the message must give.  Rows that can be checked locally must fail before any HTTP request
+(the emulator counts zero requests); the few that only Candela can judge (an unknown app, model or slot
+type) must be refused once, without a retry.  No row may leave state behind on the emulator: stored or
+running sessions, or slots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import DAG
+
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaConnectionConfigError, CandelaInputError
+from airflow_provider_candela.hooks.candela import CandelaHook
+from airflow_provider_candela.operators.sessions import (
+    CandelaDeleteSessionOperator,
+    CandelaStartDevSessionOperator,
+    CandelaStartSessionOperator,
+    CandelaStopSessionOperator,
+    CandelaSubmitAgentPromptOperator,
+    CandelaSubmitPipelinePromptOperator,
+)
+from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
+from airflow_provider_candela.testing import CandelaEmulator
+
+from ._support import MODEL, PIPELINE, START, TALLY, run_state, state_of
+
+CIRCUIT = {"first": "answer", "nodes": {"answer": {"type": "response", "node_id": "answer", "template": "hi"}}}
+DIRECTIVE = {"identity": "an analyst", "purpose": "summarise"}
+TEN_MB = "x" * (10 * 1024 * 1024)
+_dag_ids = itertools.count()
+
+
+class Env:
+    """What a row needs: a hook on the emulator, connections, and a DAG to build operators in."""
+
+    def __init__(self, emulator: CandelaEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.emulator = emulator
+        self.monkeypatch = monkeypatch
+
+    def hook(self, conn_id: str = "candela_default", **kwargs: Any) -> CandelaHook:
+        return CandelaHook(conn_id, **kwargs)
+
+    def conn(self, conn_id: str, *, drop: tuple[str, ...] = (), **fields: Any) -> str:
+        """Define ``conn_id`` as the emulator's connection with ``fields`` replaced and ``drop`` removed."""
+        connection: dict[str, Any] = json.loads(self.emulator.connection_json())
+        extra = fields.pop("extra", None)
+        if isinstance(extra, dict):
+            connection["extra"].update(extra)
+        elif extra is not None:
+            connection["extra"] = extra
+        connection.update(fields)
+        for key in drop:
+            if not connection.pop(key, None) and isinstance(connection["extra"], dict):
+                connection["extra"].pop(key, None)
+        self.monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+        return conn_id
+
+    def broken(self, conn_id: str = "candela_broken", **kwargs: Any) -> CandelaHook:
+        """A hook on a connection built by :meth:`conn`; reading its configuration is the call under test."""
+        return CandelaHook(self.conn(conn_id, **kwargs))
+
+    def ready_slot(self) -> None:
+        with CandelaHook() as hook:
+            hook.ensure_slot(poll_interval=0.01)
+
+
+def _op(build: Callable[[], Any]) -> Any:
+    """Build an operator inside a DAG of its own (a failed constructor leaves its task id taken)."""
+    with DAG(f"bad_input_{next(_dag_ids)}", schedule=None, start_date=START, catchup=False):
+        return build()
+
+
+def _execute(build: Callable[[], Any], **rendered: Any) -> Any:
+    """Build an operator, give it the values a template rendered, and run ``execute``."""
+    operator = _op(build)
+    for name, value in rendered.items():
+        setattr(operator, name, value)
+    return operator.execute(context={})
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad input: ``call(env)`` must raise ``error`` whose message contains ``argument`` and ``fix``."""
+
+    name: str
+    call: Callable[[Env], Any]
+    error: type[BaseException]
+    argument: str
+    fix: str
+    local: bool = True  # checkable without Candela: no request at all
+    setup: Callable[[Env], Any] | None = None
+    known_bug: str | None = None  # a bug in a file this suite may not fix: the row is a strict xfail until fixed
+
+
+def S(**kwargs: Any) -> Any:  # builders, short to keep the table readable
+    return CandelaStartSessionOperator(task_id="start", **{"app": PIPELINE, "model": MODEL, **kwargs})
+
+
+def D(**kwargs: Any) -> Any:
+    return CandelaStartDevSessionOperator(
+        task_id="dev", **{"model": MODEL, "circuit": CIRCUIT, "directive": DIRECTIVE, **kwargs}
+    )
+
+
+def P(**kwargs: Any) -> Any:
+    return CandelaSubmitPipelinePromptOperator(task_id="ask", **{"prompt": "hi", "session_id": "s1", **kwargs})
+
+
+def A(**kwargs: Any) -> Any:
+    return CandelaSubmitAgentPromptOperator(task_id="chat", **{"prompt": "hi", "session_id": "s1", **kwargs})
+
+
+def W(**kwargs: Any) -> Any:
+    return CandelaSessionExistsSensor(task_id="wait", **{"session": "default/s1", **kwargs})
+
+
+ID_FIX = "'scope/identifier:version'"  # every id error lists the accepted forms
+IN = CandelaInputError
+CONN = CandelaConnectionConfigError
+
+TABLE: list[Bad] = [
+    # --- CandelaStartSessionOperator (checked when the DAG is parsed) ---
+    Bad("start: empty app", lambda e: _op(lambda: S(app="")), IN, "`app`", ID_FIX),
+    Bad("start: whitespace app", lambda e: _op(lambda: S(app="   ")), IN, "`app`", ID_FIX),
+    Bad("start: app of the wrong type", lambda e: _op(lambda: S(app=42)), IN, "`app`", ID_FIX),
+    Bad("start: malformed scope/identifier", lambda e: _op(lambda: S(app="default/")), IN, "`app`", ID_FIX),
+    Bad("start: malformed version", lambda e: _op(lambda: S(app="default/app:!!")), IN, "`app`", ID_FIX),
+    Bad("start: model missing", lambda e: _op(lambda: S(model=None)), IN, "`model`", ID_FIX),
+    Bad("start: model dict without identifier", lambda e: _op(lambda: S(model={"scope": "x"})), IN, "`model`", ID_FIX),
+    Bad(
+        "start: session dict without obj_id",
+        lambda e: _op(lambda: S(parent_session={"domain": "demo", "created_by": "demo"})),
+        IN,
+        "`parent_session`",
+        ID_FIX,
+    ),
+    Bad("start: scope of the wrong type", lambda e: _op(lambda: S(scope=5)), IN, "`scope`", "expected a string"),
+    Bad(
+        "start: negative slot_ready_timeout",
+        lambda e: _op(lambda: S(slot_ready_timeout=-5)),
+        IN,
+        "`slot_ready_timeout`",
+        "positive number of seconds",
+    ),
+    Bad("start: ensure_slot not a bool", lambda e: _op(lambda: S(ensure_slot="yes")), IN, "`ensure_slot`", "True or"),
+    Bad(
+        "start: empty connection id",
+        lambda e: _op(lambda: S(candela_conn_id=" ")),
+        IN,
+        "`candela_conn_id`",
+        "such as 'candela_default'",
+    ),
+    # --- CandelaStartSessionOperator (checked at execute, after templates rendered) ---
+    Bad("start: rendered app malformed", lambda e: _execute(S, app="default/"), IN, "`app`", ID_FIX),
+    Bad(
+        "start: malformed scope",
+        lambda e: _execute(lambda: S(ensure_slot=False), scope="bad scope/"),
+        IN,
+        "'scope'",
+        "use letters, digits",
+        known_bug="CandelaStartSessionOperator checks only that `scope` is a string, then stops the user's running "
+        "session (GET /session/stop) before the hook refuses the malformed scope: a typo stops a running session",
+    ),
+    Bad(
+        "start: unknown connection id",
+        lambda e: _execute(lambda: S(candela_conn_id="no_such_conn")),
+        CONN,
+        "'no_such_conn'",
+        "AIRFLOW_CONN_NO_SUCH_CONN",
+    ),
+    Bad(
+        "start: unknown app (Candela decides)",
+        lambda e: _execute(lambda: S(app="default/no-such-app", ensure_slot=False)),
+        CandelaApiError,
+        "Unknown app 'default/no-such-app'",
+        "Available apps: default/demo-agent:1.0.0, default/demo-pipeline:1.0.0",
+        local=False,
+        setup=Env.ready_slot,
+    ),
+    Bad(
+        "start: unknown model (Candela decides)",
+        lambda e: _execute(lambda: S(model="default/no-such-model", ensure_slot=False)),
+        CandelaApiError,
+        "Unknown model 'default/no-such-model'",
+        "Available models: default/demo-model:1.0.0",
+        local=False,
+        setup=Env.ready_slot,
+    ),
+    # --- CandelaStartDevSessionOperator ---
+    Bad("dev: circuit without first", lambda e: _op(lambda: D(circuit={"nodes": {}})), IN, "`circuit`", "such as"),
+    Bad("dev: circuit of the wrong type", lambda e: _op(lambda: D(circuit="a circuit")), IN, "`circuit`", "such as"),
+    Bad("dev: directive of the wrong type", lambda e: _op(lambda: D(directive=[1, 2])), IN, "`directive`", "such as"),
+    Bad("dev: tool_module of the wrong type", lambda e: _op(lambda: D(tool_module=42)), IN, "`tool_module`", "Pass a"),
+    Bad("dev: malformed model", lambda e: _op(lambda: D(model="/")), IN, "`model`", ID_FIX),
+    # --- the prompt operators ---
+    Bad("pipeline: empty prompt", lambda e: _op(lambda: P(prompt="")), IN, "`prompt`", "Pass a non-empty string"),
+    Bad("pipeline: whitespace prompt", lambda e: _op(lambda: P(prompt="   ")), IN, "`prompt`", "non-empty string"),
+    Bad("pipeline: prompt of the wrong type", lambda e: _op(lambda: P(prompt=42)), IN, "`prompt`", "expected a string"),
+    Bad("agent: prompt of the wrong type", lambda e: _op(lambda: A(prompt=["hi"])), IN, "`prompt`", "expected a str"),
+    Bad("agent: no session", lambda e: _op(lambda: A(session_id=None)), IN, "`session=start.output`", "pass"),
+    Bad(
+        "agent: session and session_id",
+        lambda e: _op(lambda: A(session="default/s1")),
+        IN,
+        "`session` and `session_id`",
+        "pass one of them",
+    ),
+    Bad("agent: whitespace session_id", lambda e: _op(lambda: A(session_id="   ")), IN, "`session_id`", "use letters"),
+    Bad("agent: session_id of the wrong type", lambda e: _op(lambda: A(session_id=5)), IN, "`session_id`", "a string"),
+    Bad(
+        "agent: session dict without obj_id",
+        lambda e: _op(lambda: A(session_id=None, session={"domain": "demo", "created_by": "demo"})),
+        IN,
+        "`session`",
+        ID_FIX,
+    ),
+    Bad(
+        "agent: obj_id not a dict",
+        lambda e: _op(lambda: A(session_id=None, session={"obj_id": "s1"})),
+        IN,
+        "`session`",
+        ID_FIX,
+    ),
+    Bad(
+        "agent: scope contradicts the session",
+        lambda e: _op(lambda: A(session_id=None, session="team-a/s1", scope="team-b")),
+        IN,
+        "`scope`",
+        "Drop `scope` or make them equal",
+    ),
+    Bad(
+        "agent: return_events not a bool",
+        lambda e: _op(lambda: A(return_events="yes")),
+        IN,
+        "`return_events`",
+        "True or False",
+    ),
+    # --- stop and delete ---
+    Bad(
+        "stop: malformed session",
+        lambda e: _op(lambda: CandelaStopSessionOperator(task_id="stop", session="nope")),
+        IN,
+        "`session`",
+        ID_FIX,
+    ),
+    Bad(
+        "stop: dispose_slot not a bool",
+        lambda e: _op(lambda: CandelaStopSessionOperator(task_id="stop", dispose_slot="true")),
+        IN,
+        "`dispose_slot`",
+        "True or False",
+    ),
+    Bad(
+        "stop: unknown connection id",
+        lambda e: _execute(lambda: CandelaStopSessionOperator(task_id="stop", candela_conn_id="no_such_conn")),
+        CONN,
+        "'no_such_conn'",
+        "AIRFLOW_CONN_NO_SUCH_CONN",
+    ),
+    Bad(
+        "delete: nothing to delete",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete")),
+        IN,
+        "`older_than`",
+        "pass `session=start.output`",
+    ),
+    Bad(
+        "delete: negative older_than",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", older_than=-1)),
+        IN,
+        "`older_than`",
+        "such as '7d'",
+    ),
+    Bad(
+        "delete: older_than not a duration",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", older_than="soon")),
+        IN,
+        "`older_than`",
+        "such as '7d'",
+    ),
+    Bad(
+        "delete: a session and filters",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", session_id="s1", created_by="me")),
+        IN,
+        "`session`/`session_id`",
+        "not both",
+    ),
+    Bad(
+        "delete: version without a session",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", version="1.0.0")),
+        IN,
+        "`version`",
+        "needs `session_id`",
+    ),
+    Bad(
+        "delete: dry_run not a bool",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", older_than=0, dry_run="maybe")),
+        IN,
+        "`dry_run`",
+        "True or False",
+    ),
+    Bad(
+        "delete: a malformed session in a list",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", session=["default/s1", "bad"])),
+        IN,
+        "`session[1]`",
+        ID_FIX,
+    ),
+    # --- the sensor ---
+    Bad("sensor: no session", lambda e: _op(lambda: W(session=None)), IN, "`session=`", "or `identifier=`"),
+    Bad(
+        "sensor: session and identifier",
+        lambda e: _op(lambda: W(identifier="s2")),
+        IN,
+        "`identifier`",
+        "pass one of them",
+    ),
+    Bad(
+        "sensor: whitespace identifier",
+        lambda e: _op(lambda: W(session=None, identifier="  ")),
+        IN,
+        "`identifier`",
+        "use letters",
+    ),
+    Bad(
+        "sensor: session dict without identifier",
+        lambda e: _op(lambda: W(session={"obj_id": {"scope": "default"}})),
+        IN,
+        "`session`",
+        ID_FIX,
+    ),
+    Bad("sensor: negative timeout", lambda e: _op(lambda: W(timeout=-1)), ValueError, "`timeout`", "non-negative"),
+    Bad(
+        "sensor: negative poke_interval",
+        lambda e: _op(lambda: W(poke_interval=-1)),
+        ValueError,
+        "`poke_interval`",
+        "non-negative",
+    ),
+    Bad(
+        "sensor: empty connection id",
+        lambda e: _op(lambda: W(candela_conn_id="")),
+        IN,
+        "`candela_conn_id`",
+        "such as 'candela_default'",
+    ),
+    Bad(
+        "sensor: unknown connection id",
+        lambda e: _op(lambda: W(candela_conn_id="no_such_conn")).poke({}),
+        CONN,
+        "'no_such_conn'",
+        "AIRFLOW_CONN_NO_SUCH_CONN",
+    ),
+    # --- the hook ---
+    Bad("hook: empty app", lambda e: e.hook().start_session("", MODEL), IN, "'app'", ID_FIX),
+    Bad("hook: app of the wrong type", lambda e: e.hook().start_session(None, MODEL), IN, "'app'", ID_FIX),
+    Bad("hook: malformed model", lambda e: e.hook().start_session(PIPELINE, "default/x:"), IN, "'model'", ID_FIX),
+    Bad(
+        "hook: scope of the wrong type",
+        lambda e: e.hook().start_session(PIPELINE, MODEL, scope=5),
+        IN,
+        "'scope'",
+        "such as 'default'",
+    ),
+    Bad(
+        "hook: malformed scope",
+        lambda e: e.hook().start_session(PIPELINE, MODEL, scope="a b"),
+        IN,
+        "'scope'",
+        "use letters",
+    ),
+    Bad(
+        "hook: dev circuit without first",
+        lambda e: e.hook().start_dev_session(MODEL, {"nodes": {}}, DIRECTIVE),
+        IN,
+        "'circuit'",
+        "first: Field required",
+    ),
+    Bad(
+        "hook: empty session_id",
+        lambda e: e.hook().submit_pipeline_prompt(" ", "hi"),
+        IN,
+        "'session_id'",
+        "non-empty string",
+    ),
+    Bad(
+        "hook: malformed session_id",
+        lambda e: e.hook().submit_pipeline_prompt("a/b c", "hi"),
+        IN,
+        "'session_id'",
+        "pass obj_id.identifier",
+    ),
+    Bad(
+        "hook: prompt scope of the wrong type",
+        lambda e: e.hook().submit_pipeline_prompt("s1", "hi", scope=7),
+        IN,
+        "'scope'",
+        "such as 'default'",
+    ),
+    Bad(
+        "hook: prompt of the wrong type",
+        lambda e: e.hook().submit_prompt_to_agent("s1", 42),
+        IN,
+        "'prompt'",
+        "non-empty string",
+    ),
+    Bad(
+        "hook: session dict without obj_id",
+        lambda e: e.hook().get_session({"domain": "demo", "created_by": "demo"}),
+        IN,
+        "'session'",
+        ID_FIX,
+    ),
+    Bad(
+        "hook: slot type of the wrong type",
+        lambda e: e.hook().assign_slot(5),
+        IN,
+        "'slot_type'",
+        "such as 'gpu-medium'",
+    ),
+    Bad(
+        "hook: unknown slot type (Candela decides)",
+        lambda e: e.hook().assign_slot("no-such-type"),
+        CandelaApiError,
+        "Unknown slot type 'no-such-type'",
+        "Available slot types: gpu-medium",
+        local=False,
+    ),
+    Bad(
+        "hook: unknown app version (Candela decides)",
+        lambda e: e.hook().start_session("default/demo-pipeline:9.9.9", MODEL),
+        CandelaApiError,
+        "has no version '9.9.9'",
+        "Available versions: 1.0.0",
+        local=False,
+        setup=Env.ready_slot,
+    ),
+    Bad(
+        "hook: negative timeout",
+        lambda e: e.hook(timeout=-1).config,
+        CONN,
+        "timeout=-1",
+        "one positive number of seconds",
+    ),
+    Bad(
+        "hook: negative max_retries",
+        lambda e: e.hook(max_retries=-1).config,
+        CONN,
+        "max_retries=-1",
+        "a whole number >= 0",
+    ),
+    # --- connections ---
+    Bad(
+        "connection: unknown id",
+        lambda e: e.hook("no_such_conn").user_has_slot(),
+        CONN,
+        "'no_such_conn' is not defined",
+        "set the environment variable AIRFLOW_CONN_NO_SUCH_CONN",
+    ),
+    Bad(
+        "connection: no host",
+        lambda e: e.broken(drop=("host",)).config,
+        CONN,
+        "has no host",
+        "set it to the Candela API URL",
+    ),
+    Bad(
+        "connection: host not http(s)",
+        lambda e: e.broken(host="ftp://candela.example").config,
+        CONN,
+        "host=",
+        "set it like https://<domain>.lusid.com/candela",
+    ),
+    Bad(
+        "connection: token URL not a URL",
+        lambda e: e.broken(extra={"token_url": "not-a-url"}).config,
+        CONN,
+        "token_url='not-a-url'",
+        "set it like https://",
+    ),
+    Bad(
+        "connection: extra not JSON",
+        lambda e: e.broken(extra="{not json").config,
+        CONN,
+        "extra that is not valid JSON",
+        "set it to a JSON object",
+    ),
+    Bad(
+        "connection: extra a JSON list",
+        lambda e: e.broken(extra="[1, 2]").config,
+        CONN,
+        "JSON list, not an object",
+        "set it to {...}",
+    ),
+    Bad(
+        "connection: client_secret missing",
+        lambda e: e.broken(drop=("client_secret",)).config,
+        CONN,
+        "extra client_secret is missing",
+        "or set the extra access_token",
+    ),
+    Bad(
+        "connection: password missing",
+        lambda e: e.broken(drop=("password",)).config,
+        CONN,
+        "password is missing",
+        "Set login, password",
+    ),
+    Bad(
+        "connection: timeout not a number",
+        lambda e: e.broken(extra={"timeout": "soon"}).config,
+        CONN,
+        "timeout='soon'",
+        "such as '10,300'",
+    ),
+    Bad(
+        "connection: max_retries not a number",
+        lambda e: e.broken(extra={"max_retries": "many"}).config,
+        CONN,
+        "max_retries='many'",
+        "such as 5",
+    ),
+    Bad(
+        "connection: CA bundle missing",
+        lambda e: e.broken(extra={"verify": "/no/such/ca.pem"}).config,
+        CONN,
+        "verify='/no/such/ca.pem'",
+        "path of a CA bundle file that exists",
+    ),
+    Bad(
+        "connection: proxy not a URL",
+        lambda e: e.broken(extra={"proxy": "proxy:3128:x"}).config,
+        CONN,
+        "proxy=",
+        "set it like http://proxy.example:3128",
+    ),
+]
+
+
+@pytest.fixture
+def env(
+    candela_emulator: CandelaEmulator,
+    candela_connection: str,
+    airflow_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fast_retries: None,
+) -> Env:
+    candela_emulator.configure(slot_startup_seconds=0)
+    return Env(candela_emulator, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(row, marks=pytest.mark.xfail(reason=row.known_bug, strict=True)) if row.known_bug else row
+        for row in TABLE
+    ],
+    ids=[row.name for row in TABLE],
+)
+def test_bad_input_gives_a_clear_error_and_leaves_nothing_behind(env: Env, bad: Bad) -> None:
+    with TALLY.bad_input(bad.name):
+        if bad.setup is not None:
+            bad.setup(env)
+        before = state_of(env.emulator)
+        requests_before = env.emulator.stats()["requests"]
+        with pytest.raises(bad.error) as info:
+            bad.call(env)
+        message = str(info.value)
+        assert bad.argument in message, f"the message does not name the argument: {message}"
+        assert bad.fix in message, f"the message does not say what to do: {message}"
+        assert len(message) < 2000  # a 10 MB input does not become a 10 MB message
+        after = env.emulator.stats()
+        made = {
+            route: sum(by_status.values()) - sum(requests_before.get(route, {}).values())
+            for route, by_status in after["requests"].items()
+        }
+        made = {route: n for route, n in made.items() if n}
+        if bad.local:
+            assert made == {}, f"requests were sent for an input that can be checked locally: {made}"
+        else:
+            refused = {route: n for route, n in made.items() if route.startswith(("POST /session", "PUT /slot"))}
+            assert list(refused.values()) == [1], f"Candela's refusal was not final (retried?): {made}"
+        assert state_of(env.emulator) == before, "the bad input left state behind on the emulator"
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(TABLE) >= 40
+    assert len({row.name for row in TABLE}) == len(TABLE)
+
+
+# ------------------------------------------------------------------------------------------------
+# the same checks inside real task runs: values that only exist once templates are rendered
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A templated argument that renders to a bad value inside a real task run."""
+
+    name: str
+    build: Callable[[], Any]
+    value: str
+    expected: str
+
+
+RENDERED = [
+    Rendered("rendered app", lambda: S(app="{{ params.bad }}"), "default/", "Invalid `app` for task 'start'"),
+    Rendered("rendered session_id", lambda: P(session_id="{{ params.bad }}"), "a b", "Invalid `session_id`/`scope`"),
+    Rendered(
+        "rendered older_than",
+        lambda: CandelaDeleteSessionOperator(task_id="delete", older_than="{{ params.bad }}"),
+        "soon",
+        "Invalid `older_than`",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", RENDERED, ids=[r.name for r in RENDERED])
+def test_rendered_bad_input_fails_the_task_before_any_request(
+    env: Env, dagrun: ModuleType, capsys: pytest.CaptureFixture[str], case: Rendered
+) -> None:
+    with TALLY.bad_input(f"task run: {case.name}"):
+        dag_id = f"bad_input_{case.name.replace(' ', '_')}"
+        with DAG(dag_id, schedule=None, start_date=START, catchup=False, params={"bad": case.value}) as dag:
+            operator = case.build()
+        capsys.readouterr()
+        dag_run = dagrun.run_dag(dag)
+        log = capsys.readouterr().out
+        assert run_state(dag_run) == "failed"
+        assert dagrun.states(dag_run) == {operator.task_id: "failed"}
+        assert f"CandelaInputError: {case.expected}" in log
+        assert env.emulator.stats()["requests_total"] == 0
+        assert state_of(env.emulator)["sessions_stored"] == 0
