@@ -150,6 +150,10 @@ class CandelaHook(BaseHook):
     reconcile_skew_unknown_clock: float = 30.0
     #: Bytes read at a time from the agent stream.
     stream_chunk_size: int = 8192
+    #: Largest prompt sent (UTF-8 bytes).  A prompt is text for a language model: one far larger than any
+    #: model's context is a mistake (a file read whole, a template rendering a table) and is refused before
+    #: it is uploaded.  Raise it on a subclass or an instance if your deployment takes larger prompts.
+    max_prompt_bytes: int = 1024 * 1024
 
     def __init__(
         self,
@@ -647,6 +651,13 @@ class CandelaHook(BaseHook):
     def _prompt(self, session_id: Any, prompt: Any, scope: Any) -> SubmitPrompt:
         """The body of a prompt call, every argument checked before any request."""
         text = self._require_text(prompt, "prompt")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.max_prompt_bytes:
+            raise CandelaInputError(
+                f"Argument 'prompt' is {size:,} bytes (UTF-8), more than the {self.max_prompt_bytes:,} bytes a "
+                "prompt may have: shorten it or split it into several prompts (or raise "
+                "CandelaHook.max_prompt_bytes if your Candela deployment accepts larger prompts)"
+            )
         identifier = self._require_text(session_id, "session_id")
         scope = self._scope(scope)
         try:

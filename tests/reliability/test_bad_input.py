@@ -207,6 +207,13 @@ TABLE: list[Bad] = [
     Bad("pipeline: whitespace prompt", lambda e: _op(lambda: P(prompt="   ")), IN, "`prompt`", "non-empty string"),
     Bad("pipeline: prompt of the wrong type", lambda e: _op(lambda: P(prompt=42)), IN, "`prompt`", "expected a string"),
     Bad("agent: prompt of the wrong type", lambda e: _op(lambda: A(prompt=["hi"])), IN, "`prompt`", "expected a str"),
+    Bad(
+        "pipeline: 10 MB prompt",
+        lambda e: _execute(lambda: P(prompt=TEN_MB)),
+        IN,
+        "'prompt' is 10,485,760 bytes",
+        "shorten it or split it into several prompts",
+    ),
     Bad("agent: no session", lambda e: _op(lambda: A(session_id=None)), IN, "`session=start.output`", "pass"),
     Bad(
         "agent: session and session_id",
@@ -413,6 +420,13 @@ TABLE: list[Bad] = [
         IN,
         "'prompt'",
         "non-empty string",
+    ),
+    Bad(
+        "hook: 10 MB prompt",
+        lambda e: e.hook().submit_prompt_to_agent("s1", TEN_MB),
+        IN,
+        "'prompt' is 10,485,760 bytes",
+        "shorten it or split it",
     ),
     Bad(
         "hook: session dict without obj_id",
