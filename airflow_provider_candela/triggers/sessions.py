@@ -160,6 +160,12 @@ class CandelaSessionExistsTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check every ``poll_interval`` seconds until the session exists or ``end_time`` passes."""
+        # The shared hook is released inside _wait, before the event is yielded: the triggerer may
+        # never resume this generator after its event, so nothing may be left to a `finally` here.
+        yield _event(await self._wait())
+
+    async def _wait(self) -> dict[str, Any]:
+        """Poll until success, timeout or error; return the event payload."""
         oid = self._session_id
         ids = oid.model_dump(mode="json")
         hook: CandelaHook | None = None
@@ -171,31 +177,25 @@ class CandelaSessionExistsTrigger(BaseTrigger):
                 if await _in_thread(live.session_exists, oid):
                     session = await _in_thread(self._metadata, live, oid)
                     self.log.info("Candela session %s exists (check %d).", oid, checks)
-                    yield _event({"status": "success", "message": f"Candela session {oid} exists.", "session": session})
-                    return
+                    return {"status": "success", "message": f"Candela session {oid} exists.", "session": session}
                 remaining = None if self.end_time is None else self.end_time - time.time()
                 if remaining is not None and remaining <= 0:
-                    yield _event(
-                        {
-                            "status": "timeout",
-                            "message": f"Candela session {oid} did not appear before the deadline "
-                            f"({checks} checks, every {self.poll_interval:g} s).",
-                            "session": ids,
-                        }
-                    )
-                    return
+                    return {
+                        "status": "timeout",
+                        "message": f"Candela session {oid} did not appear before the deadline "
+                        f"({checks} checks, every {self.poll_interval:g} s).",
+                        "session": ids,
+                    }
                 self.log.debug("Candela session %s does not exist yet (check %d).", oid, checks)
                 await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            yield _event(
-                {
-                    "status": "error",
-                    "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",
-                    "session": ids,
-                }
-            )
+            return {
+                "status": "error",
+                "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",
+                "session": ids,
+            }
         finally:
             if hook is not None:
                 try:
