@@ -949,9 +949,15 @@ class CandelaHook(BaseHook):
         :param slot_type: the slot type to assign (default: the connection's ``slot_type``).
         :param timeout: seconds to wait for HOST_READY.
         :param poll_interval: seconds between state checks.
+        :raises CandelaInputError: ``timeout`` or ``poll_interval`` is not a positive number (no request made).
         :raises CandelaSlotError: the slot went to ERRORED or HOST_GONE.
         :raises CandelaTimeoutError: the slot was not ready within ``timeout``.
         """
+        for argument, value in (("timeout", timeout), ("poll_interval", poll_interval)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise CandelaInputError(
+                    f"Argument {argument!r} of ensure_slot must be a positive number of seconds, got {_short(value)}"
+                )
         deadline = time.monotonic() + timeout
         if not self.user_has_slot():
             self.log.info("The Candela user has no slot; assigning one of type %s", slot_type or self.config.slot_type)

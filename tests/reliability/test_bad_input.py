@@ -460,6 +460,20 @@ TABLE: list[Bad] = [
         setup=Env.ready_slot,
     ),
     Bad(
+        "hook: negative slot timeout",
+        lambda e: e.hook().ensure_slot(timeout=-1),
+        IN,
+        "'timeout' of ensure_slot",
+        "a positive number of seconds",
+    ),
+    Bad(
+        "hook: zero poll interval",
+        lambda e: e.hook().ensure_slot(poll_interval=0),
+        IN,
+        "'poll_interval' of ensure_slot",
+        "a positive number of seconds",
+    ),
+    Bad(
         "hook: negative timeout",
         lambda e: e.hook(timeout=-1).config,
         CONN,
