@@ -428,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, key) is not None
     }
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Ctrl-C must interrupt even when this process was started with SIGINT ignored (as a shell's
+    # background job is), so that the clean-up below always runs.
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     emulator = CandelaEmulator(**flags)
     runner = _Runner(verbose=args.verbose)
     work = Path(tempfile.mkdtemp(prefix="candela-run-dags-"))
@@ -462,6 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stats = None
         emulator.stop()
         signal.signal(signal.SIGTERM, previous_sigterm)
+        signal.signal(signal.SIGINT, previous_sigint)
 
     print("\n==> Results")
     for result in results:
