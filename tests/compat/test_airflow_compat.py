@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import sys
 import warnings
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -35,20 +34,6 @@ COMPAT_NAMES = [
     "Context",
     "TaskDeferred",
 ]
-
-
-def _dagrun() -> Any:
-    """tests/operators/dagrun.py (Airflow 3's dag.test() needs the DAG in the dags folder), under its one name."""
-    module = sys.modules.get("candela_test_dagrun")
-    if module is None:
-        spec = importlib.util.spec_from_file_location(
-            "candela_test_dagrun", Path(__file__).parents[1] / "operators" / "dagrun.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["candela_test_dagrun"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 def _version(dist: str) -> tuple[int, ...]:
@@ -93,8 +78,7 @@ def test_provider_is_registered_with_airflow() -> None:
     assert hook_info.hook_class_name == "airflow_provider_candela.hooks.candela.CandelaHook"
 
 
-@pytest.mark.usefixtures("airflow_db")
-def test_dag_test_runs_xcom_mapping_and_teardown() -> None:
+def test_dag_test_runs_xcom_mapping_and_teardown(dagrun: ModuleType) -> None:
     import pendulum
 
     sdk = importlib.import_module("airflow.providers.common.compat.sdk")
@@ -125,7 +109,7 @@ def test_dag_test_runs_xcom_mapping_and_teardown() -> None:
         total = collect(double.expand(value=[1, 2, 3]))
         produced >> total >> cleanup()
 
-    run = _dagrun().run_dag(dag)
+    run = dagrun.run_dag(dag)
     assert run is not None
     assert str(getattr(run.state, "value", run.state)) == "success"
     assert seen == {"values": [2, 4, 6], "teardown": True}

@@ -7,9 +7,6 @@ through XCom; and a failing prompt whose session is still stopped by the teardow
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -27,26 +24,6 @@ from airflow_provider_candela.operators.sessions import (
 pytestmark = pytest.mark.e2e
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def dagrun(airflow_db: Path) -> ModuleType:
-    """The DAG-run helpers of tests/operators/dagrun.py (one module instance for all test dirs)."""
-    name = "candela_test_dagrun"
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "operators" / "dagrun.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture
-def candela(candela_emulator: Any, candela_connection: str) -> Any:
-    candela_emulator.configure(slot_startup_seconds=0)
-    return candela_emulator
 
 
 def _session_dag(dag_id: str, *, pipeline_prompt: str = "Summarise {{ params.topic }}") -> DAG:
