@@ -32,6 +32,7 @@ class Tally:
     bad_inputs_clear: set[str] = field(default_factory=set)
     artefacts: int = 0
     leaks: int = 0
+    airflow_echoes: int = 0  # secrets echoed by Airflow's in-process test supervisor at DEBUG (upstream)
     load_runs: int = 0
     load_green: int = 0
 
@@ -54,7 +55,13 @@ class Tally:
         if self.faults:
             parts.append(f"faults tried: {len(self.faults)}, survived/clear-failure: {len(self.faults_ok)}")
         if self.artefacts:
-            parts.append(f"secrets scanned: {self.artefacts} artefacts, leaks: {self.leaks}")
+            echoes = (
+                f" (and {self.airflow_echoes} MaskSecret requests echoed at DEBUG by Airflow's in-process test "
+                "supervisor, an upstream issue of dag.test)"
+                if self.airflow_echoes
+                else ""
+            )
+            parts.append(f"secrets scanned: {self.artefacts} artefacts, leaks: {self.leaks}{echoes}")
         if self.bad_inputs:
             parts.append(f"bad inputs: {len(self.bad_inputs)}, clear errors: {len(self.bad_inputs_clear)}")
         if self.load_runs:
