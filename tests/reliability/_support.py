@@ -99,7 +99,7 @@ def state_of(emulator: Any) -> dict[str, Any]:
     }
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.02) -> T:
+def wait_until(condition: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02) -> T:
     """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

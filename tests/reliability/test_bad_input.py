@@ -262,7 +262,7 @@ TABLE: list[Bad] = [
     ),
     Bad(
         "stop: dispose_slot not a bool",
-        lambda e: _op(lambda: CandelaStopSessionOperator(task_id="stop", dispose_slot="true")),
+        lambda e: _op(lambda: CandelaStopSessionOperator(task_id="stop", dispose_slot="true")),  # type: ignore[arg-type]
         IN,
         "`dispose_slot`",
         "True or False",
@@ -370,11 +370,11 @@ TABLE: list[Bad] = [
     ),
     # --- the hook ---
     Bad("hook: empty app", lambda e: e.hook().start_session("", MODEL), IN, "'app'", ID_FIX),
-    Bad("hook: app of the wrong type", lambda e: e.hook().start_session(None, MODEL), IN, "'app'", ID_FIX),
+    Bad("hook: app of the wrong type", lambda e: e.hook().start_session(None, MODEL), IN, "'app'", ID_FIX),  # type: ignore[arg-type]
     Bad("hook: malformed model", lambda e: e.hook().start_session(PIPELINE, "default/x:"), IN, "'model'", ID_FIX),
     Bad(
         "hook: scope of the wrong type",
-        lambda e: e.hook().start_session(PIPELINE, MODEL, scope=5),
+        lambda e: e.hook().start_session(PIPELINE, MODEL, scope=5),  # type: ignore[arg-type]
         IN,
         "'scope'",
         "such as 'default'",
@@ -409,14 +409,14 @@ TABLE: list[Bad] = [
     ),
     Bad(
         "hook: prompt scope of the wrong type",
-        lambda e: e.hook().submit_pipeline_prompt("s1", "hi", scope=7),
+        lambda e: e.hook().submit_pipeline_prompt("s1", "hi", scope=7),  # type: ignore[arg-type]
         IN,
         "'scope'",
         "such as 'default'",
     ),
     Bad(
         "hook: prompt of the wrong type",
-        lambda e: e.hook().submit_prompt_to_agent("s1", 42),
+        lambda e: e.hook().submit_prompt_to_agent("s1", 42),  # type: ignore[arg-type]
         IN,
         "'prompt'",
         "non-empty string",
@@ -430,14 +430,14 @@ TABLE: list[Bad] = [
     ),
     Bad(
         "hook: session dict without obj_id",
-        lambda e: e.hook().get_session({"domain": "demo", "created_by": "demo"}),
+        lambda e: e.hook().get_session({"domain": "demo", "created_by": "demo"}),  # type: ignore[arg-type]
         IN,
         "'session'",
         ID_FIX,
     ),
     Bad(
         "hook: slot type of the wrong type",
-        lambda e: e.hook().assign_slot(5),
+        lambda e: e.hook().assign_slot(5),  # type: ignore[arg-type]
         IN,
         "'slot_type'",
         "such as 'gpu-medium'",

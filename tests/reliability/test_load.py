@@ -42,8 +42,8 @@ def _child(index: int, dag: Any, workdir: Path) -> None:
         folder.mkdir()
         os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{database}"
         os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
-        settings.configure_vars()
-        settings.configure_orm()
+        settings.configure_vars()  # type: ignore[no-untyped-call]
+        settings.configure_orm()  # type: ignore[no-untyped-call]
         from airflow.sdk.execution_time import supervisor
 
         # The in-process Execution API serves from an event-loop thread of the parent, which the fork
