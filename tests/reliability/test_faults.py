@@ -119,11 +119,20 @@ def test_429_with_retry_after_in_seconds_on_the_start(candela: Emulator, run: An
 
 def test_429_with_retry_after_as_http_date_on_a_prompt(candela: Emulator, run: Any) -> None:
     with TALLY.fault("429 Retry-After HTTP date"):
-        when = email.utils.formatdate(time.time() + 2, usegmt=True)
-        candela.add_fault(match="POST /session/pipeline_submit", status=429, retry_after=when)
-        result = run(session_dag("faults_429_date"))
-        assert result.states == ALL_GREEN
-        assert result.duration("prompt") >= 1.0
+        with DAG("faults_429_date", schedule=None, start_date=START, catchup=False) as dag:
+            start = CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL)
+
+            @task
+            def arm() -> None:  # just before the prompt, so that the date is 2 s ahead when the prompt is sent
+                when = email.utils.formatdate(time.time() + 2, usegmt=True)
+                candela.add_fault(match="POST /session/pipeline_submit", status=429, retry_after=when)
+
+            prompt = CandelaSubmitPipelinePromptOperator(task_id="prompt", session=start.output, prompt="Go")
+            stop = CandelaStopSessionOperator(task_id="stop", session=start.output)
+            start >> arm() >> prompt >> stop.as_teardown(setups=start)
+        result = run(dag)
+        assert result.states == {**ALL_GREEN, "arm": "success"}
+        assert result.duration("prompt") >= 1.0  # waited until the date (1 s granularity), not 10 ms
         assert result.xcom("prompt")["metadata"]["request_id"]
         stats = _clean_end(candela, started=1)
         # 429 means "not processed": the one case where a prompt is sent again
