@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_provider_candela.exceptions import CandelaInputError
-from airflow_provider_candela.models import DEFAULT_SCOPE, ObjectId, ObjectMetadata
+from airflow_provider_candela.models import DEFAULT_SCOPE, MAX_PROMPT_BYTES, ObjectId, ObjectMetadata
 
 __all__ = [
     "coerce_bool",
@@ -193,6 +193,49 @@ def require_text(value: Any, *, argument: str, task_id: str) -> str:
     if not value.strip():
         raise CandelaInputError(f"Invalid `{argument}` for task '{task_id}': it is empty. Pass a non-empty string.")
     return value
+
+
+def require_prompt(value: Any, *, task_id: str) -> str:
+    """A prompt: a non-empty string of at most :data:`~airflow_provider_candela.models.MAX_PROMPT_BYTES`.
+
+    :raises CandelaInputError: naming the task and the fix.
+    """
+    text = require_text(value, argument="prompt", task_id=task_id)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PROMPT_BYTES:
+        raise CandelaInputError(
+            f"Invalid `prompt` for task '{task_id}': it is {size:,} bytes (UTF-8), more than the "
+            f"{MAX_PROMPT_BYTES:,} a prompt may have. Shorten it or split it into several prompts."
+        )
+    return text
+
+
+def coerce_optional_scope(value: Any, *, argument: str, task_id: str) -> str | None:
+    """An optional scope-like name (``scope``, ``slot_type``): letters, digits, '-', '_' and '.'."""
+    name = coerce_optional_name(value, argument=argument, task_id=task_id)
+    if name is not None:
+        try:
+            ObjectId(scope=name, identifier="x").validate_names()
+        except ValueError:
+            raise CandelaInputError(
+                f"Invalid `{argument}` for task '{task_id}': {name!r} is not a valid name. Use letters, digits, "
+                "'-', '_' and '.', starting with a letter, digit or '_' (e.g. 'default')."
+            ) from None
+    return name
+
+
+def coerce_optional_version(value: Any, *, argument: str, task_id: str) -> str | None:
+    """An optional semver-like version (``"1.0.0"``)."""
+    version = coerce_optional_name(value, argument=argument, task_id=task_id)
+    if version is not None:
+        try:
+            ObjectId(scope="x", identifier="x", version=version).validate_names()
+        except ValueError:
+            raise CandelaInputError(
+                f"Invalid `{argument}` for task '{task_id}': {version!r} is not a version. "
+                "Use a semver-like string such as '1.0.0', or leave it empty for the latest."
+            ) from None
+    return version
 
 
 def coerce_optional_name(value: Any, *, argument: str, task_id: str) -> str | None:

@@ -42,6 +42,10 @@ __all__ = [
 #: Default scope used by Candela when a request gives none.
 DEFAULT_SCOPE: Final = "default"
 
+#: Largest prompt the provider sends (UTF-8 bytes).  A prompt is text for a language model: one far
+#: larger than any model's context is a mistake (a file read whole, a template rendering a table).
+MAX_PROMPT_BYTES: Final = 1024 * 1024
+
 #: Event types a Gen A server may stream from ``/session/agent_submit``.
 EVENT_TYPES: Final = frozenset({"user", "chat", "intent", "info", "wait", "sys", "result"})
 

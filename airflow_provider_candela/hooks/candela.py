@@ -49,6 +49,7 @@ from airflow_provider_candela.hooks._retry import (
 from airflow_provider_candela.hooks._stream import CandelaEventStream
 from airflow_provider_candela.models import (
     DEFAULT_SCOPE,
+    MAX_PROMPT_BYTES,
     CircuitDTO,
     DevSessionStartRequest,
     Directive,
@@ -153,7 +154,7 @@ class CandelaHook(BaseHook):
     #: Largest prompt sent (UTF-8 bytes).  A prompt is text for a language model: one far larger than any
     #: model's context is a mistake (a file read whole, a template rendering a table) and is refused before
     #: it is uploaded.  Raise it on a subclass or an instance if your deployment takes larger prompts.
-    max_prompt_bytes: int = 1024 * 1024
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
 
     def __init__(
         self,

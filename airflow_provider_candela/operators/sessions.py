@@ -29,9 +29,11 @@ from airflow_provider_candela._validation import (
     coerce_object_id,
     coerce_older_than,
     coerce_optional_name,
+    coerce_optional_scope,
+    coerce_optional_version,
     coerce_session,
     is_resolved,
-    require_text,
+    require_prompt,
     session_ids,
 )
 from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaInputError
@@ -171,8 +173,8 @@ class _StartOperatorBase(_CandelaOperator):
                 f"Invalid `slot_ready_timeout` for task '{self.task_id}': expected a positive number of seconds, "
                 f"got {slot_ready_timeout!r}."
             )
-        self._check_now(scope, lambda v: coerce_optional_name(v, argument="scope", task_id=self.task_id))
-        self._check_now(slot_type, lambda v: coerce_optional_name(v, argument="slot_type", task_id=self.task_id))
+        self._check_now(scope, lambda v: coerce_optional_scope(v, argument="scope", task_id=self.task_id))
+        self._check_now(slot_type, lambda v: coerce_optional_scope(v, argument="slot_type", task_id=self.task_id))
         if parent_session is not None:
             self._check_now(
                 parent_session, lambda v: coerce_object_id(v, argument="parent_session", task_id=self.task_id)
@@ -187,7 +189,7 @@ class _StartOperatorBase(_CandelaOperator):
         hook = self.hook
         try:
             if self.ensure_slot:
-                slot_type = coerce_optional_name(self.slot_type, argument="slot_type", task_id=self.task_id)
+                slot_type = coerce_optional_scope(self.slot_type, argument="slot_type", task_id=self.task_id)
                 slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
                 self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
             if self.if_session_running == "stop":
@@ -319,7 +321,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         circuit_override = self._optional_id(self.circuit_override, "circuit_override")
         directive_override = self._optional_id(self.directive_override, "directive_override")
         parent_session = self._optional_id(self.parent_session, "parent_session")
-        scope = coerce_optional_name(self.scope, argument="scope", task_id=self.task_id)
+        scope = coerce_optional_scope(self.scope, argument="scope", task_id=self.task_id)
         self.log.info("Starting app %s with model %s in scope %s.", app, model, scope or "default")
         return self._start(
             context,
@@ -416,7 +418,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
         """Ensure a slot, stop the user's running session, start the dev session; return its metadata."""
         model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
         parent_session = self._optional_id(self.parent_session, "parent_session")
-        scope = coerce_optional_name(self.scope, argument="scope", task_id=self.task_id)
+        scope = coerce_optional_scope(self.scope, argument="scope", task_id=self.task_id)
         self.log.info(
             "Starting a dev session with model %s (circuit entry %r, %d nodes) in scope %s.",
             model,
@@ -468,13 +470,13 @@ class _PromptOperatorBase(_CandelaOperator):
         self.session = session
         self.session_id = session_id
         self.scope = scope
-        self._check_now(prompt, lambda v: require_text(v, argument="prompt", task_id=self.task_id))
+        self._check_now(prompt, lambda v: require_prompt(v, task_id=self.task_id))
         if all(is_resolved(v) for v in (session, session_id, scope)):
             coerce_session(session, session_id=session_id, scope=scope, task_id=self.task_id)
 
     def _session_and_prompt(self) -> tuple[ObjectId, str]:
         oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
-        prompt = require_text(self.prompt, argument="prompt", task_id=self.task_id)
+        prompt = require_prompt(self.prompt, task_id=self.task_id)
         return oid, prompt
 
     def on_kill(self) -> None:
@@ -893,8 +895,8 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
                 self.identifier_prefix, argument="identifier_prefix", task_id=tid
             ),
         }
-        scope = coerce_optional_name(self.scope, argument="scope", task_id=tid)
-        version = coerce_optional_name(self.version, argument="version", task_id=tid)
+        scope = coerce_optional_scope(self.scope, argument="scope", task_id=tid)
+        version = coerce_optional_version(self.version, argument="version", task_id=tid)
         has_session = (self.session is not None and self.session != "") or bool(self.session_id)
         if has_session:
             used = [name for name, value in filters.items() if value is not None]

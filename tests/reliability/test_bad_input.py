@@ -166,10 +166,8 @@ TABLE: list[Bad] = [
         "start: malformed scope",
         lambda e: _execute(lambda: S(ensure_slot=False), scope="bad scope/"),
         IN,
-        "'scope'",
-        "use letters, digits",
-        known_bug="CandelaStartSessionOperator checks only that `scope` is a string, then stops the user's running "
-        "session (GET /session/stop) before the hook refuses the malformed scope: a typo stops a running session",
+        "`scope`",
+        "Use letters, digits",
     ),
     Bad(
         "start: unknown connection id",
@@ -209,10 +207,17 @@ TABLE: list[Bad] = [
     Bad("agent: prompt of the wrong type", lambda e: _op(lambda: A(prompt=["hi"])), IN, "`prompt`", "expected a str"),
     Bad(
         "pipeline: 10 MB prompt",
-        lambda e: _execute(lambda: P(prompt=TEN_MB)),
+        lambda e: _op(lambda: P(prompt=TEN_MB)),
         IN,
-        "'prompt' is 10,485,760 bytes",
-        "shorten it or split it into several prompts",
+        "`prompt` for task 'ask': it is 10,485,760 bytes",
+        "Shorten it or split it into several prompts",
+    ),
+    Bad(
+        "agent: 10 MB prompt rendered by a template",
+        lambda e: _execute(lambda: A(prompt="{{ params.text }}"), prompt=TEN_MB),
+        IN,
+        "`prompt` for task 'chat': it is 10,485,760 bytes",
+        "Shorten it or split it into several prompts",
     ),
     Bad("agent: no session", lambda e: _op(lambda: A(session_id=None)), IN, "`session=start.output`", "pass"),
     Bad(
@@ -325,6 +330,20 @@ TABLE: list[Bad] = [
     ),
     # --- the sensor ---
     Bad("sensor: no session", lambda e: _op(lambda: W(session=None)), IN, "`session=`", "or `identifier=`"),
+    Bad(
+        "sensor: malformed version",
+        lambda e: _op(lambda: W(session=None, identifier="s1", version="not a version!")),
+        IN,
+        "`version`",
+        "semver-like string such as '1.0.0'",
+    ),
+    Bad(
+        "sensor: malformed scope",
+        lambda e: _op(lambda: W(session=None, identifier="s1", scope="team a")),
+        IN,
+        "`scope`",
+        "Use letters, digits",
+    ),
     Bad(
         "sensor: session and identifier",
         lambda e: _op(lambda: W(identifier="s2")),
