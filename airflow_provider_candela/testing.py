@@ -25,9 +25,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypeVar
 
 __all__ = [
     "CandelaEmulator",
@@ -35,7 +35,10 @@ __all__ = [
     "candela_connection",
     "candela_emulator",
     "candela_emulator_server",
+    "wait_until",
 ]
+
+_T = TypeVar("_T")
 
 _READY_PREFIX: Final = "Candela emulator listening on "
 _DEFAULTS: Final[dict[str, Any]] = {
@@ -54,6 +57,24 @@ _RESTORE_DEFAULTS: Final[dict[str, Any]] = {
     "event_delay": 0.0,
     "agent_chat_events": None,
 }
+
+
+def wait_until(condition: Callable[[], _T | None], timeout: float = 20.0, interval: float = 0.02) -> _T:
+    """Poll ``condition`` until it returns something truthy, and return that; fail after ``timeout`` s.
+
+    For tests that wait on the emulator (``wait_until(lambda: emu.stats()["sessions_started"] >= 1)``)
+    instead of sleeping a fixed time.
+
+    :raises AssertionError: with the last value seen, when the condition is not met in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        time.sleep(interval)
 
 
 def _unverified_tls() -> ssl.SSLContext:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
 
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, wait_until
 
 T = TypeVar("T")
 
@@ -16,18 +14,6 @@ SCOPE = "openid client groups offline_access"
 AGENT = {"scope": "default", "identifier": "demo-agent"}
 PIPELINE = {"scope": "default", "identifier": "demo-pipeline"}
 MODEL = {"scope": "default", "identifier": "demo-model"}
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
-        time.sleep(interval)
 
 
 def password_grant(

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow_provider_candela.hooks.candela import CandelaHook
+from airflow_provider_candela.testing import wait_until  # noqa: F401 (re-exported to the tests)
 
 T = TypeVar("T")
 
 AGENT = "default/demo-agent"
 PIPELINE = "default/demo-pipeline"
 MODEL = "default/demo-model"
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
-        time.sleep(interval)
 
 
 def fast(hook: CandelaHook) -> CandelaHook:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from airflow_provider_candela.testing import wait_until
 
 MODULE_NAME = "candela_test_dagrun"
 
@@ -64,16 +64,7 @@ def states(dag_run: Any) -> dict[str, str]:
     return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns a truthy value (returned); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+wait_for = wait_until  # the emulator package's poller, under the name these tests use
 
 
 def request_count(stats: dict[str, Any], route: str, status: str | None = None) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from airflow_provider_candela.testing import wait_until  # noqa: F401 (re-exported to the tests)
 
 T = TypeVar("T")
 
@@ -97,18 +98,6 @@ def state_of(emulator: Any) -> dict[str, Any]:
         "running_sessions": stats["running_sessions"],
         "slots": stats["slots"],
     }
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.02) -> T:
-    """Poll ``condition`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------------------------------------
