@@ -127,15 +127,17 @@ class CandelaEmulator:
             flag = "--" + name.replace("_", "-")
             if name in ("fault", "faults"):
                 for fault in value if isinstance(value, list | tuple) else [value]:
-                    cmd += ["--fault", fault if isinstance(fault, str) else json.dumps(fault)]
+                    cmd.append("--fault=" + (fault if isinstance(fault, str) else json.dumps(fault)))
             elif name == "catalog" and isinstance(value, dict):
                 with tempfile.NamedTemporaryFile(
                     "w", suffix=".json", prefix="candela-catalog-", delete=False
                 ) as handle:
                     json.dump(value, handle)
-                cmd += [flag, handle.name]
+                cmd.append(f"{flag}={handle.name}")
             else:
-                cmd += [flag, str(value)]
+                # "--flag=value": a value may start with '-' (random secrets do), which argparse
+                # would otherwise take for an option.
+                cmd.append(f"{flag}={value}")
         cmd += ["--port", str(port)]
         return cmd
 

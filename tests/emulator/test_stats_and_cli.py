@@ -215,3 +215,10 @@ def test_testing_module_imports_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_credentials_that_start_with_a_dash_reach_the_emulator() -> None:
+    # Random secrets (secrets.token_urlsafe) start with '-' about one time in 64.
+    with CandelaEmulator(password="-pw-1", client_secret="--cs", access_token="-pat") as emu:
+        assert password_grant(emu).status_code == 200
+        assert requests.get(f"{emu.url}/slot/user_has_slot", headers={"Authorization": "Bearer -pat"}, timeout=5).ok
