@@ -14,6 +14,8 @@ from airflow_provider_candela import __version__
 
 CONN_TYPE: Final = "candela"
 HOOK_CLASS: Final = "airflow_provider_candela.hooks.candela.CandelaHook"
+#: The one description of the package: also the ``description`` of pyproject.toml and the README's first sentence.
+DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks."
 
 #: Extra fields of a Candela connection (stored in ``Connection.extra``), in form order.
 #: ``schema.format == "password"`` marks a field as secret (masked in the UI and in logs).
@@ -125,7 +127,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-candela",
         "name": "Candela",
-        "description": "Run FINBOURNE Candela LLM agent and pipeline sessions from Airflow DAGs.",
+        "description": DESCRIPTION,
         "versions": [__version__],
         "integrations": [
             {
