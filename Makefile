@@ -5,10 +5,12 @@
 #   make demo       every example DAG run with `airflow dags test` against the local Candela emulator
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy --strict on the package
-#   make clean      remove the virtual environments and caches
+#   make clean      remove every virtual environment, cache and build output these targets create
 #
-# Everything is installed with uv (installed with pip when absent). A venv is rebuilt only when
-# pyproject.toml or the pins below change (a stamp file inside the venv is keyed on both).
+# Needs only $(PYTHON) (3.11+, with its venv module) and make. Everything is installed with uv into the
+# project's own venvs, never into $(PYTHON): uv is the one on PATH, or else a copy of its own in .venv-tools/
+# (a venv of $(PYTHON) whose pip installs uv; works on an externally managed system Python). A venv is rebuilt
+# only when pyproject.toml or the pins below change (a stamp file inside the venv is keyed on both).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -16,9 +18,13 @@ SHELL := bash
 .DELETE_ON_ERROR:
 
 PYTHON ?= python3
-# The uv *binary*. Never `python -m uv`: started that way, `uv pip install` installs into the Python that
-# launched it instead of the VIRTUAL_ENV. Resolved lazily, so that the `uv` target can install it first.
-UV ?= $(shell $(PYTHON) -c 'import uv, sys; sys.stdout.write(uv.find_uv_bin())' 2>/dev/null || command -v uv)
+# The uv *binary*: the one on PATH, else .venv-tools/bin/uv (made by the `uv` target). Never `python -m uv`:
+# started that way, `uv pip install` installs into the Python that launched it instead of the VIRTUAL_ENV.
+TOOLS_VENV := .venv-tools
+TOOLS_UV := $(CURDIR)/$(TOOLS_VENV)/bin/uv
+ifndef UV
+UV := $(or $(shell command -v uv 2>/dev/null),$(TOOLS_UV))
+endif
 export UV
 # uv must never download a Python of its own: use the machine's python3.
 export UV_PYTHON_DOWNLOADS := never
@@ -56,9 +62,29 @@ endef
 
 .PHONY: venv venv-af2 uv test test-py3 test-af2 lint typecheck demo bench clean
 
-uv:
-	@$(PYTHON) -c 'import uv' 2>/dev/null || command -v uv >/dev/null || \
-		{ echo "uv not found: installing it with pip"; $(PYTHON) -m pip install -q uv; }
+uv: $(if $(filter $(TOOLS_UV),$(UV)),$(TOOLS_UV))
+	@echo "uv: $$("$(UV)" --version) ($(UV))"
+
+# uv is not on PATH: a venv of $(PYTHON) for it alone. Debian ships the venv module separately (python3-venv):
+# as root it is installed with apt-get; otherwise the message says what to install.
+$(TOOLS_UV):
+	$(call section,uv: not on PATH; installing it into $(TOOLS_VENV)/ (nothing is installed into $(PYTHON)))
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+		{ echo "make: $(PYTHON) is not Python 3.11+ ($$($(PYTHON) --version 2>&1)); name one: make PYTHON=python3.12"; exit 1; }
+	@rm -rf $(TOOLS_VENV); \
+	if ! out=$$($(PYTHON) -m venv $(TOOLS_VENV) 2>&1); then \
+		rm -rf $(TOOLS_VENV); \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$$(command -v $(PYTHON))" = /usr/bin/python3 ]; then \
+			echo "$(PYTHON) has no working venv module: apt-get install python3-venv"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+			$(PYTHON) -m venv $(TOOLS_VENV); \
+		else \
+			printf '%s\n' "$$out" | tail -5; \
+			echo "make: '$(PYTHON) -m venv' failed. Install the venv module (Debian/Ubuntu: sudo apt-get install python3-venv) or put uv on PATH."; \
+			exit 1; \
+		fi; \
+	fi
+	$(TOOLS_VENV)/bin/python -m pip install -q --disable-pip-version-check "uv>=0.5"
 
 venv: $(VENV_STAMP)
 
@@ -104,9 +130,10 @@ test-af2: venv-af2
 test: lint typecheck test-py3 test-af2
 	$(call section,make test: all green)
 
+# KEEP=1 keeps the temporary Airflow home and its logs (the run prints where).
 demo: venv
 	$(call section,demo: example_dags/ run against the Candela emulator)
-	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags example_dags
+	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags $(if $(KEEP),--keep) example_dags
 
 # ---------------------------------------------------------------------------------------------------------------
 # bench (owner: performance engineer): every figure of issue 6 in one run, described in bench/run.py.
@@ -132,8 +159,9 @@ bench: venv $(BENCH_STAMP)
 # ---------------------------------------------------------------------------------------------------------------
 
 clean:
-	rm -rf $(VENV) $(VENV_AF2) .venv-sdk .mypy_cache .ruff_cache .pytest_cache
-	find . -name __pycache__ -type d -not -path '*/.venv*' -prune -exec rm -rf {} +
+	rm -rf $(VENV) $(VENV_AF2) $(TOOLS_VENV) .venv-sdk .venv-deploy $(BENCH_VENV) bench/.venv-sdk
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache tests/ui/output
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # ---- ui-test (owner: UI-test engineer) ---------------------------------------------------------------------
 # The Candela connection form in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the

@@ -14,13 +14,22 @@ from airflow_provider_candela.emulator.state import parse_fault
 __all__ = ["build_parser", "config_from_args", "main"]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, except where there is none to show (``None`` or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = EmulatorConfig()
     parser = argparse.ArgumentParser(
         prog="candela-emulator",
         description="A local Candela (Gen A Sessions API) server for tests and demos. "
         "Test controls are under /_emulator/ (stats, reset, faults, tokens, expire_tokens, config, users).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--host", default=d.host, help="address to bind (keep it on loopback)")
     parser.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one")

@@ -48,14 +48,15 @@ fi
 have_pg && have_redis || { echo "deployment-test: postgresql or redis-server still missing after apt-get"; exit 1; }
 
 # ---------------------------------------------------------------- 2. the deployment venv
-"$PYTHON" -m uv --version >/dev/null 2>&1 || "$PYTHON" -m pip install -q uv
+# uv as `make deployment-test` exports it (on PATH, or the Makefile's .venv-tools copy); never pip into $PYTHON.
+UV="${UV:-$(command -v uv || true)}"
+[ -n "$UV" ] || { echo "deployment-test: uv not found: run it as \`make deployment-test\` (which provides uv)"; exit 1; }
 stamp="$VENV/.installed-$( (cat pyproject.toml; printf '%s\n' "${REQS[@]}") | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
     section "venv: $VENV with Airflow 3.3, the Celery and Postgres providers and the provider (editable)"
-    [ -x "$VENV/bin/python" ] || "$PYTHON" -m uv venv -q --python "$PYTHON" "$VENV"
+    [ -x "$VENV/bin/python" ] || "$UV" venv -q --python "$PYTHON" "$VENV"
     rm -f "$VENV"/.installed-*
-    # --python, not VIRTUAL_ENV: `python -m uv pip` installs into the interpreter that runs uv otherwise.
-    "$PYTHON" -m uv pip install -q --python "$VENV/bin/python" -e ".[emulator]" "${REQS[@]}"
+    "$UV" pip install -q --python "$VENV/bin/python" -e ".[emulator]" "${REQS[@]}"
     # Byte-compile once: every airflow process would otherwise compile its imports again.
     "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib" >/dev/null 2>&1 || true
     touch "$stamp"
