@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar
 
@@ -117,6 +118,7 @@ class CandelaEmulator:
         self.token_url = ""
         self._process: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
+        self._catalog_file: Path | None = None  # a dict catalogue, written for the subprocess; removed in stop()
 
     # ------------------------------------------------------------------ lifecycle
     def _command(self, port: int) -> list[str]:
@@ -133,6 +135,7 @@ class CandelaEmulator:
                     "w", suffix=".json", prefix="candela-catalog-", delete=False
                 ) as handle:
                     json.dump(value, handle)
+                self._catalog_file = Path(handle.name)
                 cmd.append(f"{flag}={handle.name}")
             else:
                 # "--flag=value": a value may start with '-' (random secrets do), which argparse
@@ -224,6 +227,9 @@ class CandelaEmulator:
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
+        if self._catalog_file is not None:
+            self._catalog_file.unlink(missing_ok=True)
+            self._catalog_file = None
 
     def restart(self) -> CandelaEmulator:
         """Stop and start again on the same port (state is lost, as after a server restart)."""

@@ -3,27 +3,96 @@
 The environment is set at import time, before any test module imports Airflow, so Airflow reads
 this home and never the user's ``~/airflow``.  The Candela emulator fixtures come from the
 package's pytest plugin (``airflow_provider_candela.testing``).
+
+The session checks that it leaves nothing behind: every temporary file of the suite and of the
+processes it starts goes to a folder of its own (``TMPDIR``; pytest's ``tmp_path`` folders stay
+where pytest keeps them), and every process it starts carries ``CANDELA_TEST_SESSION`` in its
+environment.  At the end, ``candela-*`` entries left in that folder and processes still running
+fail the session (the last test gets the error), then both are removed.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-_HOME = Path(tempfile.mkdtemp(prefix="candela-airflow-home-"))
+_TEMP = Path(tempfile.mkdtemp(prefix="candela-tests-"))
+atexit.register(shutil.rmtree, _TEMP, True)  # also when no test ran (e.g. --collect-only)
+_SESSION_VAR = "CANDELA_TEST_SESSION"
+os.environ[_SESSION_VAR] = uuid.uuid4().hex
+_HOME = _TEMP / "airflow-home"
+_HOME.mkdir()
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
 os.environ.pop("AIRFLOW_CONN_CANDELA_DEFAULT", None)
+
+
+def _processes_with_env(name: str, value: str) -> list[str]:
+    """Live processes (``"pid: command line"``) whose environment holds ``name=value``."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in environ:
+            found.append(f"{pid}: {cmdline.strip()}")
+    return found
+
+
+@pytest.fixture
+def processes_with_env() -> Callable[[str, str], list[str]]:
+    """``processes_with_env(name, value)``: the live processes whose environment holds ``name=value``."""
+    return _processes_with_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the session if its tests leave ``candela-*`` temporary files or running processes behind."""
+    tmp_path_factory.getbasetemp()  # pytest's own folders: in the system's temporary directory, as usual
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = tempfile.tempdir = str(_TEMP)
+    try:
+        yield
+    finally:
+        session = os.environ[_SESSION_VAR]
+        deadline = time.monotonic() + 5  # a process may still be exiting
+        while (processes := _processes_with_env(_SESSION_VAR, session)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)
+        shutil.rmtree(_HOME, ignore_errors=True)
+        files = sorted(entry.name for entry in _TEMP.iterdir() if entry.name.startswith("candela-"))
+        tempfile.tempdir = None
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(_TEMP, ignore_errors=True)
+    problems = [f"process still running (now killed): {process}" for process in processes]
+    problems += [f"left in the temporary directory (now removed): {name}" for name in files]
+    assert not problems, "The test session left things behind:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,9 @@ Candela session was left running; 1 otherwise; 130 when interrupted.
 
 Your real Airflow configuration is not used: ``AIRFLOW__*`` settings and ``AIRFLOW_HOME`` are dropped from the
 environment of the Airflow commands (``AIRFLOW_CONN_*`` and ``AIRFLOW_VAR_*`` are kept, so DAGs can still
-read other connections and variables).  The Airflow home is deleted afterwards unless a DAG failed or
-``--keep`` is given; its ``run-dags-logs/`` folder has the full output of every command.
+read other connections and variables).  The Airflow home is deleted afterwards, also after a failure (the last
+lines of a failed command are printed); ``--keep`` keeps it, and its ``run-dags-logs/`` folder with the full
+output of every command, in a ``candela-run-dags-*`` folder of the temporary directory (the run prints which).
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def _helper(runner: _Runner, mode: str, args: list[str], env: dict[str, str], lo
     )
     lines = [line for line in output.splitlines() if line.startswith("{")]
     if code != 0 or not lines:
-        raise RuntimeError(f"{mode[3:]} helper failed (exit code {code}); see {log}:\n{_tail(output)}")
+        raise RuntimeError(f"{mode[3:]} helper failed (exit code {code}; log {log.name}):\n{_tail(output)}")
     return json.loads(lines[-1])
 
 
@@ -492,10 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append(f"Candela session(s) left running for: {', '.join(left_running)}")
     if not results and not problems:
         problems.append("no DAG found")
-    if args.keep or problems:
+    if args.keep:
         print(f"Airflow home(s) and logs kept in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+        if problems:
+            print("Airflow home(s) and logs deleted; run again with --keep to keep them.")
     if problems:
         print("\nFAILED: " + "; ".join(problems))
         return 130 if interrupted else 1

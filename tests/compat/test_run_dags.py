@@ -3,7 +3,8 @@
 One run over a throw-away folder with three DAG files: a DAG that uses the provider and cleans up after
 itself, a DAG that leaves its Candela session running, and a file that fails to import.  The tool must
 run both DAGs for real (``airflow dags test``), report their task states and return values, report the
-import error and the session left running, exit 1, and leave no process behind.
+import error and the session left running, exit 1, and leave no process behind; its temporary Airflow home
+is kept only with ``--keep``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,26 +64,15 @@ import candela_module_that_does_not_exist  # noqa: F401
 '''
 
 
-def _processes_with(marker: str) -> list[str]:
-    """Live processes whose environment carries ``marker`` (run_dags and everything it started)."""
-    found = []
-    needle = f"{_MARKER_VAR}={marker}".encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in environ:
-            found.append(f"{pid}: {cmdline}")
-    return found
+ProcessesWithEnv = Callable[[str, str], list[str]]
 
 
-def _env(marker: str) -> dict[str, str]:
+def _env(marker: str, temp: Path) -> dict[str, str]:
+    """run_dags' environment: no Airflow settings, a marker on every process, its own temporary directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env[_MARKER_VAR] = marker
+    temp.mkdir()
+    env["TMPDIR"] = str(temp)
     return env
 
 
@@ -95,11 +86,14 @@ def dag_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_run_dags_reports_results_import_errors_and_leftover_sessions(dag_folder: Path) -> None:
+def test_run_dags_reports_results_import_errors_and_leftover_sessions(
+    dag_folder: Path, processes_with_env: ProcessesWithEnv
+) -> None:
     marker = uuid.uuid4().hex
+    temp = dag_folder.parent / "tmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", str(dag_folder)],
-        env=_env(marker),
+        [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", "--keep", str(dag_folder)],
+        env=_env(marker, temp),
         cwd=dag_folder.parent,
         capture_output=True,
         text=True,
@@ -124,20 +118,22 @@ def test_run_dags_reports_results_import_errors_and_leftover_sessions(dag_folder
     assert "left running:      1 (demo: default/session-" in out
     assert "Emulator stopped; no process left running." in out
     assert "FAILED: 1 DAG file(s) failed to import; Candela session(s) left running for: demo" in out
-    kept = out.split("Airflow home(s) and logs kept in ", 1)[1].split()[0]
-    assert (Path(kept) / "home-0" / "run-dags-logs" / "rd_good.log").is_file()
-    assert _processes_with(marker) == []
+    kept = Path(out.split("Airflow home(s) and logs kept in ", 1)[1].split()[0])
+    assert kept.parent == temp and kept.name.startswith("candela-run-dags-")  # --keep: in $TMPDIR, named in the output
+    assert (kept / "home-0" / "run-dags-logs" / "rd_good.log").is_file()
+    assert processes_with_env(_MARKER_VAR, marker) == []
 
 
-def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path) -> None:
+def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path, processes_with_env: ProcessesWithEnv) -> None:
     (dag_folder / "leaky.py").unlink()
     (dag_folder / "broken_dag.py").unlink()
     marker = uuid.uuid4().hex
     log = dag_folder.parent / "run_dags.out"
+    temp = dag_folder.parent / "tmp"
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", str(dag_folder)],
-            env=_env(marker),
+            env=_env(marker, temp),
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our own process group, as a terminal's Ctrl-C would signal
@@ -156,7 +152,10 @@ def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path) -> None:
     out = log.read_text()
     assert "Interrupted: stopping what is running" in out
     assert "FAILED: interrupted" in out
+    # Without --keep the Airflow home goes, also after a failure or an interruption.
+    assert "Airflow home(s) and logs deleted; run again with --keep to keep them." in out
+    assert [entry.name for entry in temp.iterdir() if entry.name.startswith("candela-run-dags-")] == []
     deadline = time.monotonic() + 10
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+    while (left := processes_with_env(_MARKER_VAR, marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == []
