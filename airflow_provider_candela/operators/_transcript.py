@@ -10,7 +10,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["AgentTranscript"]
 
 _SENTENCE_END = re.compile(r"[.!?](?:[\"')\]]*)\s+")
+_SPACES = re.compile(" *")
 _STREAMED_TYPES = ("chat", "intent")
 
 
@@ -27,7 +28,9 @@ class AgentTranscript:
 
     Chat (and intent) fragments are buffered and written as whole lines: at each ``\\n``, at a
     sentence end once the line is ``soft_limit`` characters long, or at a word boundary when it
-    reaches ``hard_limit``.  Other events are written at once with their type as a label.
+    reaches ``hard_limit``.  Other events are written at once with their type as a label, their
+    long lines wrapped at ``hard_limit``.  No line is longer than ``hard_limit`` (plus the label),
+    and the time taken grows linearly with the text, however it is split into events.
 
     :param write: where lines go (e.g. ``self.log.info``); called as ``write("%s", line)``.
     :param keep_events: keep every event for :meth:`summary` (``return_events=True``).
@@ -81,8 +84,9 @@ class AgentTranscript:
         elif event_type == "user":
             self._emit("user", _one_line(content, 200))
         else:
-            for line in content.splitlines() or [""]:
-                self._emit(event_type, line.rstrip())
+            lines = [line for line, _ in _lines(content, self._hard_limit, self._hard_limit, final=True) if line]
+            for line in lines or [""]:
+                self._emit(event_type, line)
 
     def flush(self) -> None:
         """Write what is left in the line buffer."""
@@ -96,30 +100,12 @@ class AgentTranscript:
         return None if self._buffer_type == "chat" else self._buffer_type
 
     def _drain(self, *, final: bool) -> None:
-        while self._buffer:
-            cut = self._cut()
-            if cut is None:
-                if not final:
-                    return
-                cut = len(self._buffer)
-            line, rest = self._buffer[:cut].rstrip(), self._buffer[cut:]
-            self._buffer = rest[1:] if rest.startswith("\n") else rest.lstrip(" ")
-            if line.strip():
+        consumed = 0
+        for line, end in _lines(self._buffer, self._soft_limit, self._hard_limit, final=final):
+            consumed = end
+            if line:
                 self._emit(self._label(), line)
-
-    def _cut(self) -> int | None:
-        """Where to cut the buffer into a line, or None to wait for more text."""
-        newline = self._buffer.find("\n")
-        if newline != -1:
-            return newline
-        if len(self._buffer) >= self._soft_limit:
-            ends = [m.end() for m in _SENTENCE_END.finditer(self._buffer) if m.end() >= self._soft_limit // 2]
-            if ends:
-                return ends[-1]
-        if len(self._buffer) >= self._hard_limit:
-            space = self._buffer.rfind(" ", 0, self._hard_limit)
-            return space if space > 0 else self._hard_limit
-        return None
+        self._buffer = self._buffer[consumed:]
 
     def summary(self, session: dict[str, Any]) -> dict[str, Any]:
         """The operator's XCom value."""
@@ -132,6 +118,50 @@ class AgentTranscript:
         if self._keep_events:
             out["events"] = self.events
         return out
+
+
+def _lines(text: str, soft_limit: int, hard_limit: int, *, final: bool) -> Iterator[tuple[str, int]]:
+    """The lines of ``text`` (``""`` for a blank one), each with the index where the text after it begins.
+
+    Stops where the last line needs more text to be cut well, unless ``final``.
+    """
+    start = 0
+    while start < len(text):
+        cut = _cut(text, start, soft_limit, hard_limit)
+        if cut is None:
+            if not final:
+                return
+            cut = len(text)
+        line = text[start:cut].rstrip()
+        if text.startswith("\n", cut):
+            start = cut + 1
+        else:
+            spaces = _SPACES.match(text, cut)
+            start = spaces.end() if spaces else cut
+        yield (line if line.strip() else ""), start
+
+
+def _cut(text: str, start: int, soft_limit: int, hard_limit: int) -> int | None:
+    """Where the line beginning at ``start`` ends, or None to wait for more text.
+
+    At a newline; else, once the line may be ``soft_limit`` long, at the last sentence end before
+    ``soft_limit`` (and past half of it), or the first one after; else at the last space before
+    ``hard_limit``.  It reads no more than ``hard_limit`` characters from ``start``: cutting a text into
+    lines takes time linear in its length.
+    """
+    window = min(len(text), start + hard_limit)
+    newline = text.find("\n", start, window + 1)
+    if newline != -1:
+        return newline
+    if len(text) - start >= soft_limit:
+        ends = [m.end() for m in _SENTENCE_END.finditer(text, start, window) if m.end() - start >= soft_limit // 2]
+        early = [end for end in ends if end - start <= soft_limit]
+        if early or ends:
+            return early[-1] if early else ends[0]
+    if len(text) - start >= hard_limit:
+        space = text.rfind(" ", start, start + hard_limit)
+        return space if space > start else start + hard_limit
+    return None
 
 
 def _one_line(text: str, limit: int) -> str:
