@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_provider_candela.exceptions import CandelaInputError
-from airflow_provider_candela.models import DEFAULT_SCOPE, MAX_PROMPT_BYTES, ObjectId, ObjectMetadata
+from airflow_provider_candela.models import DEFAULT_SCOPE, MAX_PROMPT_BYTES, ObjectId, ObjectMetadata, text_problem
 
 __all__ = [
     "coerce_bool",
@@ -33,7 +33,9 @@ __all__ = [
     "coerce_optional_name",
     "coerce_session",
     "is_resolved",
+    "require_prompt",
     "require_text",
+    "require_unicode",
     "session_ids",
 ]
 
@@ -42,7 +44,7 @@ _ID_FORMS = (
     "(e.g. the XCom of a start task) or a 'scope/identifier:version' string such as 'default/my-app:1.0.0'"
 )
 _PLAIN = (str, int, float, bool, datetime, timedelta, ObjectId, ObjectMetadata, type(None))
-_DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days?|hours?|minutes?|seconds?)?\s*$")
+_DURATION_RE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days?|hours?|minutes?|seconds?)?\s*")
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
@@ -180,32 +182,49 @@ def session_ids(oid: ObjectId) -> dict[str, Any]:
     return oid.model_dump(mode="json")
 
 
-def require_text(value: Any, *, argument: str, task_id: str) -> str:
-    """A non-empty string argument (e.g. ``prompt``).
+def _invalid(argument: str, task_id: str | None) -> str:
+    """The start of a message: ``Invalid `prompt` for task 'ask'`` (or ``Invalid argument `prompt```, from a hook)."""
+    return f"Invalid `{argument}` for task '{task_id}'" if task_id is not None else f"Invalid argument `{argument}`"
 
-    :raises CandelaInputError: when ``value`` is not a string or is blank.
+
+def require_unicode(value: str, *, argument: str, task_id: str | None = None) -> str:
+    """``value``, when it is Unicode text (a string with a lone surrogate cannot be sent or logged).
+
+    :raises CandelaInputError: naming the argument, the task, the position of the bad character and the fix.
     """
-    if not isinstance(value, str):
-        raise CandelaInputError(
-            f"Invalid `{argument}` for task '{task_id}': expected a string, got {type(value).__name__} "
-            f"({_shorten(value)})."
-        )
-    if not value.strip():
-        raise CandelaInputError(f"Invalid `{argument}` for task '{task_id}': it is empty. Pass a non-empty string.")
+    problem = text_problem(value)
+    if problem is not None:
+        raise CandelaInputError(f"{_invalid(argument, task_id)}: {problem}.")
     return value
 
 
-def require_prompt(value: Any, *, task_id: str) -> str:
-    """A prompt: a non-empty string of at most :data:`~airflow_provider_candela.models.MAX_PROMPT_BYTES`.
+def require_text(value: Any, *, argument: str, task_id: str | None = None) -> str:
+    """A non-empty string argument of Unicode text (e.g. ``prompt``).
+
+    :param task_id: the task, for the message; ``None`` when a hook method is called directly.
+    :raises CandelaInputError: when ``value`` is not a string, is blank or is not Unicode text.
+    """
+    where = _invalid(argument, task_id)
+    if not isinstance(value, str):
+        raise CandelaInputError(f"{where}: expected a string, got {type(value).__name__} ({_shorten(value)}).")
+    if not value.strip():
+        raise CandelaInputError(f"{where}: it is empty. Pass a non-empty string.")
+    return require_unicode(value, argument=argument, task_id=task_id)
+
+
+def require_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = MAX_PROMPT_BYTES) -> str:
+    """A prompt: a non-empty string of Unicode text of at most ``max_bytes`` (UTF-8).
+
+    The one check of a prompt, for the operators and the hook (``task_id=None``).
 
     :raises CandelaInputError: naming the task and the fix.
     """
     text = require_text(value, argument="prompt", task_id=task_id)
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_PROMPT_BYTES:
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
         raise CandelaInputError(
-            f"Invalid `prompt` for task '{task_id}': it is {size:,} bytes (UTF-8), more than the "
-            f"{MAX_PROMPT_BYTES:,} a prompt may have. Shorten it or split it into several prompts."
+            f"{_invalid('prompt', task_id)}: it is {size:,} bytes (UTF-8), more than the {max_bytes:,} a prompt "
+            "may have. Shorten it or split it into several prompts."
         )
     return text
 
@@ -247,7 +266,7 @@ def coerce_optional_name(value: Any, *, argument: str, task_id: str) -> str | No
             f"Invalid `{argument}` for task '{task_id}': expected a string, got {type(value).__name__} "
             f"({_shorten(value)})."
         )
-    return value.strip()
+    return require_unicode(value.strip(), argument=argument, task_id=task_id)
 
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
@@ -286,7 +305,7 @@ def coerce_older_than(value: Any, *, task_id: str, argument: str = "older_than")
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value.lower())
+        match = _DURATION_RE.fullmatch(value.lower())
         if match:
             unit = (match["unit"] or "s")[0]
             seconds = float(match["number"]) * _UNIT_SECONDS[unit]

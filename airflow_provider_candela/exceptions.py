@@ -64,3 +64,11 @@ class CandelaAuthError(CandelaApiError):
 
 class CandelaResponseError(CandelaApiError):
     """A 2xx response whose body is not the JSON the API promises."""
+
+
+class CandelaSessionRunningError(CandelaApiError):
+    """Candela refused to start a session because another one runs on the user's slot."""
+
+
+class CandelaCancelledError(CandelaError):
+    """The hook was cancelled (the task was killed) while a call was in flight; nothing was retried."""

@@ -15,7 +15,7 @@ from airflow_provider_candela import __version__
 CONN_TYPE: Final = "candela"
 HOOK_CLASS: Final = "airflow_provider_candela.hooks.candela.CandelaHook"
 #: The one description of the package: also the ``description`` of pyproject.toml and the README's first sentence.
-DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks."
+DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks"
 
 #: Extra fields of a Candela connection (stored in ``Connection.extra``), in form order.
 #: ``schema.format == "password"`` marks a field as secret (masked in the UI and in logs).
@@ -66,6 +66,12 @@ CONN_FIELDS: Final[dict[str, dict[str, Any]]] = {
         "label": "Timeout (connect, read) seconds",
         "description": "One number for both, or 'connect,read'. Default 10,300.",
         "placeholder": "10,300",
+        "schema": {"type": ["string", "null"]},
+    },
+    "stream_timeout": {
+        "label": "Agent stream timeout (seconds)",
+        "description": "Longest an agent answer may stream in total. Default 3600.",
+        "placeholder": "3600",
         "schema": {"type": ["string", "null"]},
     },
     "max_retries": {

@@ -18,7 +18,8 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "EVENT_TYPES",
@@ -53,15 +54,81 @@ EVENT_TYPES: Final = frozenset({"user", "chat", "intent", "info", "wait", "sys",
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
 # Versions: semver-like ("1.0.0", "0.0.1-rc.1+build").
 _VERSION = r"[A-Za-z0-9][A-Za-z0-9.+\-]*"
-_NAME_RE: Final = re.compile(rf"^{_NAME}$")
-_VERSION_RE: Final = re.compile(rf"^{_VERSION}$")
-_SHORT_FORM_RE: Final = re.compile(rf"^(?P<scope>{_NAME})/(?P<identifier>{_NAME})(?::(?P<version>{_VERSION}))?$")
+# Used with ``fullmatch`` only: ``$`` would also match before a final newline ("default\n").
+_NAME_RE: Final = re.compile(_NAME)
+_VERSION_RE: Final = re.compile(_VERSION)
+_SHORT_FORM_RE: Final = re.compile(rf"(?P<scope>{_NAME})/(?P<identifier>{_NAME})(?::(?P<version>{_VERSION}))?")
+# A lone surrogate: a code point UTF-8 cannot encode (from a JSON "\ud800" escape, or bytes decoded with
+# errors="surrogateescape").  Text holding one cannot be sent, logged or stored.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` (a string, or the strings and keys of dicts, lists and models in it) is not Unicode text.
+
+    :return: ``None`` when every string is valid, else which character is a lone surrogate, where, and
+        the fix, e.g. ``"character 3 of a.template is a lone surrogate ('\\udcff'), ..."``.
+    """
+    found = _first_surrogate(value, "")
+    if found is None:
+        return None
+    path, text, index = found
+    where = f"character {index} of {path}" if path else f"character {index}"
+    return (
+        f"{where} is a lone surrogate ({text[index]!r}), which is not Unicode text: remove it, or decode the "
+        "source with its real encoding"
+    )
+
+
+def _first_surrogate(value: Any, path: str) -> tuple[str, str, int] | None:
+    if isinstance(value, str):
+        match = _SURROGATE.search(value)
+        return None if match is None else (path, value, match.start())
+    if isinstance(value, BaseModel):
+        value = {**value.__dict__, **(value.model_extra or {})}
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        inner = f"{path}.{key}" if path else str(key)
+        found = _first_surrogate(key, f"the key {inner}") or _first_surrogate(item, inner)
+        if found is not None:
+            return found
+    return None
 
 
 class _Wire(BaseModel):
     """Base of every wire model: unknown fields are tolerated and dropped."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _Sent(BaseModel):
+    """Base of the request bodies: every string in them, at any depth, must be Unicode text.
+
+    So a lone surrogate is refused where the body is built (the hook, the operators) and, in the
+    emulator, answered with a 422 naming the field, as FastAPI does for any invalid body.
+    """
+
+    @field_validator("*")
+    @classmethod
+    def _unicode_field(cls, value: Any) -> Any:
+        _require_unicode(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unicode_extra_fields(self) -> Any:
+        _require_unicode(self.model_extra or {})
+        return self
+
+
+def _require_unicode(value: Any) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("unicode_text", problem)
 
 
 class ObjectId(_Wire):
@@ -84,7 +151,7 @@ class ObjectId(_Wire):
         """
         if not isinstance(text, str):
             raise ValueError(f"expected a 'scope/identifier:version' string, got {type(text).__name__}")
-        match = _SHORT_FORM_RE.match(text.strip())
+        match = _SHORT_FORM_RE.fullmatch(text.strip())
         if match is None:
             raise ValueError(
                 f"{text!r} is not of the form 'scope/identifier' or 'scope/identifier:version' "
@@ -106,12 +173,12 @@ class ObjectId(_Wire):
         """
         for part in ("scope", "identifier"):
             value = getattr(self, part)
-            if not isinstance(value, str) or not _NAME_RE.match(value):
+            if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
                 raise ValueError(
                     f"{part} {value!r} is not valid: use letters, digits, '-', '_' and '.', "
                     "and start with a letter, digit or '_'"
                 )
-        if self.version is not None and not _VERSION_RE.match(self.version):
+        if self.version is not None and not _VERSION_RE.fullmatch(self.version):
             raise ValueError(f"version {self.version!r} is not valid: use a semver-like string such as '1.0.0'")
         return self
 
@@ -138,7 +205,7 @@ class Session(_Wire):
     dev_session: bool | None = None
 
 
-class SessionStartRequest(_Wire):
+class SessionStartRequest(_Wire, _Sent):
     """Body of ``POST /session``: start an app (agent or pipeline) with a model."""
 
     app: ObjectId
@@ -149,7 +216,7 @@ class SessionStartRequest(_Wire):
     directive_override: ObjectId | None = None
 
 
-class CircuitDTO(BaseModel):
+class CircuitDTO(_Sent):
     """A circuit sent inline by a dev session.  Validated at the top level only: ``first`` names
     the entry node and ``nodes`` maps node ids to node objects (kept as opaque JSON)."""
 
@@ -166,7 +233,7 @@ class CircuitDTO(BaseModel):
         return nodes
 
 
-class Directive(BaseModel):
+class Directive(_Sent):
     """A directive sent inline by a dev session (validated at the top level; extra keys kept)."""
 
     model_config = ConfigDict(extra="allow")
@@ -180,7 +247,7 @@ class Directive(BaseModel):
     context_vals: dict[str, str] | None = None
 
 
-class ToolModule(BaseModel):
+class ToolModule(_Sent):
     """Python source of tool classes for a dev session."""
 
     model_config = ConfigDict(extra="allow")
@@ -188,7 +255,7 @@ class ToolModule(BaseModel):
     content: str
 
 
-class DevSessionStartRequest(_Wire):
+class DevSessionStartRequest(_Wire, _Sent):
     """Body of ``POST /session/dev``: run an inline circuit and directive with a model."""
 
     model_id: ObjectId
@@ -199,7 +266,7 @@ class DevSessionStartRequest(_Wire):
     tool_module_override: ToolModule | None = None
 
 
-class SubmitPrompt(_Wire):
+class SubmitPrompt(_Wire, _Sent):
     """Body of ``POST /session/pipeline_submit`` and ``POST /session/agent_submit``."""
 
     prompt: str
@@ -270,6 +337,8 @@ class TokenResponse(_Wire):
     """Body of a successful ``POST <token_url>`` (password or refresh grant)."""
 
     access_token: str
-    refresh_token: str
+    #: Optional in OAuth2: without one, the token is renewed with a new password grant.
+    refresh_token: str | None = None
+    #: Seconds the token lives; 0 or less means unknown (renewed only when the API refuses it).
     expires_in: int = 3600
     token_type: str = "Bearer"

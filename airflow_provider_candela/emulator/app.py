@@ -12,10 +12,12 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from airflow_provider_candela.emulator.config import EmulatorConfig
-from airflow_provider_candela.emulator.middleware import EmulatorMiddleware
+from airflow_provider_candela.emulator.middleware import EmulatorMiddleware, drop_connection
 from airflow_provider_candela.emulator.responses import agent_events, find_canned, pipeline_result
 from airflow_provider_candela.emulator.state import ApiError, EmulatorState
 from airflow_provider_candela.models import (
@@ -90,6 +92,11 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _api_error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's 422, rendered as ASCII JSON: its own handler fails on a lone surrogate in the input.
+        return _json({"detail": jsonable_encoder(exc.errors())}, status=422)
+
     # ------------------------------------------------------------------ OAuth2
     @app.post("/oauth2/token", tags=["auth"])
     async def token(request: Request) -> Response:
@@ -103,7 +110,8 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                     "error_description": "Send the token request as application/x-www-form-urlencoded",
                 },
             )
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(), keep_blank_values=True).items()}
+        text = (await request.body()).decode("utf-8", "replace")  # bytes that are not UTF-8: no credentials match
+        form = {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
         basic_id, basic_secret = _basic_credentials(request.headers.get("authorization"))
         client_id = basic_id if basic_id is not None else form.get("client_id")
         client_secret = basic_secret if basic_secret is not None else form.get("client_secret")
@@ -172,10 +180,11 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         return _json({"metadata": {"request_id": str(uuid.uuid4())}, "result": result})
 
     @app.post("/session/agent_submit", tags=["Sessions"])
-    async def submit_prompt_to_agent(user: User, body: SubmitPrompt) -> StreamingResponse:
+    async def submit_prompt_to_agent(request: Request, user: User, body: SubmitPrompt) -> StreamingResponse:
         stored = state.prompt_target(user, body.scope, body.session_id, "agent")
         canned = find_canned(state.catalog.responses, _app_key(stored.app_label), body.prompt, agent=True)
         prompt = body.prompt
+        session = state.running.get(user)
 
         async def stream() -> AsyncIterator[bytes]:
             events = iter(canned.events or ()) if canned is not None else agent_events(prompt, config.agent_chat_events)
@@ -183,6 +192,10 @@ def create_app(config: EmulatorConfig) -> FastAPI:
                 delay = config.event_delay
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if state.running.get(user) != session:
+                    # The session was stopped (or replaced): its answer breaks off, as a real session's does.
+                    await drop_connection(request.scope)
+                    return
                 line = json.dumps({"event_type": event_type, "content": content}, separators=(",", ":"))
                 yield line.encode() + b"\n"
 

@@ -454,14 +454,17 @@ class EmulatorState:
                 f"Cannot start a session: your slot {slot.slot_id} is not ready (state {int(state)} {state.name}). "
                 f"Wait until GET /slot/state is {int(SlotState.HOST_READY)} (HOST_READY)",
             )
+        return slot
+
+    def _slot_is_free(self, username: str) -> None:
+        """The last check of a start, once the request itself is known to be valid (409 otherwise)."""
         running = self.running.get(username)
         if running is not None:
             raise ApiError(
-                400,
+                409,
                 f"A session is already running on your slot: {running[0]}/{running[1]}:{running[2]}; "
                 "stop it first (GET /session/stop)",
             )
-        return slot
 
     @staticmethod
     def _resolve(kind: str, ref: ObjectId, known: dict[tuple[str, str], Any]) -> tuple[Any, str]:
@@ -520,6 +523,7 @@ class EmulatorState:
                     f"{name} '{override}' must be in the same scope as the app ('{request.app.scope}')",
                 )
         identity = self._new_identity(request.scope, request.parent_session)
+        self._slot_is_free(username)
         app_id = ObjectId(scope=request.app.scope, identifier=request.app.identifier, version=app_version)
         session = Session(
             app=app_id,
@@ -544,6 +548,7 @@ class EmulatorState:
                 f"(nodes: {', '.join(request.circuit.nodes)})",
             )
         identity = self._new_identity(request.scope, request.parent_session)
+        self._slot_is_free(username)
         session = Session(
             app=None,
             model_cfg=ObjectId(

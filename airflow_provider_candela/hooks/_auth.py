@@ -46,7 +46,8 @@ class TokenManager:
     """Obtains, caches and renews the bearer token of one hook.
 
     :param config: the validated connection.
-    :param session: returns the hook's ``requests.Session`` (the token calls share its connection).
+    :param post: sends ``POST <url>`` with a form body and headers through the hook's HTTP core (its
+        keep-alive session, deadlines, cancellation and refusal of redirects).
     :param settings: returns the retry settings in force.
     :param register_secret: called with every token as soon as it is received.
     :param scrub: removes known secrets from a text before it goes into a message.
@@ -56,14 +57,14 @@ class TokenManager:
         self,
         config: CandelaConfig,
         *,
-        session: Callable[[], requests.Session],
+        post: Callable[[str, bytes, dict[str, str]], requests.Response],
         settings: Callable[[], RetrySettings],
         register_secret: Callable[[str], None],
         scrub: Callable[[str], str],
         log: LogLike,
     ) -> None:
         self._config = config
-        self._session = session
+        self._send_post = post
         self._settings = settings
         self._register = register_secret
         self._scrub = scrub
@@ -84,22 +85,38 @@ class TokenManager:
         return self._access_token is None or time.monotonic() >= self._renew_at
 
     def authorization(self) -> str:
-        """The ``Authorization`` header value, obtaining or renewing the token when due."""
+        """The ``Authorization`` header value, obtaining or renewing the token when due.
+
+        Threads that find the token due wait for the one renewing it and then use its token.
+        """
         with self._lock:
             if self._access_token is None:
                 self._password_grant()
             elif time.monotonic() >= self._renew_at:
-                self._refresh()
+                self._renew()
             assert self._access_token is not None
             return f"Bearer {self._access_token}"
 
-    def reauthenticate(self) -> None:
-        """Renew after the API refused the token (401): refresh grant, falling back to a password grant."""
+    def reauthenticate(self, refused: str) -> bool:
+        """Renew after the API refused the ``Authorization`` value ``refused`` (401).
+
+        Single flight: when another thread renewed the token since ``refused`` was handed out, its
+        token is used as it is (no second grant for the same expiry).
+
+        :return: whether this call made a grant.
+        """
         with self._lock:
-            if self._refresh_token:
-                self._refresh()
-            else:
-                self._password_grant()
+            if self._access_token is not None and refused != f"Bearer {self._access_token}":
+                return False
+            self._renew()
+            return True
+
+    def _renew(self) -> None:
+        """Refresh grant, or a password grant when there is no refresh token (it is optional in OAuth2)."""
+        if self._refresh_token:
+            self._refresh()
+        else:
+            self._password_grant()
 
     # -- grants ---------------------------------------------------------------------------------
 
@@ -147,7 +164,7 @@ class TokenManager:
 
         def attempt() -> requests.Response:
             try:
-                resp = self._session().post(url, data=body.encode("utf-8"), headers=all_headers, timeout=cfg.timeout)
+                resp = self._send_post(url, body.encode("utf-8"), all_headers)
             except requests.exceptions.SSLError as exc:
                 raise CandelaAuthError(
                     f"TLS verification failed for the token endpoint {url} of connection {cfg.conn_id!r} "
@@ -189,12 +206,16 @@ class TokenManager:
             ) from None
         # Mask first: nothing may log the tokens before the masker knows them.
         self._register(token.access_token)
-        self._register(token.refresh_token)
+        if token.refresh_token:
+            self._register(token.refresh_token)
         self._access_token = token.access_token
         self._refresh_token = token.refresh_token
         lifetime = float(token.expires_in)
-        margin = min(REFRESH_MARGIN, lifetime / 2)
-        self._renew_at = time.monotonic() + lifetime - margin
+        if lifetime <= 0:
+            # An unknown lifetime: renewing before every call would make one grant per call.
+            self._renew_at = float("inf")
+        else:
+            self._renew_at = time.monotonic() + lifetime - min(REFRESH_MARGIN, lifetime / 2)
         self.grants[grant] += 1
         self._log.debug("Candela %s grant succeeded; token valid for %s s", grant, token.expires_in)
 

@@ -24,6 +24,7 @@ __all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_SLOT_TYPE", "DEFAULT_TIMEOUT", "Cande
 
 DEFAULT_TIMEOUT: Final = (10.0, 300.0)
 DEFAULT_MAX_RETRIES: Final = 5
+DEFAULT_STREAM_TIMEOUT: Final = 3600.0
 DEFAULT_SLOT_TYPE: Final = "gpu-medium"
 EXTRA_PREFIX: Final = "extra__candela__"
 HOST_EXAMPLE: Final = "https://<domain>.lusid.com/candela"
@@ -38,6 +39,7 @@ KNOWN_EXTRAS: Final = (
     "verify",
     "proxy",
     "timeout",
+    "stream_timeout",
     "max_retries",
     "slot_type",
     "secrets_file",
@@ -67,6 +69,7 @@ class CandelaConfig:
     verify: bool | str = True
     proxy: str | None = field(default=None, repr=False)
     timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    stream_timeout: float = DEFAULT_STREAM_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     slot_type: str = DEFAULT_SLOT_TYPE
     secrets_file: str | None = None
@@ -257,6 +260,18 @@ def _timeout(conn_id: str, value: Any) -> tuple[float, float]:
     return (numbers[0], numbers[-1])
 
 
+def _stream_timeout(conn_id: str, value: Any) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_STREAM_TIMEOUT
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise _err(conn_id, f"has stream_timeout={value!r}: expected a positive number of seconds such as 3600")
+    return number
+
+
 def _max_retries(conn_id: str, value: Any) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_MAX_RETRIES
@@ -347,6 +362,7 @@ def load_config(
         verify=_verify(conn_id, values["verify"]),
         proxy=proxy,
         timeout=_timeout(conn_id, timeout if timeout is not None else values["timeout"]),
+        stream_timeout=_stream_timeout(conn_id, values["stream_timeout"]),
         max_retries=_max_retries(conn_id, max_retries if max_retries is not None else values["max_retries"]),
         slot_type=slot_type,
         secrets_file=secrets_file,

@@ -56,6 +56,7 @@ class RetrySettings:
     :param wait_max: ceiling of one backoff wait.
     :param retry_after_cap: ceiling of a wait asked by ``Retry-After``.
     :param deadline: no retry starts after this much time since the first attempt.
+    :param sleep: waits between attempts (the hook's is cut short, with an error, when it is cancelled).
     """
 
     max_retries: int
@@ -63,6 +64,7 @@ class RetrySettings:
     wait_max: float = 30.0
     retry_after_cap: float = 60.0
     deadline: float = 900.0
+    sleep: Callable[[float], None] = time.sleep
 
 
 class Retryable(Exception):
@@ -184,6 +186,7 @@ def call_with_retries(
         wait=policy.wait,
         retry=tenacity.retry_if_exception_type(Retryable),
         before_sleep=before_sleep,
+        sleep=settings.sleep,
         reraise=True,
     )
     try:

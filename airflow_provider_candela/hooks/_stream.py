@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import Final
@@ -12,7 +13,13 @@ import requests
 import urllib3.exceptions
 from pydantic import ValidationError
 
-from airflow_provider_candela.exceptions import CandelaApiError, CandelaResponseError
+from airflow_provider_candela.exceptions import (
+    CandelaApiError,
+    CandelaCancelledError,
+    CandelaResponseError,
+    CandelaTimeoutError,
+)
+from airflow_provider_candela.hooks._transport import Exchange, watch
 from airflow_provider_candela.models import Event
 
 __all__ = ["CandelaEventStream"]
@@ -30,7 +37,16 @@ class CandelaEventStream(Iterator[Event]):
     exhausted, fails, or :meth:`close` is called; it is also a context manager.
 
     Blank lines are skipped; a line that is not a JSON event raises :class:`CandelaResponseError`;
-    the end of the body is the end of the answer (there is no terminator event).
+    the end of the body is the end of the answer (there is no terminator event), and an answer of no
+    event at all is an error (an agent always echoes the prompt as a ``user`` event).
+
+    Deadlines: at most ``event_gap`` seconds between two events (a server trickling a line a byte at a
+    time trips it too) and ``total`` seconds for the whole stream; the hook's ``exchange`` is aborted
+    when either passes, or when the hook is cancelled, and the stream then raises saying which.
+
+    :param exchange: the hook's exchange of this request (its deadline is moved as events arrive).
+    :param release: called once when the stream is closed (the hook forgets the exchange).
+    :param cancelled: why the hook was cancelled, or None.
     """
 
     def __init__(
@@ -40,11 +56,22 @@ class CandelaEventStream(Iterator[Event]):
         what: str,
         scrub: Callable[[str], str],
         chunk_size: int = 8192,
+        exchange: Exchange | None = None,
+        event_gap: float = float("inf"),
+        total: float = float("inf"),
+        release: Callable[[], None] | None = None,
+        cancelled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._response = response
         self._what = what
         self._scrub = scrub
         self._chunk_size = chunk_size
+        self._exchange = exchange
+        self._event_gap = event_gap
+        self._total = total
+        self._release = release
+        self._cancelled = cancelled
+        self._started = time.monotonic()
         self._line_number = 0
         #: Events yielded so far.
         self.count = 0
@@ -59,7 +86,13 @@ class CandelaEventStream(Iterator[Event]):
     def close(self) -> None:
         """Stop reading and release the response (the connection is dropped if the body was not finished)."""
         self._events.close()
+        self._close_response()
+
+    def _close_response(self) -> None:
         self._response.close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def __enter__(self) -> CandelaEventStream:
         return self
@@ -71,7 +104,7 @@ class CandelaEventStream(Iterator[Event]):
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # best effort at garbage collection
-            self._response.close()
+            self._close_response()
 
     # ------------------------------------------------------------------------------------------
 
@@ -88,9 +121,40 @@ class CandelaEventStream(Iterator[Event]):
             # Chunked transfer encoding: urllib3 yields every HTTP chunk as soon as it arrives.
             yield from self._response.iter_content(chunk_size=self._chunk_size)
 
+    def _arm(self) -> None:
+        """The next event has ``event_gap`` seconds to arrive (within the whole stream's ``total``)."""
+        exchange = self._exchange
+        if exchange is not None:
+            before = exchange.deadline
+            exchange.deadline = min(time.monotonic() + self._event_gap, self._started + self._total)
+            if exchange.deadline < before:
+                watch(exchange)
+
+    def _interrupted(self) -> Exception | None:
+        """The error to raise when the stream ended because the hook was cancelled or a deadline passed."""
+        reason = self._cancelled()
+        if reason is not None:
+            return CandelaCancelledError(
+                f"The agent answer from {self._what} was abandoned after {self.count} events: {reason}. The "
+                "prompt was not resubmitted"
+            )
+        if self._exchange is None or self._exchange.aborted != "deadline":
+            return None
+        elapsed = time.monotonic() - self._started
+        if elapsed >= self._total - 0.001:
+            which = f"the whole answer took longer than stream_timeout ({self._total:g} s)"
+        else:
+            which = f"no event arrived for {self._event_gap:g} s (the read timeout bounds the gap between events)"
+        return CandelaTimeoutError(
+            f"The agent answer from {self._what} was cut after {self.count} events and {elapsed:.0f} s: {which}. "
+            "The prompt was not resubmitted; raise the connection's timeout or stream_timeout if the agent "
+            "needs longer"
+        )
+
     def _generate(self) -> Generator[Event, None, None]:
         buffer = bytearray()
         try:
+            self._arm()
             for chunk in self._chunks():
                 buffer += chunk
                 start = 0
@@ -99,6 +163,7 @@ class CandelaEventStream(Iterator[Event]):
                     start = end + 1
                     if event is not None:
                         self.count += 1
+                        self._arm()
                         yield event
                 del buffer[:start]
                 if len(buffer) > MAX_LINE_BYTES:
@@ -108,11 +173,26 @@ class CandelaEventStream(Iterator[Event]):
                         method="POST",
                         path=self._what.split(" ", 1)[-1],
                     )
+            interrupted = self._interrupted()
+            if interrupted is not None:
+                raise interrupted
             event = self._parse(bytes(buffer))
             if event is not None:
                 self.count += 1
                 yield event
+            if self.count == 0:
+                raise CandelaResponseError(
+                    f"Candela answered {self._what} with {self._response.status_code} but streamed no event: an "
+                    "agent answer always starts with the prompt's 'user' event. Check that the session is an "
+                    "agent session and that nothing between this worker and Candela empties the body",
+                    status=self._response.status_code,
+                    method="POST",
+                    path=self._what.split(" ", 1)[-1],
+                )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            interrupted = self._interrupted()
+            if interrupted is not None:
+                raise interrupted from exc
             raise CandelaApiError(
                 f"The agent answer from {self._what} broke off after {self.count} events "
                 f"({type(exc).__name__}: {self._scrub(str(exc))[:200]}): the answer is incomplete. The prompt "
@@ -122,7 +202,7 @@ class CandelaEventStream(Iterator[Event]):
                 detail=self._scrub(str(exc)),
             ) from exc
         finally:
-            self._response.close()
+            self._close_response()
 
     def _parse(self, line: bytes) -> Event | None:
         self._line_number += 1

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -26,13 +28,16 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from pydantic import TypeAdapter, ValidationError
 
 from airflow_provider_candela import __version__
+from airflow_provider_candela._validation import require_prompt
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaAuthError,
+    CandelaCancelledError,
     CandelaConnectionConfigError,
     CandelaError,
     CandelaInputError,
     CandelaResponseError,
+    CandelaSessionRunningError,
     CandelaSlotError,
     CandelaTimeoutError,
 )
@@ -47,13 +52,13 @@ from airflow_provider_candela.hooks._retry import (
     parse_retry_after,
 )
 from airflow_provider_candela.hooks._stream import CandelaEventStream
+from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, tracking
 from airflow_provider_candela.models import (
     DEFAULT_SCOPE,
     MAX_PROMPT_BYTES,
     CircuitDTO,
     DevSessionStartRequest,
     Directive,
-    Event,
     HTTPValidationError,
     ObjectId,
     ObjectMetadata,
@@ -104,6 +109,14 @@ class _Ambiguous(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+
+
+class _DeadlinePassed(requests.exceptions.Timeout):
+    """An attempt ran past its overall deadline (e.g. a server sending its answer a byte at a time)."""
+
+
+#: Candela's answer when a start finds another session running on the slot (409, or a 400 saying so).
+_SESSION_RUNNING = re.compile(r"already running|session is running|running session", re.IGNORECASE)
 
 
 def _keep_request(request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -173,6 +186,11 @@ class CandelaHook(BaseHook):
         self._secrets: set[str] = set()
         self._server_clock_offset: float | None = None
         self._me: str | None = None
+        self._cancelled: str | None = None
+        self._cancel_event = threading.Event()
+        # Exchanges in flight, by id: plain dict operations, so that cancel() needs no lock (it may run in a
+        # signal handler that interrupted a thread of this hook).
+        self._exchanges: dict[int, Exchange] = {}
 
     # ------------------------------------------------------------------------------------------
     # configuration, session, lifecycle
@@ -221,6 +239,10 @@ class CandelaHook(BaseHook):
         if self._session is None:
             cfg = self.config
             session = requests.Session()
+            adapter = CandelaAdapter()
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.max_redirects = 0
             session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
             if cfg.app_name:
                 session.headers["X-LUSID-Application"] = cfg.app_name
@@ -238,6 +260,107 @@ class CandelaHook(BaseHook):
                 session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             self._session = session
         return self._session
+
+    def cancel(self, reason: str) -> None:
+        """Abort every call of this hook at once and refuse new ones; safe from any thread or a signal handler.
+
+        A blocked read returns immediately, and the call raises :class:`CandelaCancelledError` (never
+        retried).  Used by the operators' ``on_kill``.  A cancelled hook stays cancelled.
+
+        :param reason: what cancelled it, for the error message (e.g. ``"task 'prompt' was killed"``).
+        """
+        self._cancelled = reason
+        self._cancel_event.set()
+        for exchange in list(self._exchanges.values()):
+            exchange.abort("cancelled")
+
+    @property
+    def cancelled(self) -> str | None:
+        """Why the hook was cancelled (:meth:`cancel`), or None."""
+        return self._cancelled
+
+    def _raise_if_cancelled(self, what: str, progress: str = "") -> None:
+        if self._cancelled is not None:
+            raise CandelaCancelledError(
+                f"{what} was abandoned{progress}: {self._cancelled}. Nothing was retried; a retry of the task "
+                "starts afresh"
+            )
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep that a :meth:`cancel` cuts short (then raises :class:`CandelaCancelledError`)."""
+        self._cancel_event.wait(seconds)
+        self._raise_if_cancelled("A wait")
+
+    def _http(
+        self, method: str, url: str, what: str, *, fix: str, stream: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """Send one request: redirects refused, the whole answer bounded by connect + read timeout, cancellable.
+
+        For ``stream=True`` the exchange stays open (see :meth:`_release`) until the stream is closed.
+
+        :param fix: the connection setting to check when the answer is a redirect (e.g. ``"host"``).
+        :raises _DeadlinePassed: the answer did not complete within connect + read timeout.
+        :raises CandelaCancelledError: the hook was cancelled meanwhile.
+        """
+        self._raise_if_cancelled(what)
+        connect, read = self.config.timeout
+        exchange = Exchange(what, time.monotonic() + connect + read, f"{connect:g} s to connect + {read:g} s to read")
+        self._exchanges[id(exchange)] = exchange
+        try:
+            with tracking(exchange):
+                resp = self.get_conn().request(
+                    method, url, timeout=(connect, read), stream=stream, allow_redirects=False, **kwargs
+                )
+            if exchange.aborted is not None:
+                resp.close()
+                raise requests.ConnectionError("aborted")
+        except requests.RequestException as exc:
+            self._release(exchange)
+            self._raise_if_cancelled(what)
+            if exchange.aborted == "deadline":
+                raise _DeadlinePassed(
+                    f"no complete answer within {connect + read:g} s ({exchange.budget} bound each attempt)"
+                ) from exc
+            raise
+        except BaseException:
+            self._release(exchange)
+            raise
+        if 300 <= resp.status_code < 400:
+            self._release(exchange)
+            location = self._scrub(resp.headers.get("Location", "?"))
+            resp.close()
+            raise CandelaApiError(
+                f"{what} was answered with {resp.status_code} redirecting to {location}: redirects are not "
+                f"followed (the request and its credentials would go to another address). Set the {fix} of "
+                f"connection {self.candela_conn_id!r} to the right URL",
+                status=resp.status_code,
+                method=method,
+                path=what.split(" ", 1)[-1],
+                detail=location,
+            )
+        if stream and resp.ok:
+            resp.candela_exchange = exchange  # type: ignore[attr-defined]
+            return resp
+        try:
+            if stream:
+                resp.content  # noqa: B018 (an error's body is read within the deadline, like any answer)
+        except requests.RequestException as exc:
+            resp.close()
+            self._raise_if_cancelled(what)
+            if exchange.aborted == "deadline":
+                raise _DeadlinePassed(f"the error's body did not arrive within {exchange.budget}") from exc
+            raise
+        finally:
+            self._release(exchange)
+        return resp
+
+    def _release(self, exchange: Exchange) -> None:
+        exchange.finish()
+        self._exchanges.pop(id(exchange), None)
+
+    def _post_form(self, url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+        """The token endpoint's POST (for :class:`TokenManager`), through the same HTTP core."""
+        return self._http("POST", url, f"POST {url}", fix="extra token_url", data=body, headers=headers)
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections).  The hook stays usable."""
@@ -258,7 +381,7 @@ class CandelaHook(BaseHook):
         if self._tokens is None:
             self._tokens = TokenManager(
                 self.config,
-                session=self.get_conn,
+                post=self._post_form,
                 settings=self._retry_settings,
                 register_secret=self._register_secret,
                 scrub=self._scrub,
@@ -273,6 +396,7 @@ class CandelaHook(BaseHook):
             wait_max=self.retry_wait_max,
             retry_after_cap=self.retry_after_cap,
             deadline=self.retry_deadline,
+            sleep=self._sleep,
         )
 
     def _register_secret(self, value: str) -> None:
@@ -371,16 +495,16 @@ class CandelaHook(BaseHook):
             server = server.replace(tzinfo=UTC)
         self._server_clock_offset = server.timestamp() - time.time()
 
-    def _send(self, call: _Call) -> requests.Response:
-        cfg = self.config
-        headers = {"Authorization": self._auth.authorization(), "CorrelationId": str(uuid.uuid4())}
-        resp = self.get_conn().request(
+    def _send(self, call: _Call, authorization: str) -> requests.Response:
+        headers = {"Authorization": authorization, "CorrelationId": str(uuid.uuid4())}
+        resp = self._http(
             call.method,
-            cfg.base_url + call.path,
+            self.config.base_url + call.path,
+            call.what,
+            fix="host",
             params=call.params,
             json=call.body,
             headers=headers,
-            timeout=cfg.timeout,
             stream=call.stream,
         )
         self._note_server_clock(resp)
@@ -393,10 +517,12 @@ class CandelaHook(BaseHook):
         :raises _Ambiguous: (start calls) when the server may have acted on the request.
         :raises CandelaError: otherwise.
         """
-        reauthenticated = False
+        refused: list[str] = []
+        renewed = False
         while True:
+            authorization = self._auth.authorization()
             try:
-                resp = self._send(call)
+                resp = self._send(call, authorization)
             except requests.exceptions.SSLError as exc:
                 raise CandelaApiError(
                     f"TLS verification failed for {call.what} at {self.config.base_url} ({type(exc).__name__}): "
@@ -407,13 +533,22 @@ class CandelaHook(BaseHook):
                 ) from exc
             except requests.RequestException as exc:
                 raise self._transport_failure(call, exc) from exc
-            if resp.status_code == 401 and not reauthenticated and self._auth.can_reauthenticate:
+            # On 401: renew and replay.  This call makes at most one grant; when another thread had already
+            # renewed the refused token, its token is used and no grant is made (bounded: 3 replays).
+            if (
+                resp.status_code == 401
+                and self._auth.can_reauthenticate
+                and not renewed
+                and authorization not in refused
+                and len(refused) < 3
+            ):
                 resp.close()
-                self.log.info("Candela refused the token on %s; re-authenticating once", call.what)
-                self._auth.reauthenticate()
-                reauthenticated = True
+                refused.append(authorization)
+                self.log.info("Candela refused the token on %s; re-authenticating", call.what)
+                renewed = self._auth.reauthenticate(authorization)
                 continue
             break
+        reauthenticated = bool(refused)
         if resp.ok:
             return resp
         error = self._api_error(resp, call, reauthenticated=reauthenticated)
@@ -439,8 +574,16 @@ class CandelaHook(BaseHook):
 
     def _transport_failure(self, call: _Call, exc: requests.RequestException) -> Exception:
         cfg = self.config
+        if isinstance(exc, _DeadlinePassed):
+            failure = (
+                f"Candela sent no complete answer to {call.what} at {cfg.base_url} in time: {exc} (the server "
+                "answered too slowly or trickled its body)"
+            )
+        else:
+            reason = self._scrub(str(exc))[:300]
+            failure = f"Could not complete {call.what} at {cfg.base_url} ({type(exc).__name__}: {reason})"
         error = CandelaApiError(
-            f"Could not complete {call.what} at {cfg.base_url} ({type(exc).__name__}: {self._scrub(str(exc))[:300]}). "
+            f"{failure}. "
             f"Check the host{', proxy' if cfg.proxy else ''} and timeout of connection {self.candela_conn_id!r} "
             "and that Candela is reachable from this worker",
             method=call.method,
@@ -651,14 +794,7 @@ class CandelaHook(BaseHook):
 
     def _prompt(self, session_id: Any, prompt: Any, scope: Any) -> SubmitPrompt:
         """The body of a prompt call, every argument checked before any request."""
-        text = self._require_text(prompt, "prompt")
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > self.max_prompt_bytes:
-            raise CandelaInputError(
-                f"Argument 'prompt' is {size:,} bytes (UTF-8), more than the {self.max_prompt_bytes:,} bytes a "
-                "prompt may have: shorten it or split it into several prompts (or raise "
-                "CandelaHook.max_prompt_bytes if your Candela deployment accepts larger prompts)"
-            )
+        text = require_prompt(prompt, max_bytes=self.max_prompt_bytes)
         identifier = self._require_text(session_id, "session_id")
         scope = self._scope(scope)
         try:
@@ -757,6 +893,26 @@ class CandelaHook(BaseHook):
         return self._start(_Call("POST", "/session/dev", "start", body=body), matches)
 
     def _start(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
+        """Start with retries and reconciliation.
+
+        :raises CandelaSessionRunningError: Candela refused because a session runs on the user's slot.
+        """
+        try:
+            return self._start_reconciled(call, matches)
+        except CandelaApiError as exc:
+            if exc.status == 409 or (exc.status == 400 and _SESSION_RUNNING.search(exc.detail)):
+                raise CandelaSessionRunningError(
+                    f"{str(exc).rstrip('.')}. Another session runs on the Candela user's slot: stop it first "
+                    "(stop_session), or wait until it ends",
+                    status=exc.status,
+                    method=exc.method,
+                    path=exc.path,
+                    detail=exc.detail,
+                    hint=exc.hint,
+                ) from exc
+            raise
+
+    def _start_reconciled(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
         began = time.time()
 
         def attempt() -> ObjectMetadata:
@@ -832,7 +988,7 @@ class CandelaHook(BaseHook):
         call = _Call("POST", "/session/pipeline_submit", "submit", body=body.model_dump(mode="json"))
         return self._parse(self._request(call), _JSON_OBJECT, "a JSON object", call)
 
-    def submit_prompt_to_agent(self, session_id: str, prompt: str, *, scope: str = DEFAULT_SCOPE) -> Iterator[Event]:
+    def submit_prompt_to_agent(self, session_id: str, prompt: str, *, scope: str = DEFAULT_SCOPE) -> CandelaEventStream:
         """Send a prompt to a running agent session and stream its answer (``POST /session/agent_submit``).
 
         The request is sent now; the returned :class:`CandelaEventStream` yields each :class:`Event`
@@ -846,7 +1002,18 @@ class CandelaHook(BaseHook):
         body = self._prompt(session_id, prompt, scope)
         call = _Call("POST", "/session/agent_submit", "submit", body=body.model_dump(mode="json"), stream=True)
         resp = self._request(call)
-        return CandelaEventStream(resp, what=call.what, scrub=self._scrub, chunk_size=self.stream_chunk_size)
+        exchange: Exchange = resp.candela_exchange  # type: ignore[attr-defined]
+        return CandelaEventStream(
+            resp,
+            what=call.what,
+            scrub=self._scrub,
+            chunk_size=self.stream_chunk_size,
+            exchange=exchange,
+            event_gap=self.config.timeout[1],
+            total=self.config.stream_timeout,
+            release=lambda: self._release(exchange),
+            cancelled=lambda: self._cancelled,
+        )
 
     def stop_session(self) -> None:
         """Stop whatever session runs on the user's slot (``GET /session/stop``); fine when none runs."""
@@ -985,7 +1152,7 @@ class CandelaHook(BaseHook):
                     f"The Candela slot was not ready after {timeout:g} s (last state {state.name} ({state.value})): "
                     "raise the timeout, or check the slot type and Candela's capacity"
                 )
-            time.sleep(min(poll_interval, remaining))
+            self._sleep(min(poll_interval, remaining))
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -11,7 +11,8 @@ methods only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,13 @@ from airflow_provider_candela._validation import (
     require_prompt,
     session_ids,
 )
-from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaInputError
+from airflow_provider_candela.exceptions import (
+    CandelaApiError,
+    CandelaCancelledError,
+    CandelaError,
+    CandelaInputError,
+    CandelaSessionRunningError,
+)
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ObjectMetadata, ToolModule
 from airflow_provider_candela.operators._transcript import AgentTranscript
 
@@ -87,6 +94,27 @@ class _CandelaOperator(BaseOperator):
                 hook.close()
             except Exception as err:  # closing is best effort
                 self.log.debug("Closing the Candela hook failed: %s", err)
+
+    @contextmanager
+    def _task_hook(self) -> Iterator[CandelaHook]:
+        """The task's hook for one ``execute``: closed afterwards; a kill meanwhile fails the task.
+
+        ``on_kill`` cancels the hook (a blocked read returns at once and raises); when the work finished
+        anyway, the task still fails: a killed task never ends as a success.
+        """
+        hook = self.hook
+        try:
+            yield hook
+        finally:
+            self._close_hook()
+        if hook.cancelled is not None:
+            raise CandelaCancelledError(f"Task '{self.task_id}' was killed ({hook.cancelled}); its result is discarded")
+
+    def on_kill(self) -> None:
+        """Abort the task's calls in flight at once (``execute`` then raises)."""
+        hook = self.__dict__.get("hook")
+        if hook is not None:
+            hook.cancel(f"task '{self.task_id}' was killed")
 
     def _stop_session_best_effort(self, reason: str) -> None:
         """Stop the running session of the connection's user; log (never raise) on failure.
@@ -180,43 +208,34 @@ class _StartOperatorBase(_CandelaOperator):
             return None
         return coerce_object_id(value, argument=argument, task_id=self.task_id)
 
-    def _start(self, context: Context, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        hook = self.hook
-        try:
+    def _start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
+        """Ensure the slot, then start; stop a running session and start again only when Candela says one runs.
+
+        A refused app or model (or any other refusal) stops nothing.
+        """
+        with self._task_hook() as hook:
             if self.ensure_slot:
                 slot_type = coerce_optional_scope(self.slot_type, argument="slot_type", task_id=self.task_id)
                 slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
                 self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
-            if self.if_session_running == "stop":
-                try_number = _try_number(context)
-                if try_number > 1:
-                    self.log.info("Try %s: stopping any session left running by an earlier try.", try_number)
-                # One running session per user: stop it before starting, so a retry never leaves two.
-                hook.stop_session()
             try:
-                metadata = start(hook)
-            except CandelaApiError as err:
-                if err.status is not None and 400 <= err.status < 500:
-                    # Candela answered and refused: nothing was started, and the running session (if the
-                    # refusal is about one) belongs to someone else; leave it alone.
-                    if self.if_session_running == "fail" and err.status == 400:
-                        raise CandelaApiError(
-                            f"{err} (task '{self.task_id}' has if_session_running='fail': if another session "
-                            "runs on this Candela user's slot, wait for it to stop (give the task retries), use "
-                            "another connection (Candela user), or set if_session_running='stop')",
-                            status=err.status,
-                            method=err.method,
-                            path=err.path,
-                            detail=err.detail,
-                            hint=err.hint,
-                        ) from err
-                    raise
-                self._stop_session_best_effort("the start call failed")
-                raise
-            except BaseException:
-                # The start may have happened server-side (lost response): leave nothing running.
-                self._stop_session_best_effort("the start call failed")
-                raise
+                metadata = self._start_once(hook, start)
+            except CandelaSessionRunningError as err:
+                if self.if_session_running == "fail":
+                    raise CandelaSessionRunningError(
+                        f"{err} (task '{self.task_id}' has if_session_running='fail': wait for the other session "
+                        "to stop (give the task retries), use another connection (Candela user), or set "
+                        "if_session_running='stop')",
+                        status=err.status,
+                        method=err.method,
+                        path=err.path,
+                        detail=err.detail,
+                        hint=err.hint,
+                    ) from err
+                # One running session per user (perhaps left by an earlier try of this task): stop it, start again.
+                self.log.info("A session already runs on the Candela user's slot: stopping it and starting again.")
+                hook.stop_session()
+                metadata = self._start_once(hook, start)
             self.log.info(
                 "Started Candela session %s (domain %s, created by %s at %s).",
                 metadata.obj_id,
@@ -225,11 +244,25 @@ class _StartOperatorBase(_CandelaOperator):
                 metadata.created_at.isoformat(),
             )
             return metadata.model_dump(mode="json")
-        finally:
-            self._close_hook()
+
+    def _start_once(self, hook: CandelaHook, start: Callable[[CandelaHook], ObjectMetadata]) -> ObjectMetadata:
+        try:
+            return start(hook)
+        except CandelaApiError as err:
+            if err.status is not None and 400 <= err.status < 500:
+                raise  # Candela answered and refused: nothing was started
+            self._stop_session_best_effort("the start call failed")
+            raise
+        except CandelaCancelledError:
+            raise  # on_kill stops the session
+        except BaseException:
+            # The start may have happened server-side (lost response): leave nothing running.
+            self._stop_session_best_effort("the start call failed")
+            raise
 
     def on_kill(self) -> None:
-        """Stop the session (best effort): a killed start must not leave a session running."""
+        """Abort the start and stop the session (best effort): a killed start must not leave a session running."""
+        super().on_kill()
         self._stop_session_best_effort(f"task '{self.task_id}' was killed")
 
 
@@ -319,7 +352,6 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         scope = coerce_optional_scope(self.scope, argument="scope", task_id=self.task_id)
         self.log.info("Starting app %s with model %s in scope %s.", app, model, scope or "default")
         return self._start(
-            context,
             lambda hook: hook.start_session(
                 app,
                 model,
@@ -422,7 +454,6 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
             scope or "default",
         )
         return self._start(
-            context,
             lambda hook: hook.start_dev_session(
                 model,
                 self.circuit,
@@ -432,14 +463,6 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
                 tool_module=self.tool_module,
             ),
         )
-
-
-def _try_number(context: Context) -> int:
-    ti = context.get("ti") or context.get("task_instance")
-    try:
-        return int(getattr(ti, "try_number", 1) or 1)
-    except (TypeError, ValueError):
-        return 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,7 +498,8 @@ class _PromptOperatorBase(_CandelaOperator):
         return oid, prompt
 
     def on_kill(self) -> None:
-        """Stop the session (best effort): the prompt in flight is abandoned."""
+        """Abort the prompt in flight (``execute`` raises) and stop the session (best effort)."""
+        super().on_kill()
         self._stop_session_best_effort(f"task '{self.task_id}' was killed")
 
 
@@ -516,10 +540,8 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
         """Submit the prompt; return the server's JSON object."""
         oid, prompt = self._session_and_prompt()
         self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), oid)
-        try:
-            answer = self.hook.submit_pipeline_prompt(oid.identifier, prompt, scope=oid.scope)
-        finally:
-            self._close_hook()
+        with self._task_hook() as hook:
+            answer = hook.submit_pipeline_prompt(oid.identifier, prompt, scope=oid.scope)
         request_id = (answer.get("metadata") or {}).get("request_id") if isinstance(answer, dict) else None
         self.log.info("Pipeline answered (request id %s, keys %s).", request_id, sorted(answer))
         return dict(answer)
@@ -580,16 +602,13 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), oid)
         transcript = AgentTranscript(self.log.info, keep_events=self.return_events)
         try:
-            stream = self.hook.submit_prompt_to_agent(oid.identifier, prompt, scope=oid.scope)
-            try:
+            with (
+                self._task_hook() as hook,
+                hook.submit_prompt_to_agent(oid.identifier, prompt, scope=oid.scope) as stream,
+            ):
                 transcript.consume(stream)
-            finally:
-                close = getattr(stream, "close", None)
-                if callable(close):
-                    close()  # release the connection even when the stream is cut or the task fails
         finally:
             transcript.flush()
-            self._close_hook()
         summary = transcript.summary(session_ids(oid))
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary["event_counts"].items())) or "none"
         self.log.info(
@@ -650,8 +669,7 @@ class CandelaStopSessionOperator(_CandelaOperator):
         label = "the user's running session"
         if self.session is not None and self.session != "":
             label = f"session {coerce_object_id(self.session, argument='session', task_id=self.task_id)}"
-        hook = self.hook
-        try:
+        with self._task_hook() as hook:
             hook.stop_session()
             self.log.info("Stopped %s (if it was still running).", label)
             if self.dispose_slot:
@@ -660,8 +678,6 @@ class CandelaStopSessionOperator(_CandelaOperator):
                     self.log.info("Disposed of the user's slot.")
                 else:
                     self.log.info("The user has no slot to dispose of.")
-        finally:
-            self._close_hook()
 
 
 class CandelaDeleteSessionOperator(_CandelaOperator):
@@ -789,12 +805,10 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
         """Delete the given sessions or the matching sessions; return their metadata."""
         oids, filters = self._plan()
         self.is_dry_run = coerce_bool(self.dry_run_flag, argument="dry_run", task_id=self.task_id)
-        try:
+        with self._task_hook():
             if oids is not None:
                 return [meta for oid in oids for meta in self._delete_one(oid)]
             return self._cleanup(filters)
-        finally:
-            self._close_hook()
 
     def _delete_one(self, oid: ObjectId) -> list[dict[str, Any]]:
         hook = self.hook
@@ -839,6 +853,8 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
                 continue
             try:
                 deleted = hook.delete_session(meta.obj_id)
+            except CandelaCancelledError:
+                raise
             except CandelaError as err:
                 self.log.error("Could not delete session %s: %s", meta.obj_id, err)
                 failures.append(f"{meta.obj_id}: {err}")

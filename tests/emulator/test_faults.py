@@ -98,7 +98,7 @@ def test_status_after_the_handler_ran(emulator: CandelaEmulator, ready: Api) -> 
     assert ready.start().status_code == 504
     assert emulator.stats()["sessions_started"] == 1
     response = ready.start()
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert "already running" in response.json()["detail"]
 
 

@@ -63,11 +63,13 @@ def test_start_on_a_slot_that_is_not_ready(emulator: CandelaEmulator, api: Api) 
 def test_one_running_session_per_slot(ready: Api) -> None:
     running = ready.started()["obj_id"]
     response = ready.start(PIPELINE)
-    assert response.status_code == 400
+    assert response.status_code == 409
     detail = response.json()["detail"]
     assert "already running" in detail
     assert f"default/{running['identifier']}:1.0.0" in detail
     assert "stop it first" in detail
+    unknown = {"scope": "default", "identifier": "no-such-app"}
+    assert ready.start(unknown).status_code == 400, "an unknown app is refused before the conflict"
     assert ready.get("/session/stop").status_code == 204
     assert ready.start(PIPELINE).status_code == 200
 
@@ -261,7 +263,7 @@ def test_delete_one_version(ready: Api) -> None:
     assert [item["obj_id"] for item in deleted] == [parent]
     assert ready.get("/sessions/exists", params=params).json() is True
     assert ready.get("/sessions/metadata", params=params).json()["obj_id"] == child
-    assert ready.start().status_code == 400, "the child version still runs"
+    assert ready.start().status_code == 409, "the child version still runs"
 
 
 def test_sessions_of_each_user(emulator: CandelaEmulator, ready: Api) -> None:

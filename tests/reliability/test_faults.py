@@ -471,8 +471,11 @@ def test_on_kill_during_a_prompt_stops_the_session(candela: Emulator, run: Any) 
         # The prompt task was still reading its 3 s answer when the session was stopped: on_kill did it.
         assert result.ti("prompt").end_date.timestamp() > stopped_at[0]
         assert "Stopped the Candela session (task 'prompt' was killed)" in result.log
+        # ... and the killed task failed at once instead of reading on (or succeeding).
+        assert result.states["prompt"] == "failed"
+        assert result.ti("prompt").end_date.timestamp() - stopped_at[0] < 2.0
         stats = _clean_end(candela, started=1)
-        assert requests_of(stats, "GET /session/stop") == {"204": 2}  # the start task's, and on_kill's
+        assert requests_of(stats, "GET /session/stop") == {"204": 1}  # on_kill's (the start found none running)
 
 
 _KILL_DAG = textwrap.dedent(
