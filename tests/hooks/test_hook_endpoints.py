@@ -203,7 +203,7 @@ def test_unknown_session(hook: CandelaHook) -> None:
         (lambda h: h.get_session("default/a b"), "Argument 'session' is not a Candela object id"),
         (lambda h: h.start_dev_session(MODEL, {"nodes": {}}, {}), "Argument 'circuit' is not a valid CircuitDTO"),
         (lambda h: h.submit_pipeline_prompt("", "hi"), "Argument 'session_id' must be a non-empty string"),
-        (lambda h: h.submit_prompt_to_agent("s", "  "), "Argument 'prompt' must be a non-empty string"),
+        (lambda h: h.submit_prompt_to_agent("s", "  "), "Invalid argument `prompt`: it is empty"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(

@@ -125,6 +125,7 @@ def W(**kwargs: Any) -> Any:
 
 
 ID_FIX = "'scope/identifier:version'"  # every id error lists the accepted forms
+NOT_TEXT = "remove it, or decode the source with its real encoding"  # a lone surrogate
 IN = CandelaInputError
 CONN = CandelaConnectionConfigError
 
@@ -437,15 +438,15 @@ TABLE: list[Bad] = [
         "hook: prompt of the wrong type",
         lambda e: e.hook().submit_prompt_to_agent("s1", 42),  # type: ignore[arg-type]
         IN,
-        "'prompt'",
-        "non-empty string",
+        "argument `prompt`",
+        "expected a string",
     ),
     Bad(
         "hook: 10 MB prompt",
         lambda e: e.hook().submit_prompt_to_agent("s1", TEN_MB),
         IN,
-        "'prompt' is 10,485,760 bytes",
-        "shorten it or split it",
+        "argument `prompt`: it is 10,485,760 bytes",
+        "Shorten it or split it",
     ),
     Bad(
         "hook: session dict without obj_id",
@@ -505,6 +506,119 @@ TABLE: list[Bad] = [
         CONN,
         "max_retries=-1",
         "a whole number >= 0",
+    ),
+    # --- text that is not Unicode (a lone surrogate) and ids with a trailing newline ---
+    Bad(
+        "pipeline: prompt with a lone surrogate",
+        lambda e: _op(lambda: P(prompt="hi \ud800 there")),
+        IN,
+        "`prompt` for task 'ask': character 3",
+        NOT_TEXT,
+    ),
+    Bad(
+        "agent: rendered prompt with a lone surrogate",
+        lambda e: _execute(lambda: A(prompt="{{ params.text }}"), prompt="caf\udce9 au lait"),
+        IN,
+        "`prompt` for task 'chat': character 3",
+        NOT_TEXT,
+    ),
+    Bad(
+        "hook: agent prompt with a lone surrogate",
+        lambda e: e.hook().submit_prompt_to_agent("s1", "\udfff"),
+        IN,
+        "`prompt`: character 0",
+        NOT_TEXT,
+    ),
+    Bad(
+        "dev: directive with a lone surrogate",
+        lambda e: _op(lambda: D(directive={"identity": "an \ud800"})),
+        IN,
+        "`directive` for task 'dev': identity: character 3",
+        NOT_TEXT,
+    ),
+    Bad(
+        "dev: circuit node with a lone surrogate",
+        lambda e: _op(lambda: D(circuit={"first": "a", "nodes": {"a": {"template": "h\udcffi"}}})),
+        IN,
+        "`circuit` for task 'dev': nodes: character 1 of a.template",
+        NOT_TEXT,
+    ),
+    Bad(
+        "dev: tool_module with a lone surrogate",
+        lambda e: _op(lambda: D(tool_module="x = '\ud800'")),
+        IN,
+        "`tool_module` for task 'dev': content: character 5",
+        NOT_TEXT,
+    ),
+    Bad(
+        "hook: dev directive with a lone surrogate",
+        lambda e: e.hook().start_dev_session(MODEL, CIRCUIT, {"purpose": "\ud800"}),
+        IN,
+        "'directive' is not a valid Directive: purpose: character 0",
+        NOT_TEXT,
+    ),
+    Bad(
+        "delete: created_by with a lone surrogate",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", created_by="m\ud800")),
+        IN,
+        "`created_by` for task 'delete': character 1",
+        NOT_TEXT,
+    ),
+    Bad(
+        "delete: identifier_prefix with a lone surrogate",
+        lambda e: _op(lambda: CandelaDeleteSessionOperator(task_id="delete", identifier_prefix="\udc80x")),
+        IN,
+        "`identifier_prefix` for task 'delete': character 0",
+        NOT_TEXT,
+    ),
+    Bad(
+        "start: app dict with a trailing newline",
+        lambda e: _op(lambda: S(app={"scope": "default", "identifier": "demo-pipeline\n"})),
+        IN,
+        "`app`",
+        ID_FIX,
+    ),
+    Bad(
+        "agent: scope with a trailing newline",
+        lambda e: _op(lambda: A(scope="default\n")),
+        IN,
+        "`session_id`/`scope`",
+        "use letters",
+    ),
+    Bad(
+        "agent: session dict with a trailing newline",
+        lambda e: _op(lambda: A(session_id=None, session={"scope": "default", "identifier": "s1\n"})),
+        IN,
+        "`session`",
+        ID_FIX,
+    ),
+    Bad(
+        "sensor: identifier with a trailing newline",
+        lambda e: _op(lambda: W(session=None, identifier="s1\n")),
+        IN,
+        "`identifier`",
+        ID_FIX,
+    ),
+    Bad(
+        "hook: session_id with a trailing newline",
+        lambda e: e.hook().submit_pipeline_prompt("abc\n", "hi"),
+        IN,
+        "'session_id'",
+        "pass obj_id.identifier",
+    ),
+    Bad(
+        "hook: scope with a trailing newline",
+        lambda e: e.hook().start_session(PIPELINE, MODEL, scope="default\n"),
+        IN,
+        "'scope'",
+        "use letters",
+    ),
+    Bad(
+        "hook: version with a trailing newline",
+        lambda e: e.hook().get_session({"scope": "default", "identifier": "s1", "version": "1.0.0\n"}),  # type: ignore[arg-type]
+        IN,
+        "'session'",
+        ID_FIX,
     ),
     # --- connections ---
     Bad(
@@ -687,3 +801,77 @@ def test_rendered_bad_input_fails_the_task_before_any_request(
         assert f"CandelaInputError: {case.expected}" in log
         assert env.emulator.stats()["requests_total"] == 0
         assert state_of(env.emulator)["sessions_stored"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the emulator, sent text that is not Unicode: a JSON "\ud800" escape decodes to a lone surrogate
+
+
+@dataclass(frozen=True)
+class NotUnicode:
+    """A request body holding a lone surrogate; ``app`` is started first so that the prompt reaches it."""
+
+    name: str
+    path: str
+    body: Callable[[str], dict[str, Any]]
+    loc: list[str]
+    app: str | None = None
+
+
+_MODEL_ID = {"scope": "default", "identifier": "demo-model"}
+NOT_UNICODE = [
+    NotUnicode(
+        "pipeline prompt",
+        "/session/pipeline_submit",
+        lambda sid: {"prompt": "hi \ud800", "session_id": sid},
+        ["body", "prompt"],
+        PIPELINE,
+    ),
+    NotUnicode(
+        "agent prompt",
+        "/session/agent_submit",
+        lambda sid: {"prompt": "\udcff", "session_id": sid},
+        ["body", "prompt"],
+        "default/demo-agent",
+    ),
+    NotUnicode(
+        "start scope",
+        "/session",
+        lambda sid: {
+            "app": {"scope": "default", "identifier": "demo-pipeline"},
+            "model_cfg": _MODEL_ID,
+            "scope": "x\ud800",
+        },
+        ["body", "scope"],
+    ),
+    NotUnicode(
+        "dev directive",
+        "/session/dev",
+        lambda sid: {"model_id": _MODEL_ID, "circuit": CIRCUIT, "directive": {"purpose": "sum\udc80"}},
+        ["body", "directive", "purpose"],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", NOT_UNICODE, ids=[case.name for case in NOT_UNICODE])
+def test_the_emulator_answers_422_to_text_that_is_not_unicode(env: Env, case: NotUnicode) -> None:
+    import requests
+
+    with TALLY.bad_input(f"emulator: {case.name} with a lone surrogate"):
+        env.ready_slot()
+        session_id = "s1"
+        if case.app is not None:
+            with CandelaHook() as hook:
+                session_id = hook.start_session(case.app, MODEL).obj_id.identifier
+        body = json.dumps(case.body(session_id))
+        assert "\\ud" in body  # sent as the JSON escape, as any JSON client with ensure_ascii would
+        response = requests.post(
+            env.emulator.url + case.path,
+            data=body,
+            headers={"Authorization": f"Bearer {env.emulator.access_token}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert [item["loc"] for item in detail] == [case.loc], detail
+        assert "is a lone surrogate" in detail[0]["msg"], detail
