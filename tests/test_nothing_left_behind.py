@@ -36,15 +36,9 @@ def test_a_leaked_file_and_process_fail_the_session_and_are_removed(tmp_path: Pa
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp)}
     env.pop("PYTEST_ADDOPTS", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'base'}", str(suite)],
-        cwd=suite,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'b'}"]
+    command.append(str(suite))
+    done = subprocess.run(command, cwd=suite, env=env, capture_output=True, text=True, timeout=120, check=False)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "1 passed, 1 error" in out, out
