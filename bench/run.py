@@ -2,7 +2,7 @@
 
 Figures (each a ratio measured side by side in this run; see each module's docstring):
 
-1. DAG-parse cost (``import_cost``)        4. streaming (``streaming``)
+1. DAG-parse cost (``import_cost``)        4. streaming (``streaming``, ``transcript``)
 2. per-call overhead (``call_overhead``)   5. deferral at scale (``triggers``)
 3. lifecycle cost (``lifecycle``)          6. emulator throughput (``throughput``)
 
@@ -43,9 +43,10 @@ def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> lis
 
         return lifecycle.run(emulator)
     if number == 4:
-        from bench import streaming
+        from bench import streaming, transcript
 
-        return streaming.run(emulator, rounds=5 if quick else 9, events=20_000 if quick else 100_000)
+        rows = streaming.run(emulator, rounds=5 if quick else 9, events=20_000 if quick else 100_000)
+        return rows + transcript.run(rounds=3 if quick else 7)
     if number == 5:
         from bench import triggers
 
