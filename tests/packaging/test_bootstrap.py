@@ -54,8 +54,9 @@ def test_make_uv_on_an_externally_managed_system_python_installs_nothing_into_it
     if make is None or shutil.which("uv", path=SYSTEM_PATH):
         pytest.skip(f"needs make and no uv in {SYSTEM_PATH}")
 
-    # Only what the shell needs and pip's own settings (an index or proxy): no uv, no venv, no outer make.
-    env = {k: v for k, v in os.environ.items() if k.startswith(("PIP_", "LANG", "LC_")) or k in ("HOME", "USER")}
+    # This environment (index, proxy and certificate settings) without uv, a venv or an outer make.
+    dropped = ("UV", "VIRTUAL_ENV", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHONPATH", "PYTHONHOME")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PATH"] = SYSTEM_PATH
     with tempfile.TemporaryDirectory(prefix="candela-bootstrap-") as name:
         checkout = Path(name)
