@@ -20,7 +20,7 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -42,7 +42,7 @@ class Exchange:
     :param budget: how the deadline was set, for the error message (e.g. ``"connect 10 s + read 300 s"``).
     """
 
-    __slots__ = ("__weakref__", "_conn", "aborted", "budget", "deadline", "done", "what")
+    __slots__ = ("_conn", "_sock", "aborted", "budget", "deadline", "done", "what")
 
     def __init__(self, what: str, deadline: float, budget: str) -> None:
         self.what = what
@@ -52,9 +52,17 @@ class Exchange:
         #: ``"deadline"`` or ``"cancelled"`` once aborted; None while the exchange runs normally.
         self.aborted: str | None = None
         self._conn: HTTPConnection | None = None
+        self._sock: socket.socket | None = None
 
     def attach(self, conn: HTTPConnection) -> None:
+        """The connection sending the request (its socket may not be connected yet)."""
         self._conn = conn
+        if self.aborted is not None:
+            self._shutdown()
+
+    def attach_socket(self, sock: socket.socket | None) -> None:
+        """The request's socket once sent: kept, since a connection that will close forgets it."""
+        self._sock = sock
         if self.aborted is not None:
             self._shutdown()
 
@@ -68,9 +76,10 @@ class Exchange:
     def finish(self) -> None:
         self.done = True
         self._conn = None
+        self._sock = None
 
     def _shutdown(self) -> None:
-        sock = getattr(self._conn, "sock", None)
+        sock = self._sock or getattr(self._conn, "sock", None)
         if sock is not None:
             with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -140,22 +149,24 @@ def watch(exchange: Exchange) -> None:
     _WATCHDOG.watch(exchange)
 
 
-def _attach_current(conn: HTTPConnection) -> None:
+def _send_tracked(conn: HTTPConnection, send: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     exchange: Exchange | None = getattr(_local, "exchange", None)
-    if exchange is not None:
-        exchange.attach(conn)
+    if exchange is None:
+        send(*args, **kwargs)
+        return
+    exchange.attach(conn)
+    send(*args, **kwargs)
+    exchange.attach_socket(conn.sock)
 
 
 class _TrackedHTTPConnection(HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach_current(self)
-        super().request(*args, **kwargs)
+        _send_tracked(self, super().request, *args, **kwargs)
 
 
 class _TrackedHTTPSConnection(HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach_current(self)
-        super().request(*args, **kwargs)
+        _send_tracked(self, super().request, *args, **kwargs)
 
 
 class _Growing(HTTPConnectionPool):

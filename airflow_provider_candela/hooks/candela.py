@@ -242,7 +242,6 @@ class CandelaHook(BaseHook):
             adapter = CandelaAdapter()
             session.mount("https://", adapter)
             session.mount("http://", adapter)
-            session.max_redirects = 0
             session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
             if cfg.app_name:
                 session.headers["X-LUSID-Application"] = cfg.app_name
