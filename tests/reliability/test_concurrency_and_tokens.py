@@ -1,0 +1,136 @@
+"""Fifty threads on one hook, tokens that expire under them, and token answers that OAuth2 allows but few send.
+
+Every call goes to the emulator over real HTTP; token answers the emulator does not produce itself
+(``expires_in: 0``, no ``refresh_token``) are injected as a fault that replaces the body of one token
+answer, carrying a real token the emulator issued.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_candela.hooks.candela import CandelaHook
+from airflow_provider_candela.testing import CandelaEmulator
+
+from ._support import TALLY
+
+THREADS = 50
+
+
+def _hammer(hook: CandelaHook, seconds: float, during: Any = None) -> list[BaseException]:
+    """``THREADS`` threads calling ``hook`` for ``seconds``; ``during()`` runs meanwhile.  Returns the errors."""
+    errors: list[BaseException] = []
+    stop = time.monotonic() + seconds
+    barrier = threading.Barrier(THREADS)
+
+    def worker() -> None:
+        barrier.wait()
+        while time.monotonic() < stop:
+            try:
+                hook.user_has_slot()
+            except BaseException as exc:  # every failure is a finding: collect it
+                errors.append(exc)
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(worker) for _ in range(THREADS)]
+        if during is not None:
+            during()
+        for future in futures:
+            future.result()
+    return errors
+
+
+def test_fifty_threads_one_grant_per_expiry_no_failure_no_pool_overflow(
+    candela: CandelaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TALLY.fault("50 threads on one hook, tokens revoked twice under them"):
+        caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+        with CandelaHook() as hook:
+            hook.user_has_slot()
+            before = candela.stats()
+
+            def revoke_twice() -> None:
+                for _ in range(2):
+                    time.sleep(1.0)
+                    candela.expire_tokens()
+
+            errors = _hammer(hook, 3.5, revoke_twice)
+            grants = dict(hook._auth.grants)
+        stats = candela.stats()
+        assert errors == [], f"{len(errors)} calls failed, first: {errors[:1]}"
+        assert grants == {"password": 1, "refresh": 2}, "one refresh per revocation (single flight)"
+        assert [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()] == []
+        opened = stats["tcp_connections"] - before["tcp_connections"]
+        assert opened <= THREADS, f"{opened} TCP connections for {THREADS} threads"
+
+
+def test_fifty_threads_with_tokens_living_one_second(candela: CandelaEmulator) -> None:
+    with TALLY.fault("50 threads on one hook, 1 s tokens"):
+        candela.configure(token_ttl=1)
+        try:
+            with CandelaHook() as hook:
+                began = time.monotonic()
+                errors = _hammer(hook, 3.0)
+                elapsed = time.monotonic() - began
+                grants = dict(hook._auth.grants)
+        finally:
+            candela.restore_config()
+        assert errors == [], f"{len(errors)} calls failed, first: {errors[:1]}"
+        # Renewed at half the lifetime: about two grants a second, never one per thread.
+        assert grants["password"] == 1
+        assert grants["refresh"] <= elapsed / 0.5 + 2, grants
+
+
+def _real_token(emulator: CandelaEmulator) -> str:
+    """A token the emulator issued (password grant, as the hook would make it)."""
+    answer = requests.post(
+        emulator.token_url,
+        data={
+            "grant_type": "password",
+            "username": emulator.username,
+            "password": emulator.password,
+            "scope": "openid client groups offline_access",
+            "client_id": emulator.client_id,
+            "client_secret": emulator.client_secret,
+        },
+        timeout=10,
+    )
+    answer.raise_for_status()
+    token: str = answer.json()["access_token"]
+    return token
+
+
+@pytest.mark.parametrize("expires_in", [0, -5])
+def test_a_token_without_a_known_lifetime_is_not_renewed_before_every_call(
+    candela: CandelaEmulator, expires_in: int
+) -> None:
+    with TALLY.fault(f"token answer with expires_in={expires_in}"):
+        token = _real_token(candela)
+        body = {"access_token": token, "refresh_token": "r-unused", "expires_in": expires_in, "token_type": "Bearer"}
+        candela.add_fault(match="POST /oauth2/token", status=200, body=body)
+        with CandelaHook() as hook:
+            for _ in range(20):
+                hook.user_has_slot()
+            assert hook._auth.grants == {"password": 1, "refresh": 0}
+
+
+def test_a_token_answer_without_refresh_token_renews_with_the_password_grant(candela: CandelaEmulator) -> None:
+    with TALLY.fault("token answer without refresh_token"):
+        token = _real_token(candela)
+        candela.add_fault(
+            match="POST /oauth2/token",
+            status=200,
+            body={"access_token": token, "expires_in": 3600, "token_type": "Bearer"},
+        )
+        with CandelaHook() as hook:
+            assert hook.user_has_slot() is False
+            candela.expire_tokens()
+            assert hook.user_has_slot() is False  # 401, then a new password grant, then the replay
+            assert hook._auth.grants == {"password": 2, "refresh": 0}
