@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -27,6 +27,7 @@ from airflow_provider_candela.exceptions import CandelaInputError
 from airflow_provider_candela.models import DEFAULT_SCOPE, MAX_PROMPT_BYTES, ObjectId, ObjectMetadata, text_problem
 
 __all__ = [
+    "IF_SESSION_RUNNING",
     "coerce_bool",
     "coerce_object_id",
     "coerce_older_than",
@@ -38,6 +39,10 @@ __all__ = [
     "require_unicode",
     "session_ids",
 ]
+
+#: What a start does when Candela answers that a session already runs on the user's slot: stop it and
+#: start again, or fail.
+IF_SESSION_RUNNING: Final = ("stop", "fail")
 
 _ID_FORMS = (
     "an ObjectId, a dict {'scope': ..., 'identifier': ..., 'version': ...}, an ObjectMetadata dict "

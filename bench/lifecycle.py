@@ -5,6 +5,9 @@ session, a pipeline prompt, stop, start an agent session, an agent prompt (strea
 stop.  The emulator's ``/_emulator/stats`` counts what reached the server, step by step.  The slot
 starts instantly (``slot_startup_seconds=0``) so the number of state polls is deterministic.
 
+Starts are made as the start operators make them (``if_session_running="stop"``): start first, and
+stop-then-start only when Candela answers that a session runs, so no stop precedes a start on a free slot.
+
 Needed calls (the reference): the token grant once; ``GET /slot/user_has_slot``, ``PUT /slot``
 (no slot yet), one ``GET /slot/state`` (ready at once), ``GET /slot/metadata`` (ensure_slot returns
 the slot); per session ``POST /session``, the prompt, ``GET /session/stop``.
@@ -53,7 +56,7 @@ def run(emulator: CandelaEmulator) -> list[Row]:
     state: dict[str, Any] = {}
 
     def start(app: str) -> None:
-        state["session"] = hook.start_session(app, MODEL).obj_id.identifier
+        state["session"] = hook.start_session(app, MODEL, if_session_running="stop").obj_id.identifier
 
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("ensure_slot", lambda: hook.ensure_slot(poll_interval=0.05)),

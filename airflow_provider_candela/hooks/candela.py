@@ -28,7 +28,7 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from pydantic import TypeAdapter, ValidationError
 
 from airflow_provider_candela import __version__
-from airflow_provider_candela._validation import require_prompt
+from airflow_provider_candela._validation import IF_SESSION_RUNNING, require_prompt
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaAuthError,
@@ -817,6 +817,7 @@ class CandelaHook(BaseHook):
         parent_session: ObjectId | str | None = None,
         circuit_override: ObjectId | str | None = None,
         directive_override: ObjectId | str | None = None,
+        if_session_running: str = "fail",
     ) -> ObjectMetadata:
         """Start an app (agent or pipeline) with a model on the user's slot (``POST /session``).
 
@@ -830,6 +831,8 @@ class CandelaHook(BaseHook):
         :param parent_session: a session this one continues.
         :param circuit_override: a circuit replacing the app's (same scope as the app).
         :param directive_override: a directive replacing the app's (same scope as the app).
+        :param if_session_running: when Candela answers that a session already runs on the user's slot:
+            ``"fail"`` (raise :class:`CandelaSessionRunningError`) or ``"stop"`` (stop it and start again).
         :return: the new session's metadata (``obj_id.identifier`` is the session id for prompts).
         """
         app_id = self._object_id(app, "app")
@@ -849,7 +852,9 @@ class CandelaHook(BaseHook):
             return _same(session.app, app_id) and _same(session.model_cfg, model_id)
 
         return self._start(
-            _Call("POST", "/session", "start", body=request.model_dump(mode="json", exclude_none=True)), matches
+            _Call("POST", "/session", "start", body=request.model_dump(mode="json", exclude_none=True)),
+            matches,
+            if_session_running,
         )
 
     def start_dev_session(
@@ -861,6 +866,7 @@ class CandelaHook(BaseHook):
         scope: str | None = None,
         parent_session: ObjectId | str | None = None,
         tool_module: ToolModule | dict[str, Any] | str | None = None,
+        if_session_running: str = "fail",
     ) -> ObjectMetadata:
         """Run an inline circuit and directive with a model (``POST /session/dev``).
 
@@ -872,6 +878,7 @@ class CandelaHook(BaseHook):
         :param scope: the scope of the new session.
         :param parent_session: a session this one continues.
         :param tool_module: Python source of tool classes (a string) or a ``ToolModule``.
+        :param if_session_running: as for :meth:`start_session`.
         """
         model_id = self._object_id(model, "model")
         if isinstance(tool_module, str):
@@ -889,13 +896,31 @@ class CandelaHook(BaseHook):
             return (session.dev_session is True or session.app is None) and _same(session.model_cfg, model_id)
 
         body = request.model_dump(mode="json", exclude_none=True)
-        return self._start(_Call("POST", "/session/dev", "start", body=body), matches)
+        return self._start(_Call("POST", "/session/dev", "start", body=body), matches, if_session_running)
 
-    def _start(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
-        """Start with retries and reconciliation.
+    def _start(self, call: _Call, matches: Callable[[Session], bool], if_session_running: str) -> ObjectMetadata:
+        """Start; when Candela answers that a session runs and ``if_session_running="stop"``, stop it and start again.
 
-        :raises CandelaSessionRunningError: Candela refused because a session runs on the user's slot.
+        Only that answer stops anything: a refused app or model (or any other error) stops nothing.
+
+        :raises CandelaSessionRunningError: a session runs on the user's slot (``"fail"``, or again after the stop).
         """
+        if if_session_running not in IF_SESSION_RUNNING:
+            raise CandelaInputError(
+                f"Argument 'if_session_running' must be one of {', '.join(map(repr, IF_SESSION_RUNNING))}, "
+                f"got {_short(if_session_running)}"
+            )
+        try:
+            return self._start_once(call, matches)
+        except CandelaSessionRunningError:
+            if if_session_running != "stop":
+                raise
+            self.log.info("A session already runs on the Candela user's slot: stopping it and starting again.")
+            self.stop_session()
+            return self._start_once(call, matches)
+
+    def _start_once(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
+        """One start with retries and reconciliation; a "session running" refusal as its own error."""
         try:
             return self._start_reconciled(call, matches)
         except CandelaApiError as exc:

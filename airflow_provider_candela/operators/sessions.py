@@ -21,6 +21,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, TriggerRule
 from pydantic import ValidationError
 
 from airflow_provider_candela._validation import (
+    IF_SESSION_RUNNING,
     coerce_bool,
     coerce_object_id,
     coerce_older_than,
@@ -57,7 +58,6 @@ __all__ = [
 ]
 
 DEFAULT_CONN_ID = "candela_default"
-_IF_SESSION_RUNNING = ("stop", "fail")
 
 
 class _CandelaOperator(BaseOperator):
@@ -176,7 +176,7 @@ class _StartOperatorBase(_CandelaOperator):
         self.ensure_slot = ensure_slot
         self.slot_type = slot_type
         self.slot_ready_timeout = slot_ready_timeout
-        if if_session_running not in _IF_SESSION_RUNNING:
+        if if_session_running not in IF_SESSION_RUNNING:
             raise CandelaInputError(
                 f"Invalid `if_session_running` for task '{self.task_id}': expected 'stop' (stop the user's running "
                 f"session, then start) or 'fail' (never stop a session this task did not start), "
@@ -209,10 +209,7 @@ class _StartOperatorBase(_CandelaOperator):
         return coerce_object_id(value, argument=argument, task_id=self.task_id)
 
     def _start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        """Ensure the slot, then start; stop a running session and start again only when Candela says one runs.
-
-        A refused app or model (or any other refusal) stops nothing.
-        """
+        """Ensure the slot, then start (``start`` passes ``if_session_running`` to the hook)."""
         with self._task_hook() as hook:
             if self.ensure_slot:
                 slot_type = coerce_optional_scope(self.slot_type, argument="slot_type", task_id=self.task_id)
@@ -232,10 +229,7 @@ class _StartOperatorBase(_CandelaOperator):
                         detail=err.detail,
                         hint=err.hint,
                     ) from err
-                # One running session per user (perhaps left by an earlier try of this task): stop it, start again.
-                self.log.info("A session already runs on the Candela user's slot: stopping it and starting again.")
-                hook.stop_session()
-                metadata = self._start_once(hook, start)
+                raise
             self.log.info(
                 "Started Candela session %s (domain %s, created by %s at %s).",
                 metadata.obj_id,
@@ -359,6 +353,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
                 parent_session=parent_session,
                 circuit_override=circuit_override,
                 directive_override=directive_override,
+                if_session_running=self.if_session_running,
             ),
         )
 
@@ -461,6 +456,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
                 scope=scope,
                 parent_session=parent_session,
                 tool_module=self.tool_module,
+                if_session_running=self.if_session_running,
             ),
         )
 
