@@ -133,7 +133,7 @@ test: lint typecheck test-py3 test-af2
 # KEEP=1 keeps the temporary Airflow home and its logs (the run prints where).
 demo: venv
 	$(call section,demo: example_dags/ run against the Candela emulator)
-	$(VENV)/bin/python -m airflow_provider_candela.emulator.run_dags $(if $(KEEP),--keep) example_dags
+	$(VENV)/bin/python -m airflow_provider_candela.testing.run_dags $(if $(KEEP),--keep) example_dags
 
 # ---------------------------------------------------------------------------------------------------------------
 # bench (owner: performance engineer): every figure of issue 6 in one run, described in bench/run.py.

@@ -1,4 +1,4 @@
-"""``python -m airflow_provider_candela.emulator.run_dags``: the tool behind ``make demo``, for DAG authors.
+"""``python -m airflow_provider_candela.testing.run_dags``: the tool behind ``make demo``, for DAG authors.
 
 One run over a throw-away folder with three DAG files: a DAG that uses the provider and cleans up after
 itself, a DAG that leaves its Candela session running, and a file that fails to import.  The tool must
@@ -92,7 +92,7 @@ def test_run_dags_reports_results_import_errors_and_leftover_sessions(
     marker = uuid.uuid4().hex
     temp = dag_folder.parent / "tmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", "--keep", str(dag_folder)],
+        [sys.executable, "-m", "airflow_provider_candela.testing.run_dags", "--keep", str(dag_folder)],
         env=_env(marker, temp),
         cwd=dag_folder.parent,
         capture_output=True,
@@ -132,7 +132,7 @@ def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path, processes_with
     temp = dag_folder.parent / "tmp"
     with log.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", str(dag_folder)],
+            [sys.executable, "-m", "airflow_provider_candela.testing.run_dags", str(dag_folder)],
             env=_env(marker, temp),
             stdout=sink,
             stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """Run every DAG of one or more folders with ``airflow dags test`` against a local Candela emulator.
 
-    python -m airflow_provider_candela.emulator.run_dags [DAG_FOLDER ...] [--pat] [--catalog FILE] [--keep]
+    python -m airflow_provider_candela.testing.run_dags [DAG_FOLDER ...] [--pat] [--catalog FILE] [--keep]
 
 For each folder: a throw-away Airflow home (SQLite, no example DAGs, ``dags_folder`` = the folder), ``airflow
 db migrate``, ``AIRFLOW_CONN_CANDELA_DEFAULT`` pointing at the emulator, then ``airflow dags test <dag_id>``
@@ -273,7 +273,7 @@ def _airflow_env(home: Path, folder: Path, connection_json: str) -> dict[str, st
 def _helper(runner: _Runner, mode: str, args: list[str], env: dict[str, str], log: Path) -> Any:
     """Run this module as a helper in the temporary Airflow home; it prints one JSON line last."""
     code, output = runner.run(
-        [sys.executable, "-m", "airflow_provider_candela.emulator.run_dags", mode, *args], env, log, timeout=300
+        [sys.executable, "-m", "airflow_provider_candela.testing.run_dags", mode, *args], env, log, timeout=300
     )
     lines = [line for line in output.splitlines() if line.startswith("{")]
     if code != 0 or not lines:
@@ -382,7 +382,7 @@ def _run_folder(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_candela.emulator.run_dags",
+        prog="python -m airflow_provider_candela.testing.run_dags",
         description="Run every DAG of the given folders with `airflow dags test` against a local Candela "
         "emulator, in a temporary Airflow home, and report the results and what the emulator saw.",
     )
