@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -26,7 +25,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -97,29 +95,10 @@ def _nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Iterator[Path]:
-    """Create the SQLite metadata database once per test session (needed by ``dag.test()``)."""
+    """Create the SQLite metadata database once per test session (needed by ``run_dag()``)."""
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
     yield _HOME
-
-
-_DAGRUN = "candela_test_dagrun"  # tests/operators/dagrun.py, loaded once under this name
-
-
-def _load_dagrun() -> ModuleType:
-    if _DAGRUN not in sys.modules:
-        spec = importlib.util.spec_from_file_location(_DAGRUN, Path(__file__).parent / "operators" / "dagrun.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[_DAGRUN] = module
-        spec.loader.exec_module(module)
-    return sys.modules[_DAGRUN]
-
-
-@pytest.fixture
-def dagrun(airflow_db: Path) -> ModuleType:
-    """The ``dag.test()`` helpers (``run_dag``, ``xcom``, ``states``, ``wait_for``), with a migrated Airflow DB."""
-    return _load_dagrun()
 
 
 @pytest.fixture

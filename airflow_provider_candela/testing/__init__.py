@@ -10,7 +10,12 @@ loopback port and drives its ``/_emulator/`` controls.  The pytest fixtures (reg
 * ``candela_connection`` (function scope): sets ``AIRFLOW_CONN_CANDELA_DEFAULT`` to a connection
   pointing at the emulator and yields the connection id ``"candela_default"``.
 
-This module is imported by every pytest run: it imports only the standard library at module level.
+:func:`run_dag` runs a DAG object once with ``dag.test()`` and returns its task states and XComs;
+:func:`wait_until` polls a condition with a deadline.  ``python -m
+airflow_provider_candela.testing.run_dags`` runs every DAG of a folder with ``airflow dags test``
+against an emulator.
+
+This package is imported by every pytest run: it imports only the standard library at module level.
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar
 
+from airflow_provider_candela.testing._run_dag import DagRunResult, run_dag
+
 __all__ = [
     "CandelaEmulator",
     "CandelaEmulatorError",
+    "DagRunResult",
     "candela_connection",
     "candela_emulator",
     "candela_emulator_server",
+    "run_dag",
     "wait_until",
 ]
 
@@ -263,6 +272,11 @@ class CandelaEmulator:
         """``GET /_emulator/stats``: requests per route and status, token grants, TCP connections ..."""
         result: dict[str, Any] = self._control("GET", "/_emulator/stats")
         return result
+
+    def request_count(self, route: str, status: int | str | None = None) -> int:
+        """How many ``route`` requests (``"GET /sessions/exists"``) it answered; with ``status``, with that status."""
+        by_status: dict[str, int] = self.stats()["requests"].get(route, {})
+        return by_status.get(str(status), 0) if status is not None else sum(by_status.values())
 
     def reset(self) -> None:
         """Forget sessions, slots, tokens, faults and statistics (users and config stay)."""

@@ -15,6 +15,8 @@ environment of the Airflow commands (``AIRFLOW_CONN_*`` and ``AIRFLOW_VAR_*`` ar
 read other connections and variables).  The Airflow home is deleted afterwards, also after a failure (the last
 lines of a failed command are printed); ``--keep`` keeps it, and its ``run-dags-logs/`` folder with the full
 output of every command, in a ``candela-run-dags-*`` folder of the temporary directory (the run prints which).
+
+The DAG files are parsed, and the runs read back, by ``_dag_worker`` processes inside the temporary home.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-_INSPECT = "--_inspect"
-_REPORT = "--_report"
+from airflow_provider_candela.testing import CandelaEmulator
+
 _TAIL_LINES = 40
 _VALUE_WIDTH = 100
 
@@ -47,107 +49,6 @@ class _Interrupted(Exception):
     """Raised in the main thread by SIGTERM, so that clean-up runs as on Ctrl-C."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Helpers that run inside a child process whose Airflow configuration points at the temporary home.
-# ----------------------------------------------------------------------------------------------------------
-def _inspect_folder(folder: str) -> dict[str, Any]:
-    """Parse the folder with a DagBag: DAG ids, their files, and import errors."""
-    try:  # Airflow 3
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag: Any = DagBag(dag_folder=folder)
-    except ImportError:  # Airflow 2
-        from airflow.models.dagbag import DagBag as DagBag2
-
-        bag = DagBag2(dag_folder=folder, include_examples=False)
-    return {
-        "dags": {dag_id: str(bag.dags[dag_id].fileloc) for dag_id in sorted(bag.dags)},
-        "import_errors": {str(path): str(error) for path, error in bag.import_errors.items()},
-    }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    return (end - start).total_seconds() if start is not None and end is not None else None
-
-
-def _state(value: Any) -> str:
-    """A DagRun/TaskInstance state as its plain string ("success", "failed", "none" when unset)."""
-    return str(getattr(value, "value", value)).lower()
-
-
-def _xcom_value(model: Any, row: Any) -> Any:
-    """A stored XCom's value: Airflow 3 keeps a JSON string; Airflow 2's ORM row holds the value already."""
-    if not isinstance(row.value, str | bytes):
-        return row.value
-    try:
-        return model.deserialize_value(row)
-    except Exception as exc:  # shown, not fatal: the run's state is what counts
-        return f"<unreadable XCom: {exc}>"
-
-
-def _read_back(dag_ids: Sequence[str]) -> dict[str, Any]:
-    """The latest run of each DAG: state, times, task instances and their ``return_value`` XComs."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
-    XComRow: Any
-    try:  # Airflow 3
-        from airflow.models.xcom import XComModel as XComRow
-    except ImportError:  # Airflow 2
-        from airflow.models.xcom import BaseXCom as XComRow  # type: ignore[no-redef,attr-defined,unused-ignore]
-
-    runs: dict[str, Any] = {}
-    with create_session() as session:
-        for dag_id in dag_ids:
-            run = session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
-            if run is None:
-                runs[dag_id] = None
-                continue
-            values: dict[tuple[str, int], Any] = {}
-            rows = (
-                session.query(XComRow)
-                .filter(XComRow.dag_id == dag_id, XComRow.run_id == run.run_id, XComRow.key == "return_value")
-                .all()
-            )
-            for row in rows:
-                values[(row.task_id, row.map_index)] = _xcom_value(XComRow, row)
-            tis = sorted(
-                session.query(TaskInstance)
-                .filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
-                .all(),
-                # Airflow 2's dag.test() leaves start_date unset: order by when each task ended then.
-                key=lambda ti: (str(ti.start_date or ti.end_date or "~"), ti.task_id, ti.map_index),
-            )
-            runs[dag_id] = {
-                "run_id": run.run_id,
-                "state": _state(run.state),
-                "start_date": _iso(run.start_date),
-                "end_date": _iso(run.end_date),
-                "duration": _seconds(run.start_date, run.end_date),
-                "tasks": [
-                    {
-                        "task_id": ti.task_id,
-                        "map_index": ti.map_index,
-                        "state": _state(ti.state),
-                        "try_number": ti.try_number,
-                        "duration": ti.duration if ti.duration is not None else _seconds(ti.start_date, ti.end_date),
-                        "has_return_value": (ti.task_id, ti.map_index) in values,
-                        "return_value": values.get((ti.task_id, ti.map_index)),
-                    }
-                    for ti in tis
-                ],
-            }
-    return runs
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The orchestrating process.
-# ----------------------------------------------------------------------------------------------------------
 @dataclass
 class _DagResult:
     dag_id: str
@@ -270,14 +171,14 @@ def _airflow_env(home: Path, folder: Path, connection_json: str) -> dict[str, st
     return env
 
 
-def _helper(runner: _Runner, mode: str, args: list[str], env: dict[str, str], log: Path) -> Any:
-    """Run this module as a helper in the temporary Airflow home; it prints one JSON line last."""
+def _worker(runner: _Runner, command: list[str], env: dict[str, str], log: Path) -> Any:
+    """Run ``_dag_worker`` in the temporary Airflow home; return the JSON line it prints last."""
     code, output = runner.run(
-        [sys.executable, "-m", "airflow_provider_candela.testing.run_dags", mode, *args], env, log, timeout=300
+        [sys.executable, "-m", "airflow_provider_candela.testing._dag_worker", *command], env, log, timeout=300
     )
     lines = [line for line in output.splitlines() if line.startswith("{")]
     if code != 0 or not lines:
-        raise RuntimeError(f"{mode[3:]} helper failed (exit code {code}; log {log.name}):\n{_tail(output)}")
+        raise RuntimeError(f"{command[0]} failed (exit code {code}; log {log.name}):\n{_tail(output)}")
     return json.loads(lines[-1])
 
 
@@ -358,7 +259,7 @@ def _run_folder(
     if code != 0:
         raise RuntimeError(f"`airflow db migrate` failed (exit code {code}):\n{_tail(output)}")
     print(f"   airflow db migrate: {time.monotonic() - started:.1f} s")
-    found = _helper(runner, _INSPECT, [str(folder)], env, logs / "inspect.log")
+    found = _worker(runner, ["inspect", str(folder)], env, logs / "inspect.log")
     dags: dict[str, str] = found["dags"]
     import_errors: dict[str, str] = found["import_errors"]
     for path, error in import_errors.items():
@@ -374,7 +275,7 @@ def _run_folder(
         if code != 0 and not runner.verbose:
             print(f"   exit code {code}; last lines of {log}:\n{_tail(output)}")
     if results:
-        runs = _helper(runner, _REPORT, [r.dag_id for r in results], env, logs / "report.log")
+        runs = _worker(runner, ["report", *(r.dag_id for r in results)], env, logs / "report.log")
         for result in results:
             result.run = runs.get(result.dag_id)
     return results, import_errors
@@ -421,8 +322,6 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    from airflow_provider_candela.testing import CandelaEmulator
-
     flags: dict[str, Any] = {
         key: getattr(args, key)
         for key in ("catalog", "event_delay", "slot_startup_seconds")
@@ -506,13 +405,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _helper_main(mode: str, args: list[str]) -> int:
-    out = _inspect_folder(args[0]) if mode == _INSPECT else _read_back(args)
-    print(json.dumps(out, default=str))
-    return 0
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in (_INSPECT, _REPORT):
-        sys.exit(_helper_main(sys.argv[1], sys.argv[2:]))
     sys.exit(main())

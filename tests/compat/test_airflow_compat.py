@@ -12,10 +12,11 @@ import importlib
 import importlib.metadata
 import importlib.util
 import warnings
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from airflow_provider_candela.testing import run_dag
 
 COMPAT_NAMES = [
     # used by the hook, operators, sensor and trigger
@@ -78,7 +79,8 @@ def test_provider_is_registered_with_airflow() -> None:
     assert hook_info.hook_class_name == "airflow_provider_candela.hooks.candela.CandelaHook"
 
 
-def test_dag_test_runs_xcom_mapping_and_teardown(dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_dag_test_runs_xcom_mapping_and_teardown() -> None:
     import pendulum
 
     sdk = importlib.import_module("airflow.providers.common.compat.sdk")
@@ -109,7 +111,7 @@ def test_dag_test_runs_xcom_mapping_and_teardown(dagrun: ModuleType) -> None:
         total = collect(double.expand(value=[1, 2, 3]))
         produced >> total >> cleanup()
 
-    run = dagrun.run_dag(dag)
-    assert run is not None
-    assert str(getattr(run.state, "value", run.state)) == "success"
+    run = run_dag(dag)
+    assert run.state == "success"
+    assert run.xcom("collect") == 12
     assert seen == {"values": [2, 4, 6], "teardown": True}

@@ -7,7 +7,6 @@ through XCom; and a failing prompt whose session is still stopped by the teardow
 from __future__ import annotations
 
 import datetime as dt
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitAgentPromptOperator,
     CandelaSubmitPipelinePromptOperator,
 )
+from airflow_provider_candela.testing import run_dag
 
 pytestmark = pytest.mark.e2e
 
@@ -58,21 +58,20 @@ def _session_dag(dag_id: str, *, pipeline_prompt: str = "Summarise {{ params.top
     return dag
 
 
-def test_start_prompt_prompt_stop_delete_runs_green_and_passes_metadata_through_xcom(
-    candela: Any, dagrun: ModuleType
-) -> None:
-    dr = dagrun.run_dag(_session_dag("e2e_candela_sessions"))
-    assert set(dagrun.states(dr).values()) == {"success"}, dagrun.states(dr)
+@pytest.mark.usefixtures("airflow_db")
+def test_start_prompt_prompt_stop_delete_runs_green_and_passes_metadata_through_xcom(candela: Any) -> None:
+    dr = run_dag(_session_dag("e2e_candela_sessions"))
+    assert set(dr.states.values()) == {"success"}, dr.states
     assert str(getattr(dr.state, "value", dr.state)) == "success"
 
-    pipeline_session = dagrun.xcom(dr, "start_pipeline")
-    agent_session = dagrun.xcom(dr, "start_agent")
+    pipeline_session = dr.xcom("start_pipeline")
+    agent_session = dr.xcom("start_agent")
     for metadata in (pipeline_session, agent_session):
         assert set(metadata) >= {"obj_id", "domain", "created_by", "created_at"}
         assert metadata["created_by"] == candela.username
 
     # What the downstream tasks received is exactly the start tasks' ObjectMetadata.
-    agent_answer = dagrun.xcom(dr, "agent_prompt")
+    agent_answer = dr.xcom("agent_prompt")
     assert agent_answer["session"] == agent_session["obj_id"]
     assert agent_answer["event_counts"]["user"] == 1
     assert agent_answer["event_counts"]["chat"] >= 1
@@ -80,24 +79,25 @@ def test_start_prompt_prompt_stop_delete_runs_green_and_passes_metadata_through_
     assert agent_answer["response"]
     assert "events" not in agent_answer  # XCom stays small unless asked
 
-    pipeline_answer = dagrun.xcom(dr, "pipeline_prompt")
+    pipeline_answer = dr.xcom("pipeline_prompt")
     assert pipeline_answer["metadata"]["request_id"]
-    assert dagrun.xcom(dr, "received") == {"pipeline": pipeline_answer, "agent": agent_answer}
+    assert dr.xcom("received") == {"pipeline": pipeline_answer, "agent": agent_answer}
 
-    assert dagrun.xcom(dr, "delete") == [pipeline_session, agent_session]
+    assert dr.xcom("delete") == [pipeline_session, agent_session]
     stats = candela.stats()
     assert stats["running_sessions"].get(candela.username) is None
     assert stats["sessions_stored"] == 0
     assert stats["sessions_started"] == 2
     # the prompts went to the sessions the start tasks created (the emulator checks the running one)
-    assert dagrun.request_count(stats, "POST /session/pipeline_submit", "200") == 1
-    assert dagrun.request_count(stats, "POST /session/agent_submit", "200") == 1
+    assert candela.request_count("POST /session/pipeline_submit", "200") == 1
+    assert candela.request_count("POST /session/agent_submit", "200") == 1
 
 
-def test_a_failing_prompt_still_stops_the_session_through_the_teardown(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_a_failing_prompt_still_stops_the_session_through_the_teardown(candela: Any) -> None:
     candela.add_fault(match="POST /session/agent_submit", status=400, body={"detail": "model overloaded"}, count=-1)
-    dr = dagrun.run_dag(_session_dag("e2e_candela_failing_prompt"))
-    states = dagrun.states(dr)
+    dr = run_dag(_session_dag("e2e_candela_failing_prompt"))
+    states = dr.states
     assert states["agent_prompt"] == "failed"
     assert states["stop"] == "success"  # the teardown ran although its upstream failed
     assert states["delete"] == "success"  # downstream of the teardown only: the cleanup goes on
@@ -106,5 +106,5 @@ def test_a_failing_prompt_still_stops_the_session_through_the_teardown(candela: 
     assert stats["running_sessions"].get(candela.username) is None
     assert stats["sessions_started"] == 2
     assert stats["sessions_stored"] == 0
-    assert dagrun.request_count(stats, "POST /session/agent_submit", "400") == 1  # failed once, not replayed
-    assert dagrun.request_count(stats, "GET /session/stop", "204") >= 1
+    assert candela.request_count("POST /session/agent_submit", "400") == 1  # failed once, not replayed
+    assert candela.request_count("GET /session/stop", "204") >= 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitAgentPromptOperator,
     CandelaSubmitPipelinePromptOperator,
 )
+from airflow_provider_candela.testing import run_dag
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 PIPELINE = "default/demo-pipeline:1.0.0"
@@ -165,7 +165,8 @@ def test_transcript_flushes_long_chat_at_a_sentence_end() -> None:
 # real task runs
 
 
-def test_start_dev_session_then_stop_and_delete(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_start_dev_session_then_stop_and_delete(candela: Any) -> None:
     with _dag("op_dev_session") as dag:
         start = CandelaStartDevSessionOperator(
             task_id="start", model="default/demo-model", circuit=CIRCUIT, directive=DIRECTIVE, scope="dev-scope"
@@ -181,43 +182,45 @@ def test_start_dev_session_then_stop_and_delete(candela: Any, dagrun: ModuleType
         delete = CandelaDeleteSessionOperator(task_id="delete", session=start.output)
         start >> prompt >> stop.as_teardown(setups=start) >> delete
 
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "success", "prompt": "success", "stop": "success", "delete": "success"}
-    metadata = dagrun.xcom(dr, "start")
+    dr = run_dag(dag)
+    assert dr.states == {"start": "success", "prompt": "success", "stop": "success", "delete": "success"}
+    metadata = dr.xcom("start")
     assert metadata["obj_id"]["scope"] == "dev-scope"
     assert metadata["created_by"] == candela.username
     assert set(metadata) >= {"obj_id", "domain", "created_by", "created_at"}
 
-    answer = dagrun.xcom(dr, "prompt")
+    answer = dr.xcom("prompt")
     assert answer["session"] == _obj_id(metadata)
     assert answer["events"][0] == {"event_type": "user", "content": "Give me a table of prices"}
     assert answer["event_counts"]["result"] == 1
     assert answer["results"][0]["content_type"] == "table"
     assert answer["response"].startswith("You asked:")
 
-    assert dagrun.xcom(dr, "delete") == [metadata]
+    assert dr.xcom("delete") == [metadata]
     stats = candela.stats()
     assert stats["running_sessions"].get(candela.username) is None
     assert stats["sessions_stored"] == 0
 
 
-def test_start_leaves_exactly_one_running_session_after_an_ambiguous_failure(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_start_leaves_exactly_one_running_session_after_an_ambiguous_failure(candela: Any) -> None:
     # The first start is applied by the server but its answer is lost; the task is also retried.
     candela.add_fault(match="POST /session", status=503, after=True, count=1)
     with _dag("op_start_retry") as dag:
         CandelaStartSessionOperator(
             task_id="start", app=PIPELINE, model="default/demo-model", retries=1, retry_delay=dt.timedelta(0)
         )
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "success"}
-    metadata = dagrun.xcom(dr, "start")
+    dr = run_dag(dag)
+    assert dr.states == {"start": "success"}
+    metadata = dr.xcom("start")
     assert _running(candela) == _obj_id(metadata)
     stats = candela.stats()
     assert stats["sessions_started"] == 1, "the lost start was reconciled, not repeated"
-    assert dagrun.request_count(stats, "GET /session/stop") == 0, "nothing needed stopping"
+    assert candela.request_count("GET /session/stop") == 0, "nothing needed stopping"
 
 
-def test_a_retried_start_stops_the_session_of_the_earlier_try(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_a_retried_start_stops_the_session_of_the_earlier_try(candela: Any) -> None:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
     with CandelaHook() as hook:  # an earlier try started this one, then the worker died
@@ -225,14 +228,15 @@ def test_a_retried_start_stops_the_session_of_the_earlier_try(candela: Any, dagr
         earlier = hook.start_session(PIPELINE, "default/demo-model")
     with _dag("op_start_after_crash") as dag:
         CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL)
-    dr = dagrun.run_dag(dag)
-    metadata = dagrun.xcom(dr, "start")
+    dr = run_dag(dag)
+    metadata = dr.xcom("start")
     assert _obj_id(metadata) != earlier.obj_id.model_dump(mode="json")
     assert _running(candela) == _obj_id(metadata)
     assert candela.stats()["sessions_started"] == 2
 
 
-def test_pipeline_prompt_by_session_id_and_templated_xcom_string(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_pipeline_prompt_by_session_id_and_templated_xcom_string(candela: Any) -> None:
     with _dag("op_pipeline") as dag:
         start = CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL, scope="team-a")
         by_id = CandelaSubmitPipelinePromptOperator(
@@ -248,33 +252,35 @@ def test_pipeline_prompt_by_session_id_and_templated_xcom_string(candela: Any, d
         )
         stop = CandelaStopSessionOperator(task_id="stop")
         start >> by_id >> by_text >> stop
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "success", "by_id": "success", "by_text": "success", "stop": "success"}
-    answer = dagrun.xcom(dr, "by_id")
+    dr = run_dag(dag)
+    assert dr.states == {"start": "success", "by_id": "success", "by_text": "success", "stop": "success"}
+    answer = dr.xcom("by_id")
     assert answer["metadata"]["request_id"]
     assert "result" in answer
-    assert dagrun.xcom(dr, "by_text")["metadata"]["request_id"] != answer["metadata"]["request_id"]
+    assert dr.xcom("by_text")["metadata"]["request_id"] != answer["metadata"]["request_id"]
     assert _running(candela) is None
-    assert dagrun.request_count(candela.stats(), "POST /session/pipeline_submit", "200") == 2
+    assert candela.request_count("POST /session/pipeline_submit", "200") == 2
 
 
-def test_templated_argument_errors_name_the_task_at_execute(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_templated_argument_errors_name_the_task_at_execute(candela: Any) -> None:
     with _dag("op_bad_template") as dag:
         CandelaSubmitPipelinePromptOperator(task_id="bad", session="{{ params.s }}", prompt="hi", params={"s": "x"})
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"bad": "failed"}
+    dr = run_dag(dag)
+    assert dr.states == {"bad": "failed"}
     assert candela.stats()["requests_total"] == 0  # rejected before any HTTP call
 
 
-def test_stop_is_idempotent_and_can_dispose_of_the_slot(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_stop_is_idempotent_and_can_dispose_of_the_slot(candela: Any) -> None:
     with _dag("op_stop") as dag:
         first = CandelaStopSessionOperator(task_id="first")
         second = CandelaStopSessionOperator(task_id="second", dispose_slot=True)
         first >> second
     assert first.trigger_rule == "all_done"
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"first": "success", "second": "success"}
-    assert dagrun.request_count(candela.stats(), "GET /session/stop", "204") == 2
+    dr = run_dag(dag)
+    assert dr.states == {"first": "success", "second": "success"}
+    assert candela.request_count("GET /session/stop", "204") == 2
 
 
 def test_on_kill_stops_the_running_session(candela: Any) -> None:
@@ -317,7 +323,8 @@ def _make_sessions(count: int) -> list[Any]:
     return out
 
 
-def test_cleanup_mode_filters_and_dry_run(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_cleanup_mode_filters_and_dry_run(candela: Any) -> None:
     made = _make_sessions(3)
     with _dag("op_cleanup") as dag:
         nothing_old = CandelaDeleteSessionOperator(task_id="nothing_old", older_than=dt.timedelta(hours=1))
@@ -326,34 +333,34 @@ def test_cleanup_mode_filters_and_dry_run(candela: Any, dagrun: ModuleType) -> N
         scoped = CandelaDeleteSessionOperator(task_id="scoped", scope="{{ params.scope }}", params={"scope": "scope-0"})
         rest = CandelaDeleteSessionOperator(task_id="rest", identifier_prefix="session-", created_by=candela.username)
         nothing_old >> other_user >> preview >> scoped >> rest
-    dr = dagrun.run_dag(dag)
-    assert set(dagrun.states(dr).values()) == {"success"}
+    dr = run_dag(dag)
+    assert set(dr.states.values()) == {"success"}
     in_scope_0 = sorted(m.obj_id.identifier for m in made if m.obj_id.scope == "scope-0")
-    assert dagrun.xcom(dr, "nothing_old") == []
-    assert dagrun.xcom(dr, "other_user") == []
-    assert sorted(m["obj_id"]["identifier"] for m in dagrun.xcom(dr, "preview")) == in_scope_0
-    assert sorted(m["obj_id"]["identifier"] for m in dagrun.xcom(dr, "scoped")) == in_scope_0
-    assert [m["obj_id"]["scope"] for m in dagrun.xcom(dr, "rest")] == ["scope-1"]
+    assert dr.xcom("nothing_old") == []
+    assert dr.xcom("other_user") == []
+    assert sorted(m["obj_id"]["identifier"] for m in dr.xcom("preview")) == in_scope_0
+    assert sorted(m["obj_id"]["identifier"] for m in dr.xcom("scoped")) == in_scope_0
+    assert [m["obj_id"]["scope"] for m in dr.xcom("rest")] == ["scope-1"]
     assert candela.stats()["sessions_stored"] == 0
 
 
-def test_delete_a_list_of_sessions_and_a_missing_one(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_delete_a_list_of_sessions_and_a_missing_one(candela: Any) -> None:
     made = _make_sessions(2)
     sessions = [m.model_dump(mode="json") for m in made]
     with _dag("op_delete_list") as dag:
         both = CandelaDeleteSessionOperator(task_id="both", session=sessions)
         again = CandelaDeleteSessionOperator(task_id="again", session_id=made[0].obj_id.identifier, scope="scope-0")
         both >> again
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"both": "success", "again": "success"}
-    assert dagrun.xcom(dr, "both") == sessions
-    assert dagrun.xcom(dr, "again") == []
+    dr = run_dag(dag)
+    assert dr.states == {"both": "success", "again": "success"}
+    assert dr.xcom("both") == sessions
+    assert dr.xcom("again") == []
     assert candela.stats()["sessions_stored"] == 0
 
 
-def test_stop_runs_after_a_failed_start_and_the_failed_start_leaves_nothing_running(
-    candela: Any, dagrun: ModuleType
-) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_stop_runs_after_a_failed_start_and_the_failed_start_leaves_nothing_running(candela: Any) -> None:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
     with CandelaHook() as hook:  # something of this user's is running before the DAG starts
@@ -362,14 +369,15 @@ def test_stop_runs_after_a_failed_start_and_the_failed_start_leaves_nothing_runn
     with _dag("op_stop_after_failed_start") as dag:
         start = CandelaStartSessionOperator(task_id="start", app="default/no-such-app", model=MODEL)
         CandelaStopSessionOperator(task_id="stop", session=start.output)  # trigger_rule all_done
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "failed", "stop": "success"}
-    assert dagrun.request_count(candela.stats(), "POST /session", "400") == 1  # Candela's "Unknown app"
+    dr = run_dag(dag)
+    assert dr.states == {"start": "failed", "stop": "success"}
+    assert candela.request_count("POST /session", "400") == 1  # Candela's "Unknown app"
     assert _running(candela) is None
 
 
+@pytest.mark.usefixtures("airflow_db")
 def test_if_session_running_fail_leaves_another_runs_session_alone(
-    candela: Any, dagrun: ModuleType, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    candela: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
@@ -379,10 +387,10 @@ def test_if_session_running_fail_leaves_another_runs_session_alone(
     with _dag("op_start_if_running_fail") as dag:
         CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL, if_session_running="fail")
     with caplog.at_level(logging.INFO):
-        dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "failed"}
+        dr = run_dag(dag)
+    assert dr.states == {"start": "failed"}
     assert _running(candela) == other.obj_id.model_dump(mode="json"), "the other run's session must keep running"
-    assert dagrun.request_count(candela.stats(), "GET /session/stop") == 0
+    assert candela.request_count("GET /session/stop") == 0
     captured = capsys.readouterr()  # Airflow 3 logs through structlog to stdout, Airflow 2 through logging
     logged = caplog.text + captured.out + captured.err
     assert "if_session_running='fail'" in logged and "already running" in logged

@@ -154,7 +154,3 @@ def session_dag(
             stop = CandelaStopSessionOperator(task_id="stop", session=start.output, candela_conn_id=conn_id)
             ask >> stop.as_teardown(setups=start)
     return dag
-
-
-def run_state(dag_run: Any) -> str:
-    return str(getattr(dag_run.state, "value", dag_run.state))

@@ -13,7 +13,6 @@ import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,9 +29,9 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitPipelinePromptOperator,
 )
 from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
-from ._support import MODEL, PIPELINE, START, TALLY, run_state, state_of
+from ._support import MODEL, PIPELINE, START, TALLY, state_of
 
 CIRCUIT = {"first": "answer", "nodes": {"answer": {"type": "response", "node_id": "answer", "template": "hi"}}}
 DIRECTIVE = {"identity": "an analyst", "purpose": "summarise"}
@@ -786,18 +785,19 @@ RENDERED = [
 
 
 @pytest.mark.parametrize("case", RENDERED, ids=[r.name for r in RENDERED])
+@pytest.mark.usefixtures("airflow_db")
 def test_rendered_bad_input_fails_the_task_before_any_request(
-    env: Env, dagrun: ModuleType, capsys: pytest.CaptureFixture[str], case: Rendered
+    env: Env, capsys: pytest.CaptureFixture[str], case: Rendered
 ) -> None:
     with TALLY.bad_input(f"task run: {case.name}"):
         dag_id = f"bad_input_{case.name.replace(' ', '_')}"
         with DAG(dag_id, schedule=None, start_date=START, catchup=False, params={"bad": case.value}) as dag:
             operator = case.build()
         capsys.readouterr()
-        dag_run = dagrun.run_dag(dag)
+        dag_run = run_dag(dag)
         log = capsys.readouterr().out
-        assert run_state(dag_run) == "failed"
-        assert dagrun.states(dag_run) == {operator.task_id: "failed"}
+        assert dag_run.state == "failed"
+        assert dag_run.states == {operator.task_id: "failed"}
         assert f"CandelaInputError: {case.expected}" in log
         assert env.emulator.stats()["requests_total"] == 0
         assert state_of(env.emulator)["sessions_stored"] == 0

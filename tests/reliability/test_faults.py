@@ -22,7 +22,6 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,7 +36,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitPipelinePromptOperator,
 )
 from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
 from ._support import (
     AGENT,
@@ -47,7 +46,6 @@ from ._support import (
     TALLY,
     RetryObserver,
     requests_of,
-    run_state,
     running,
     session_dag,
     wait_until,
@@ -61,17 +59,17 @@ START_FAILED = {"start": "failed", "prompt": "upstream_failed", "stop": "upstrea
 class Run:
     """One ``dag.test()`` run: task states, XComs and everything the tasks logged."""
 
-    def __init__(self, dagrun: ModuleType, dag: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, dag: Any, capsys: pytest.CaptureFixture[str]) -> None:
         capsys.readouterr()
-        self.dag_run = dagrun.run_dag(dag)
+        self.result = run_dag(dag)
         captured = capsys.readouterr()
         self.log = captured.out + captured.err
-        self.states: dict[str, str] = dagrun.states(self.dag_run)
-        self.state = run_state(self.dag_run)
-        self._dagrun = dagrun
+        self.dag_run = self.result.dag_run
+        self.states: dict[str, str] = self.result.states
+        self.state = self.result.state
 
     def xcom(self, task_id: str) -> Any:
-        return self._dagrun.xcom(self.dag_run, task_id)
+        return self.result.xcom(task_id)
 
     def ti(self, task_id: str) -> Any:
         return self.dag_run.get_task_instance(task_id)
@@ -83,9 +81,9 @@ class Run:
 
 
 @pytest.fixture
-def run(dagrun: ModuleType, capsys: pytest.CaptureFixture[str]) -> Any:
+def run(airflow_db: Path, capsys: pytest.CaptureFixture[str]) -> Any:
     def go(dag: Any) -> Run:
-        return Run(dagrun, dag, capsys)
+        return Run(dag, capsys)
 
     return go
 

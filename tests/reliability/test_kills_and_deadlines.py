@@ -31,7 +31,7 @@ from airflow_provider_candela.exceptions import (
     CandelaTimeoutError,
 )
 from airflow_provider_candela.hooks.candela import CandelaHook
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
 from ._support import AGENT, MODEL, PIPELINE, START, TALLY, requests_of, running, wait_until
 
@@ -373,7 +373,8 @@ def test_redirects_are_refused_naming_the_location(
 # a start never stops someone's session for nothing
 
 
-def test_a_mistyped_app_stops_no_running_session(candela: CandelaEmulator, dagrun: Any) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_a_mistyped_app_stops_no_running_session(candela: CandelaEmulator) -> None:
     from airflow.providers.common.compat.sdk import DAG
 
     from airflow_provider_candela.operators.sessions import CandelaStartSessionOperator
@@ -384,14 +385,15 @@ def test_a_mistyped_app_stops_no_running_session(candela: CandelaEmulator, dagru
             theirs = hook.start_session(PIPELINE, MODEL).obj_id
         with DAG("typo_start", schedule=None, start_date=START) as dag:
             CandelaStartSessionOperator(task_id="start", app="default/demo-pipelin", model=MODEL)
-        run = dagrun.run_dag(dag)
-        assert dagrun.states(run) == {"start": "failed"}
+        run = run_dag(dag)
+        assert run.states == {"start": "failed"}
         stats = candela.stats()
         assert requests_of(stats, "GET /session/stop") == {}
         assert running(candela) is not None and running(candela) == theirs.model_dump(mode="json")
 
 
-def test_a_start_stops_and_retries_only_when_a_session_runs(candela: CandelaEmulator, dagrun: Any) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_a_start_stops_and_retries_only_when_a_session_runs(candela: CandelaEmulator) -> None:
     from airflow.providers.common.compat.sdk import DAG
 
     from airflow_provider_candela.operators.sessions import CandelaStartSessionOperator
@@ -399,9 +401,9 @@ def test_a_start_stops_and_retries_only_when_a_session_runs(candela: CandelaEmul
     with TALLY.fault("start while an earlier try's session runs"):
         with DAG("start_twice", schedule=None, start_date=START) as dag:
             CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL)
-        first = dagrun.xcom(dagrun.run_dag(dag), "start")
+        first = run_dag(dag).xcom("start")
         assert requests_of(candela.stats(), "GET /session/stop") == {}, "nothing ran: no stop needed"
-        second = dagrun.xcom(dagrun.run_dag(dag), "start")
+        second = run_dag(dag).xcom("start")
         stats = candela.stats()
         assert requests_of(stats, "POST /session") == {"200": 2, "409": 1}
         assert requests_of(stats, "GET /session/stop") == {"204": 1}

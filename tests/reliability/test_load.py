@@ -18,14 +18,13 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
-from ._support import PIPELINE, TALLY, requests_of, run_state, session_dag
+from ._support import PIPELINE, TALLY, requests_of, session_dag
 
 RUNS = 20
 
@@ -52,14 +51,12 @@ def _child(index: int, dag: Any, workdir: Path) -> None:
         with contextlib.suppress(AttributeError):
             del api.transport  # a cached property: the next use builds it (and its thread) again
 
-        from candela_test_dagrun import run_dag, states, xcom  # type: ignore[import-not-found]
-
-        dag_run = run_dag(dag)
+        result = run_dag(dag)
         outcome.update(
-            state=run_state(dag_run),
-            states=states(dag_run),
-            session=xcom(dag_run, "start"),
-            answer=xcom(dag_run, "prompt"),
+            state=result.state,
+            states=result.states,
+            session=result.xcom("start"),
+            answer=result.xcom("prompt"),
         )
     except BaseException as exc:  # reported to the parent, which fails the test with it
         outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -81,7 +78,6 @@ def _overlap(outcomes: list[dict[str, Any]]) -> int:
 
 def test_twenty_concurrent_dag_runs_each_with_its_own_user(
     candela: CandelaEmulator,
-    dagrun: ModuleType,
     airflow_db: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -97,8 +93,8 @@ def test_twenty_concurrent_dag_runs_each_with_its_own_user(
         dags.append(session_dag(f"reliability_load_{index:02d}", app=PIPELINE, prompt=f"Load {index}", conn_id=conn_id))
 
     # Warm the parent once (lazy imports of the task runner and execution API), so each fork starts warm.
-    warm = dagrun.run_dag(_warm_up_dag())
-    assert run_state(warm) == "success"
+    warm = run_dag(_warm_up_dag())
+    assert warm.state == "success"
     with (
         contextlib.closing(sqlite3.connect(airflow_db / "airflow.db")) as source,
         contextlib.closing(sqlite3.connect(tmp_path / "template.db")) as copy,

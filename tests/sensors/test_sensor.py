@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Iterator
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from airflow.providers.common.compat.sdk import DAG, AirflowSensorTimeout, Airfl
 from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
 from airflow_provider_candela.operators.sessions import CandelaStartSessionOperator
 from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
+from airflow_provider_candela.testing import run_dag, wait_until
 from airflow_provider_candela.triggers.sessions import CandelaSessionExistsTrigger
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -57,29 +57,31 @@ def _in_background(target: Any) -> threading.Thread:
     return thread
 
 
-def _child_after(candela: Any, dagrun: ModuleType, parent: Any, checks: int) -> Any:
+def _child_after(candela: Any, parent: Any, checks: int) -> Any:
     """Start a continuation of ``parent`` (same identifier, version 1.1.0) after ``checks`` existence checks."""
 
     def run() -> None:
-        dagrun.wait_for(lambda: dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= checks, 60)
+        wait_until(lambda: candela.request_count("GET /sessions/exists", "200") >= checks, 60)
         _start(parent_session=parent)
 
     return _in_background(run)
 
 
-def test_poke_mode_returns_the_metadata_of_a_session_started_upstream(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_poke_mode_returns_the_metadata_of_a_session_started_upstream(candela: Any) -> None:
     with _dag("sensor_poke") as dag:
         start = CandelaStartSessionOperator(task_id="start", app=AGENT, model=MODEL)
         wait = CandelaSessionExistsSensor(task_id="wait", session=start.output, poke_interval=0.2, timeout=30)
         start >> wait
     assert wait.mode == "poke"
     assert not wait.deferrable
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"start": "success", "wait": "success"}
-    assert dagrun.xcom(dr, "wait") == dagrun.xcom(dr, "start")
+    dr = run_dag(dag)
+    assert dr.states == {"start": "success", "wait": "success"}
+    assert dr.xcom("wait") == dr.xcom("start")
 
 
-def test_reschedule_mode_waits_for_the_session_to_appear(candela: Any, dagrun: ModuleType) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_reschedule_mode_waits_for_the_session_to_appear(candela: Any) -> None:
     parent = _start().obj_id
     with _dag("sensor_reschedule") as dag:
         CandelaSessionExistsSensor(
@@ -92,17 +94,17 @@ def test_reschedule_mode_waits_for_the_session_to_appear(candela: Any, dagrun: M
             poke_interval=0.5,
             timeout=60,
         )
-    thread = _child_after(candela, dagrun, parent, checks=1)
-    dr = dagrun.run_dag(dag)
+    thread = _child_after(candela, parent, checks=1)
+    dr = run_dag(dag)
     thread.join(10)
-    assert dagrun.states(dr) == {"wait": "success"}
-    assert dagrun.xcom(dr, "wait")["obj_id"] == {
+    assert dr.states == {"wait": "success"}
+    assert dr.xcom("wait")["obj_id"] == {
         "scope": parent.scope,
         "identifier": parent.identifier,
         "version": "1.1.0",
     }
-    assert dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 2
-    assert _reschedules(dr, "wait") >= 1  # the worker slot was released between checks
+    assert candela.request_count("GET /sessions/exists", "200") >= 2
+    assert _reschedules(dr.dag_run, "wait") >= 1  # the worker slot was released between checks
 
 
 def _reschedules(dag_run: Any, task_id: str) -> int:
@@ -119,9 +121,8 @@ def _reschedules(dag_run: Any, task_id: str) -> int:
         return int(query.count())
 
 
-def test_deferrable_mode_resumes_when_the_session_appears(
-    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
-) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_deferrable_mode_resumes_when_the_session_appears(candela: Any, trigger_runs: list[dict[str, Any]]) -> None:
     parent = _start().obj_id
     with _dag("sensor_deferrable") as dag:
         CandelaSessionExistsSensor(
@@ -132,33 +133,33 @@ def test_deferrable_mode_resumes_when_the_session_appears(
             timeout=60,
         )
     # one check by the sensor before deferring, then at least one by the trigger
-    thread = _child_after(candela, dagrun, parent, checks=2)
-    dr = dagrun.run_dag(dag)
+    thread = _child_after(candela, parent, checks=2)
+    dr = run_dag(dag)
     thread.join(10)
-    assert dagrun.states(dr) == {"wait": "success"}
+    assert dr.states == {"wait": "success"}
     [run] = trigger_runs
     assert run["kwargs"]["identifier"] == parent.identifier
     assert run["kwargs"]["version"] == "1.1.0"
     assert [e["status"] for e in run["events"]] == ["success"]
-    assert dagrun.xcom(dr, "wait") == run["events"][0]["session"]
-    assert dagrun.xcom(dr, "wait")["obj_id"]["version"] == "1.1.0"
+    assert dr.xcom("wait") == run["events"][0]["session"]
+    assert dr.xcom("wait")["obj_id"]["version"] == "1.1.0"
 
 
+@pytest.mark.usefixtures("airflow_db")
 def test_deferrable_mode_does_not_defer_when_the_session_already_exists(
-    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
+    candela: Any, trigger_runs: list[dict[str, Any]]
 ) -> None:
     started = _start()
     with _dag("sensor_deferrable_exists") as dag:
         CandelaSessionExistsSensor(task_id="wait", session=started.model_dump(mode="json"), deferrable=True)
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"wait": "success"}
+    dr = run_dag(dag)
+    assert dr.states == {"wait": "success"}
     assert trigger_runs == []
-    assert dagrun.xcom(dr, "wait") == started.model_dump(mode="json")
+    assert dr.xcom("wait") == started.model_dump(mode="json")
 
 
-def test_deferrable_mode_times_out_cleanly(
-    candela: Any, dagrun: ModuleType, trigger_runs: list[dict[str, Any]]
-) -> None:
+@pytest.mark.usefixtures("airflow_db")
+def test_deferrable_mode_times_out_cleanly(candela: Any, trigger_runs: list[dict[str, Any]]) -> None:
     with _dag("sensor_deferrable_timeout") as dag:
         hard = CandelaSessionExistsSensor(
             task_id="hard", identifier="never", deferrable=True, poke_interval=0.2, timeout=1
@@ -168,8 +169,8 @@ def test_deferrable_mode_times_out_cleanly(
         )
         hard >> soft
         soft.trigger_rule = "all_done"  # type: ignore[assignment]
-    dr = dagrun.run_dag(dag)
-    assert dagrun.states(dr) == {"hard": "failed", "soft": "skipped"}
+    dr = run_dag(dag)
+    assert dr.states == {"hard": "failed", "soft": "skipped"}
     assert [[e["status"] for e in run["events"]] for run in trigger_runs] == [["timeout"], ["timeout"]]
     assert "default/never did not appear before the deadline" in trigger_runs[0]["events"][0]["message"]
 

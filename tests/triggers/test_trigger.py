@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from airflow_provider_candela.testing import wait_until
 from airflow_provider_candela.triggers.sessions import CandelaSessionExistsTrigger
 
 
@@ -55,7 +55,7 @@ def test_fires_success_with_the_session_metadata(candela: Any) -> None:
     assert event["session"] == started.model_dump(mode="json")
 
 
-def test_polls_until_the_session_appears(candela: Any, dagrun: ModuleType) -> None:
+def test_polls_until_the_session_appears(candela: Any) -> None:
     # Candela names sessions itself; a continuation (parent_session) gets the parent's identifier
     # and the next version, so the awaited name is known before it exists.
     parent = _start_session().obj_id
@@ -64,7 +64,7 @@ def test_polls_until_the_session_appears(candela: Any, dagrun: ModuleType) -> No
     def start_child_after_two_checks() -> None:
         from airflow_provider_candela.hooks.candela import CandelaHook
 
-        dagrun.wait_for(lambda: dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 2)
+        wait_until(lambda: candela.request_count("GET /sessions/exists", "200") >= 2)
         with CandelaHook() as hook:
             hook.stop_session()
             hook.start_session("default/demo-agent", "default/demo-model", parent_session=parent)
@@ -77,16 +77,16 @@ def test_polls_until_the_session_appears(candela: Any, dagrun: ModuleType) -> No
         thread.join(30)
     assert event["status"] == "success"
     assert event["session"]["obj_id"] == dict(zip(("scope", "identifier", "version"), awaited, strict=True))
-    assert dagrun.request_count(candela.stats(), "GET /sessions/exists", "200") >= 3
+    assert candela.request_count("GET /sessions/exists", "200") >= 3
 
 
-def test_times_out_with_a_clear_event(candela: Any, dagrun: ModuleType) -> None:
+def test_times_out_with_a_clear_event(candela: Any) -> None:
     trigger = CandelaSessionExistsTrigger("default", "never", "1.0.0", poll_interval=0.2, timeout=0.7)
     [event] = _events(trigger)
     assert event["status"] == "timeout"
     assert event["session"] == {"scope": "default", "identifier": "never", "version": "1.0.0"}
     assert "default/never:1.0.0 did not appear before the deadline" in event["message"]
-    checks = dagrun.request_count(candela.stats(), "GET /sessions/exists", "200")
+    checks = candela.request_count("GET /sessions/exists", "200")
     assert 3 <= checks <= 6  # polled every 0.2 s until the deadline, then stopped
 
 
@@ -105,13 +105,12 @@ def test_reports_an_error_event_when_candela_keeps_failing(candela: Any) -> None
     assert "403" in event["message"]
 
 
-def test_cancelling_the_trigger_stops_polling(candela: Any, dagrun: ModuleType) -> None:
+def test_cancelling_the_trigger_stops_polling(candela: Any) -> None:
     trigger = CandelaSessionExistsTrigger("default", "never", poll_interval=0.1, timeout=60)
 
     async def run_then_cancel() -> None:
         task = asyncio.ensure_future(_drain(trigger))
-        while dagrun.request_count(candela.stats(), "GET /sessions/exists") < 1:
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_until, lambda: candela.request_count("GET /sessions/exists") >= 1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
