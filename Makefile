@@ -136,7 +136,7 @@ demo: venv
 	$(VENV)/bin/python -m airflow_provider_candela.testing.run_dags $(if $(KEEP),--keep) example_dags
 
 # ---------------------------------------------------------------------------------------------------------------
-# bench (owner: performance engineer): every figure of issue 6 in one run, described in bench/run.py.
+# bench: every figure in one run, described in bench/run.py.
 # bench/.venv holds the provider (editable, emulator extra) on Airflow 3.3 plus the two peer providers the DAG-parse
 # figure compares against, pinned so that runs stay comparable; the project venv is left untouched.  The official
 # SDK (urllib3<2) gets its own venv from bench/sdk_env.py (.venv-sdk when the contract tests made it, else
@@ -163,7 +163,7 @@ clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache tests/ui/output
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# ---- ui-test (owner: UI-test engineer) ---------------------------------------------------------------------
+# ---- ui-test ------------------------------------------------------------------------------------------------
 # The Candela connection form in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the
 # emulator + headless Debian Chromium driven by Playwright's Python package (no browser download; the test
 # itself apt-installs chromium and chromium-driver when /usr/bin/chromium is missing). Screenshots land in
@@ -175,7 +175,7 @@ ui-test: venv
 	$(VENV)/bin/python -m pytest tests/ui -m ui -q
 
 # ------------------------------------------------------------------------------------------------------------
-# deployment-test (owner: the deployment-test engineer; everything it runs lives in tests/deployment/).
+# deployment-test (everything it runs lives in tests/deployment/).
 # The example DAGs on a real Airflow 3.3 deployment, from nothing: apt-get installs postgresql and redis-server
 # when missing, .venv-deploy gets Airflow 3.3 + the Celery and Postgres providers + the provider, then
 # api-server, scheduler, dag-processor, triggerer and two Celery workers run as separate processes (PostgreSQL

@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from airflow_provider_candela.testing import wait_until
 
 _TEMP = Path(tempfile.mkdtemp(prefix="candela-tests-"))
 atexit.register(shutil.rmtree, _TEMP, True)  # also when no test ran (e.g. --collect-only)
@@ -74,9 +75,9 @@ def _nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         yield
     finally:
         session = os.environ[_SESSION_VAR]
-        deadline = time.monotonic() + 5  # a process may still be exiting
-        while (processes := _processes_with_env(_SESSION_VAR, session)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        with contextlib.suppress(AssertionError):  # a process may still be exiting
+            wait_until(lambda: not _processes_with_env(_SESSION_VAR, session), timeout=5, interval=0.2)
+        processes = _processes_with_env(_SESSION_VAR, session)
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(process.split(":", 1)[0]), signal.SIGKILL)

@@ -6,13 +6,15 @@ temporary directory and a process running.  The session must fail, name both, an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+
+from airflow_provider_candela.testing import wait_until
 
 LEAKY_TEST = """
 import subprocess
@@ -48,7 +50,7 @@ def test_a_leaked_file_and_process_fail_the_session_and_are_removed(tmp_path: Pa
     # Removed: the session's temporary folder (and the leaked file in it), and the process.
     assert [entry.name for entry in temp.iterdir()] == ["leak-pid"], out
     pid = (temp / "leak-pid").read_text()
-    deadline = time.monotonic() + 5  # killed; its zombie goes once the exited session's orphan is reaped
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Killed; its zombie goes once the exited session's orphan is reaped.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5, interval=0.05)
     assert not Path(f"/proc/{pid}").exists()

@@ -1,6 +1,6 @@
 """Bearer tokens for the Candela hook: a personal access token, or the FINBOURNE OAuth2 grants.
 
-Password grant and refresh grant exactly as the FINBOURNE SDKs send them (spec §3): form-encoded,
+Password grant and refresh grant exactly as the FINBOURNE SDKs send them: form-encoded,
 ``scope=openid client groups offline_access``; client id/secret in the body for the password grant
 and as HTTP Basic auth for the refresh grant.  Tokens are handed to ``register_secret`` (Airflow's
 ``mask_secret``) the moment they arrive and are never put into a message.
@@ -33,7 +33,7 @@ from airflow_provider_candela.models import TokenResponse
 __all__ = ["TokenManager"]
 
 SCOPE: Final = "openid client groups offline_access"
-#: Refresh this long before ``expires_in`` (spec: 60 s), or at half the lifetime for short-lived tokens.
+#: Refresh this long before ``expires_in`` (60 s, as the SDKs do), or at half the lifetime for short-lived tokens.
 REFRESH_MARGIN: Final = 60.0
 _CREDENTIAL_FIELDS: Final = "login, password and the extras client_id, client_secret and token_url"
 

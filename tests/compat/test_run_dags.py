@@ -9,17 +9,19 @@ is kept only with ``--keep``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from airflow_provider_candela.testing import wait_until
 
 GOOD_DAG = '''
 """Starts a pipeline session, prompts it, stops it."""
@@ -138,12 +140,13 @@ def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path, processes_with
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our own process group, as a terminal's Ctrl-C would signal
         )
+
+    def dag_started() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return "airflow dags test rd_good" in log.read_text()
+
     try:
-        deadline = time.monotonic() + 300
-        while "airflow dags test rd_good" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "run_dags never started the DAG"
-            time.sleep(0.1)
+        wait_until(dag_started, timeout=300, interval=0.1)
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 130
     finally:
@@ -155,7 +158,6 @@ def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path, processes_with
     # Without --keep the Airflow home goes, also after a failure or an interruption.
     assert "Airflow home(s) and logs deleted; run again with --keep to keep them." in out
     assert [entry.name for entry in temp.iterdir() if entry.name.startswith("candela-run-dags-")] == []
-    deadline = time.monotonic() + 10
-    while (left := processes_with_env(_MARKER_VAR, marker)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert left == []
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not processes_with_env(_MARKER_VAR, marker), timeout=10, interval=0.1)
+    assert processes_with_env(_MARKER_VAR, marker) == []

@@ -17,6 +17,8 @@ import pytest
 import requests
 from pydantic import BaseModel, ConfigDict
 
+from airflow_provider_candela.testing import wait_until
+
 
 class KitEvent(BaseModel):
     """candela-kit's Event: strict about the event type, like ``Literal[...]`` in the kit."""
@@ -34,10 +36,7 @@ def _agent_session(emulator: Any) -> tuple[requests.Session, str]:
     base = emulator.url
     if not http.get(f"{base}/slot/user_has_slot", timeout=10).json():
         http.put(f"{base}/slot", params={"slot_type": "gpu-medium"}, timeout=10).raise_for_status()
-    deadline = time.monotonic() + 30
-    while (state := http.get(f"{base}/slot/state", timeout=10).json()) != 3:
-        assert time.monotonic() < deadline, f"slot never became ready (state {state})"
-        time.sleep(0.05)
+    wait_until(lambda: http.get(f"{base}/slot/state", timeout=10).json() == 3, timeout=30, interval=0.05)
     assert http.get(f"{base}/session/stop", timeout=10).status_code == 204
     started = http.post(
         f"{base}/session",

@@ -1,4 +1,6 @@
-"""Fault matrix: every fault of the reliability issue, injected into real task runs (``dag.test()``) or hook calls.
+"""Fault matrix: HTTP errors, lost connections, timeouts, token failures and broken answers, in real task runs.
+
+Each fault is injected into a real task run (``run_dag()``, i.e. ``dag.test()``) or into hook calls.
 
 Each test states the promised outcome (succeeds after a retry, or fails with a clear message) and then
 checks the emulator's own record (``/_emulator/stats``): how many sessions were started, whether one is
@@ -373,7 +375,7 @@ def test_token_expiry_in_the_middle_of_a_stream(candela: Emulator, run: Any) -> 
 
 
 def test_agent_stream_cut_after_k_events_is_the_end_of_the_answer(candela: Emulator, run: Any) -> None:
-    """Promise (wire spec 1.4: the end of the body is the end of the answer): a cleanly ended stream is complete.
+    """Promise: a cleanly ended stream is complete (Candela ends an agent answer by ending the body).
 
     The task returns the K events it received; there is no terminator event to tell a short answer from a cut one.
     """
