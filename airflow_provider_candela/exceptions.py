@@ -57,6 +57,17 @@ class CandelaApiError(CandelaError):
         self.detail = detail
         self.hint = hint
 
+    def amended(self, text: str, cls: type[CandelaApiError] | None = None) -> CandelaApiError:
+        """This error (as ``cls``, default its own class) with ``text`` added to its message."""
+        return (cls or type(self))(
+            f"{str(self).rstrip('.')}. {text}",
+            status=self.status,
+            method=self.method,
+            path=self.path,
+            detail=self.detail,
+            hint=self.hint,
+        )
+
 
 class CandelaAuthError(CandelaApiError):
     """Authentication failed (token endpoint refused the credentials, or 401/403 from the API)."""

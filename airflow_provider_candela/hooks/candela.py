@@ -561,14 +561,9 @@ class CandelaHook(BaseHook):
             raise Retryable(error, retry_after)
         if call.kind == "start":
             raise _Ambiguous(error, retry_after)
-        raise type(error)(
-            f"{str(error).rstrip('.')}. The prompt may or may not have run; it is not resubmitted automatically. "
-            "Check the session's output before submitting it again",
-            status=error.status,
-            method=error.method,
-            path=error.path,
-            detail=error.detail,
-            hint=error.hint,
+        raise error.amended(
+            "The prompt may or may not have run; it is not resubmitted automatically. Check the session's "
+            "output before submitting it again"
         )
 
     def _transport_failure(self, call: _Call, exc: requests.RequestException) -> Exception:
@@ -925,14 +920,10 @@ class CandelaHook(BaseHook):
             return self._start_reconciled(call, matches)
         except CandelaApiError as exc:
             if exc.status == 409 or (exc.status == 400 and _SESSION_RUNNING.search(exc.detail)):
-                raise CandelaSessionRunningError(
-                    f"{str(exc).rstrip('.')}. Another session runs on the Candela user's slot: stop it first "
-                    "(stop_session), or wait until it ends",
-                    status=exc.status,
-                    method=exc.method,
-                    path=exc.path,
-                    detail=exc.detail,
-                    hint=exc.hint,
+                raise exc.amended(
+                    "Another session runs on the Candela user's slot: stop it first (stop_session), or wait "
+                    "until it ends",
+                    CandelaSessionRunningError,
                 ) from exc
             raise
 

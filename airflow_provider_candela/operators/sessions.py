@@ -219,15 +219,10 @@ class _StartOperatorBase(_CandelaOperator):
                 metadata = self._start_once(hook, start)
             except CandelaSessionRunningError as err:
                 if self.if_session_running == "fail":
-                    raise CandelaSessionRunningError(
-                        f"{err} (task '{self.task_id}' has if_session_running='fail': wait for the other session "
-                        "to stop (give the task retries), use another connection (Candela user), or set "
-                        "if_session_running='stop')",
-                        status=err.status,
-                        method=err.method,
-                        path=err.path,
-                        detail=err.detail,
-                        hint=err.hint,
+                    raise err.amended(
+                        f"Task '{self.task_id}' has if_session_running='fail': wait for the other session to stop "
+                        "(give the task retries), use another connection (Candela user), or set "
+                        "if_session_running='stop'"
                     ) from err
                 raise
             self.log.info(
