@@ -1,8 +1,6 @@
 """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
 
-The connection form is defined once, in :data:`CONN_FIELDS` and :data:`UI_FIELD_BEHAVIOUR`.
-Airflow 3.2+ reads them from here without importing the hook; on Airflow 2.11 the hook's
-``get_connection_form_widgets`` / ``get_ui_field_behaviour`` render the same definitions.
+The connection form comes from :mod:`airflow_provider_candela.connection_form`, its one definition.
 This module must stay import-cheap: no Airflow, no requests.
 """
 
@@ -11,121 +9,12 @@ from __future__ import annotations
 from typing import Any, Final
 
 from airflow_provider_candela import __version__
+from airflow_provider_candela.connection_form import UI_FIELD_BEHAVIOUR, conn_fields
 
 CONN_TYPE: Final = "candela"
 HOOK_CLASS: Final = "airflow_provider_candela.hooks.candela.CandelaHook"
 #: The one description of the package: also the ``description`` of pyproject.toml and the README's first sentence.
 DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks"
-
-#: Extra fields of a Candela connection (stored in ``Connection.extra``), in form order.
-#: ``schema.format == "password"`` marks a field as secret (masked in the UI and in logs).
-CONN_FIELDS: Final[dict[str, dict[str, Any]]] = {
-    "token_url": {
-        "label": "Token URL",
-        "description": "OAuth2 token endpoint (password grant). Leave empty when using a personal access token.",
-        "placeholder": "https://<domain>.identity.lusid.com/oauth2/<id>/v1/token",
-        "schema": {"type": ["string", "null"]},
-    },
-    "client_id": {
-        "label": "Client ID",
-        "description": "OAuth2 client id of your FINBOURNE application.",
-        "placeholder": "my-client-id",
-        "schema": {"type": ["string", "null"]},
-    },
-    "client_secret": {
-        "label": "Client Secret",
-        "description": "OAuth2 client secret of your FINBOURNE application.",
-        "placeholder": "client secret",
-        "schema": {"type": ["string", "null"], "format": "password"},
-    },
-    "access_token": {
-        "label": "Personal Access Token",
-        "description": "Optional. When set, used as the bearer token and no OAuth2 grant is made.",
-        "placeholder": "optional",
-        "schema": {"type": ["string", "null"], "format": "password"},
-    },
-    "app_name": {
-        "label": "Application Name",
-        "description": "Sent as X-LUSID-Application on every call.",
-        "placeholder": "airflow",
-        "schema": {"type": ["string", "null"]},
-    },
-    "verify": {
-        "label": "Verify TLS",
-        "description": "true (default), false, or the path of a CA bundle file.",
-        "placeholder": "/path/to/ca-bundle.pem",
-        "schema": {"type": ["string", "null"]},
-    },
-    "proxy": {
-        "label": "Proxy URL",
-        "description": "HTTP(S) proxy for every call, e.g. http://proxy.example:3128.",
-        "placeholder": "http://proxy.example:3128",
-        "schema": {"type": ["string", "null"]},
-    },
-    "timeout": {
-        "label": "Timeout (connect, read) seconds",
-        "description": "One number for both, or 'connect,read'. Default 10,300.",
-        "placeholder": "10,300",
-        "schema": {"type": ["string", "null"]},
-    },
-    "stream_timeout": {
-        "label": "Agent stream timeout (seconds)",
-        "description": "Longest an agent answer may stream in total. Default 3600.",
-        "placeholder": "3600",
-        "schema": {"type": ["string", "null"]},
-    },
-    "max_retries": {
-        "label": "Max retries",
-        "description": "Retries of a failed call (429, 5xx, connection errors). Default 5.",
-        "placeholder": "5",
-        "schema": {"type": ["integer", "null"]},
-    },
-    "slot_type": {
-        "label": "Slot type",
-        "description": "Slot type assigned when a session needs a slot. Default gpu-medium.",
-        "placeholder": "gpu-medium",
-        "schema": {"type": ["string", "null"]},
-    },
-    "secrets_file": {
-        "label": "secrets.json path",
-        "description": "A FINBOURNE secrets.json whose 'api' values fill what this connection leaves empty.",
-        "placeholder": "/opt/airflow/secrets/secrets.json",
-        "schema": {"type": ["string", "null"]},
-    },
-}
-
-#: How the standard connection fields are shown for a Candela connection.
-UI_FIELD_BEHAVIOUR: Final[dict[str, Any]] = {
-    "hidden-fields": ["schema", "port", "extra"],
-    "relabeling": {"host": "Candela API URL", "login": "Username", "password": "Password"},
-    "placeholders": {
-        "host": "https://<domain>.lusid.com/candela",
-        "login": "user@example.com",
-        "password": "password (not needed with a personal access token)",
-        **{name: field["placeholder"] for name, field in CONN_FIELDS.items()},
-    },
-}
-
-
-def _description_with_placeholder(field: dict[str, Any]) -> str:
-    """The field's description, ending with its placeholder as an example unless that adds nothing.
-
-    Airflow 3's React form renders an extra field as label (``schema.title``), input and description
-    only: it shows no placeholder, so the example would otherwise be lost there.
-    """
-    description: str = field["description"]
-    placeholder: str | None = field.get("placeholder")
-    if not placeholder or placeholder.lower() in f"{field['label']} {description}".lower():
-        return description
-    return f"{description} Example: {placeholder}"
-
-
-def _conn_fields_for_provider_info() -> dict[str, dict[str, Any]]:
-    """``conn-fields`` in the provider-info schema (label, description, schema only)."""
-    return {
-        name: {"label": f["label"], "description": _description_with_placeholder(f), "schema": f["schema"]}
-        for name, f in CONN_FIELDS.items()
-    }
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -171,7 +60,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": CONN_TYPE,
                 "hook-class-name": HOOK_CLASS,
                 "hook-name": "Candela",
-                "conn-fields": _conn_fields_for_provider_info(),
+                "conn-fields": conn_fields(),
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],

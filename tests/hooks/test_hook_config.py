@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_candela.exceptions import CandelaConnectionConfigError
-from airflow_provider_candela.hooks.candela import USER_AGENT, CandelaHook
+from airflow_provider_candela.hooks._http import USER_AGENT
+from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.testing import CandelaEmulator
 
 from ._helpers import fast, requests_of

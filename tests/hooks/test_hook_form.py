@@ -6,7 +6,8 @@ import importlib.util
 
 import pytest
 
-from airflow_provider_candela.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR, get_provider_info
+from airflow_provider_candela.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_candela.get_provider_info import get_provider_info
 from airflow_provider_candela.hooks.candela import CandelaHook
 
 

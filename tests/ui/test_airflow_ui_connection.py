@@ -20,7 +20,7 @@ import pytest
 from airflow_ui import AirflowServer, wait_for  # pytest puts this folder on sys.path
 
 from airflow_provider_candela import __version__
-from airflow_provider_candela.get_provider_info import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_candela.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page, Response, Route
