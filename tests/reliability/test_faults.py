@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import signal
 import subprocess
@@ -123,8 +124,8 @@ def test_429_with_retry_after_as_http_date_on_a_prompt(candela: Emulator, run: A
             start = CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL)
 
             @task
-            def arm() -> None:  # just before the prompt, so that the date is 2 s ahead when the prompt is sent
-                when = email.utils.formatdate(time.time() + 2, usegmt=True)
+            def arm() -> None:  # just before the prompt: the date is 2-3 s ahead (a whole second) when armed
+                when = email.utils.formatdate(math.ceil(time.time()) + 2, usegmt=True)
                 candela.add_fault(match="POST /session/pipeline_submit", status=429, retry_after=when)
 
             prompt = CandelaSubmitPipelinePromptOperator(task_id="prompt", session=start.output, prompt="Go")
