@@ -88,6 +88,12 @@ CONN_FIELDS: Final[dict[str, dict[str, Any]]] = {
         "placeholder": "/opt/airflow/secrets/secrets.json",
         "schema": {"type": ["string", "null"]},
     },
+    "model": {
+        "label": "Model",
+        "description": "Model a Candela agent runs with when it is a tool of a common-ai agent (scope/identifier).",
+        "placeholder": "default/my-model",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 #: How the standard connection fields are shown for a Candela connection.

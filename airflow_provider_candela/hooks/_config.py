@@ -43,6 +43,7 @@ KNOWN_EXTRAS: Final = (
     "max_retries",
     "slot_type",
     "secrets_file",
+    "model",
 )
 
 _TRUE: Final = frozenset({"true", "yes", "on", "1"})
@@ -73,6 +74,7 @@ class CandelaConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     slot_type: str = DEFAULT_SLOT_TYPE
     secrets_file: str | None = None
+    model: str | None = None
 
     @property
     def uses_pat(self) -> bool:
@@ -366,4 +368,5 @@ def load_config(
         max_retries=_max_retries(conn_id, max_retries if max_retries is not None else values["max_retries"]),
         slot_type=slot_type,
         secrets_file=secrets_file,
+        model=_text(values["model"]),
     )
