@@ -1,4 +1,4 @@
-"""Argument coercion shared by the operators, the sensor and the trigger.
+"""Every check and coercion of an argument, for the hook, the operators, the sensor and the trigger.
 
 DAG authors pass ids in several forms (an :class:`~airflow_provider_candela.models.ObjectId`, a
 dict, an ``ObjectMetadata`` dict pulled from XCom, or the short form ``scope/identifier:version``);
@@ -7,7 +7,11 @@ the argument, the task and the fix.
 
 Values that are still templates (``"{{ ... }}"``) or ``XComArg`` objects at DAG parse time are not
 checked at construction (:func:`is_resolved` tells); the operators check them again at execute,
-after rendering.
+after rendering.  Messages start with ``Invalid `argument` for task 'id'`` from a task, or
+``Invalid argument `argument``` from a hook method called directly (``task_id=None``).
+
+The few text helpers every message needs live here too: :func:`shorten`, :func:`validation_problems`
+and the true/false words of :func:`parse_bool`.
 
 Import-cheap: pydantic models and the exception module only, no hook and no ``requests``.
 """
@@ -19,26 +23,42 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from airflow_provider_candela.exceptions import CandelaInputError
-from airflow_provider_candela.models import DEFAULT_SCOPE, MAX_PROMPT_BYTES, ObjectId, ObjectMetadata, text_problem
+from airflow_provider_candela.models import (
+    DEFAULT_SCOPE,
+    MAX_PROMPT_BYTES,
+    ObjectId,
+    ObjectMetadata,
+    name_problem,
+    text_problem,
+)
 
 __all__ = [
     "IF_SESSION_RUNNING",
     "coerce_bool",
+    "coerce_choice",
+    "coerce_model",
+    "coerce_name",
     "coerce_object_id",
     "coerce_older_than",
     "coerce_optional_name",
+    "coerce_positive_seconds",
     "coerce_session",
     "is_resolved",
+    "parse_bool",
     "require_prompt",
     "require_text",
     "require_unicode",
     "session_ids",
+    "shorten",
+    "validation_problems",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 #: What a start does when Candela answers that a session already runs on the user's slot: stop it and
 #: start again, or fail.
@@ -53,9 +73,48 @@ _DURATION_RE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
-def _shorten(value: Any, limit: int = 120) -> str:
-    text = repr(value)
+def shorten(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters (a 10 MB value must not become a 10 MB message)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    return shorten(repr(value))
+
+
+def validation_problems(exc: ValidationError, limit: int = 5, *, root: str | None = None) -> str:
+    """The first ``limit`` errors of ``exc`` for a message: ``"missing field 'first'; nodes.a: <msg>"``.
+
+    :param root: what to say of an error about the value as a whole (e.g. ``"expected an object, got list"``).
+    """
+    errors = exc.errors(include_url=False)
+    parts = []
+    for error in errors[:limit]:
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":
+            parts.append(f"missing field {loc!r}")
+        elif loc:
+            parts.append(f"{loc}: {error['msg']}")
+        else:
+            parts.append(root or str(error["msg"]))
+    more = len(errors) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+#: Words a flag may be given as (connection extras, templated operator arguments).
+_TRUE: Final = frozenset({"true", "yes", "on", "1"})
+_FALSE: Final = frozenset({"false", "no", "off", "0"})
+
+
+def parse_bool(text: str) -> bool | None:
+    """``True``/``False`` for a true/false word (any case, surrounding blanks ignored), else ``None``."""
+    word = text.strip().lower()
+    return True if word in _TRUE else False if word in _FALSE else None
+
+
+def _invalid(argument: str, task_id: str | None) -> str:
+    """The start of a message: ``Invalid `prompt` for task 'ask'`` (or ``Invalid argument `prompt```, from a hook)."""
+    return f"Invalid `{argument}` for task '{task_id}'" if task_id is not None else f"Invalid argument `{argument}`"
 
 
 def is_resolved(value: Any) -> bool:
@@ -85,14 +144,14 @@ def _parse_structured_text(text: str) -> Any:
         raise ValueError(f"{text!r} looks like a dict but could not be parsed ({err})") from None
 
 
-def coerce_object_id(value: Any, *, argument: str, task_id: str) -> ObjectId:
+def coerce_object_id(value: Any, *, argument: str, task_id: str | None = None) -> ObjectId:
     """Turn any accepted id form into a validated :class:`ObjectId`.
 
     :param value: an ``ObjectId``, an ``ObjectMetadata`` (or its dict), a ``{scope, identifier,
         version}`` dict, or a ``scope/identifier[:version]`` string (a JSON or Python-literal dict
         rendered by a template is accepted too).
     :param argument: name of the operator argument, for the error message.
-    :param task_id: the task, for the error message.
+    :param task_id: the task, for the error message (``None`` from a hook method).
     :raises CandelaInputError: naming the argument, the task and the accepted forms.
     """
     try:
@@ -102,9 +161,9 @@ def coerce_object_id(value: Any, *, argument: str, task_id: str) -> ObjectId:
         if isinstance(parsed, ObjectMetadata):
             parsed = parsed.obj_id
         if isinstance(parsed, ObjectId):
-            return ObjectId(scope=parsed.scope, identifier=parsed.identifier, version=parsed.version).validate_names()
+            return ObjectId.checked(parsed.scope, parsed.identifier, parsed.version)
         if isinstance(parsed, str):
-            return ObjectId.parse(parsed).validate_names()
+            return ObjectId.parse(parsed)
         if isinstance(parsed, Mapping):
             data = dict(parsed)
             if "obj_id" in data:  # an ObjectMetadata dict, e.g. the XCom of a start task
@@ -119,25 +178,42 @@ def coerce_object_id(value: Any, *, argument: str, task_id: str) -> ObjectId:
                 raise ValueError(f"unexpected keys {unknown}")
             if data.get("version") == "":
                 data["version"] = None
-            return ObjectId.model_validate(data).validate_names()
+            oid = ObjectId.model_validate(data)
+            return ObjectId.checked(oid.scope, oid.identifier, oid.version)
         raise ValueError(f"got a {type(value).__name__}")
     except (ValueError, TypeError, ValidationError) as err:
-        reason = _reason(err)
+        reason = validation_problems(err) if isinstance(err, ValidationError) else str(err)
         raise CandelaInputError(
-            f"Invalid `{argument}` for task '{task_id}': {reason}. Pass {_ID_FORMS} (got {_shorten(value)})."
+            f"{_invalid(argument, task_id)}: {reason}. Pass {_ID_FORMS} (got {_shown(value)})."
         ) from None
 
 
-def _reason(err: Exception) -> str:
-    if isinstance(err, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in err.errors(include_url=False)
-        )
-    return str(err)
+def coerce_model(value: Any, model: type[M], *, argument: str, task_id: str | None = None, example: str = "") -> M:
+    """``value`` (a ``model`` instance or a dict) validated as ``model`` (e.g. a dev session's circuit).
+
+    :raises CandelaInputError: listing the fields that did not fit.
+    """
+    if isinstance(value, model):
+        return value
+    try:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a {model.__name__} or a dict, got {type(value).__name__}")
+        return TypeAdapter(model).validate_python(dict(value))
+    except (TypeError, ValidationError) as err:
+        reason = validation_problems(err) if isinstance(err, ValidationError) else str(err)
+        such_as = f" such as {example}" if example else ""
+        raise CandelaInputError(
+            f"{_invalid(argument, task_id)}: {reason}. Pass a {model.__name__} or a dict{such_as}."
+        ) from None
 
 
 def coerce_session(
-    session: Any, *, session_id: str | None, scope: str | None, task_id: str, argument: str = "session"
+    session: Any,
+    *,
+    session_id: str | None = None,
+    scope: str | None = None,
+    task_id: str | None = None,
+    argument: str = "session",
 ) -> ObjectId:
     """The session a prompt/stop/delete/sensor task works on.
 
@@ -146,38 +222,33 @@ def coerce_session(
 
     :raises CandelaInputError: when neither or both are given, or a value is malformed.
     """
+    who = f"Task '{task_id}'" if task_id is not None else "The call"
     if session is not None and session_id:
         raise CandelaInputError(
-            f"Task '{task_id}' got both `{argument}` and `session_id`: pass one of them "
+            f"{who} got both `{argument}` and `session_id`: pass one of them "
             f"(`{argument}=start.output` or `session_id=...` with `scope=...`)."
         )
     if session is not None:
         oid = coerce_object_id(session, argument=argument, task_id=task_id)
         if scope and scope != oid.scope:
             raise CandelaInputError(
-                f"Task '{task_id}': `scope`={scope!r} contradicts the scope of `{argument}` ({oid.scope!r}). "
+                f"{who}: `scope`={scope!r} contradicts the scope of `{argument}` ({oid.scope!r}). "
                 f"Drop `scope` or make them equal."
             )
         return oid
     if session_id:
         if not isinstance(session_id, str):
             raise CandelaInputError(
-                f"Invalid `session_id` for task '{task_id}': expected the session identifier as a string, "
-                f"got {type(session_id).__name__} ({_shorten(session_id)})."
+                f"{_invalid('session_id', task_id)}: expected the session identifier as a string, "
+                f"got {type(session_id).__name__} ({_shown(session_id)})."
             )
-        if scope is not None and not isinstance(scope, str):
-            raise CandelaInputError(
-                f"Invalid `scope` for task '{task_id}': expected a string, got {type(scope).__name__}."
-            )
+        scope = coerce_name(scope, kind="scope", argument="scope", task_id=task_id)
         try:
-            return ObjectId(scope=scope or DEFAULT_SCOPE, identifier=session_id.strip()).validate_names()
+            return ObjectId.checked(scope or DEFAULT_SCOPE, session_id.strip())
         except ValueError as err:
-            raise CandelaInputError(
-                f"Invalid `session_id`/`scope` for task '{task_id}': {err} (got session_id={session_id!r}, "
-                f"scope={scope!r})."
-            ) from None
+            raise CandelaInputError(f"{_invalid('session_id', task_id)}: {err} (got {session_id!r}).") from None
     raise CandelaInputError(
-        f"Task '{task_id}' needs a session: pass `{argument}=start.output` (the XCom of a "
+        f"{who} needs a session: pass `{argument}=start.output` (the XCom of a "
         "CandelaStartSessionOperator), or `session_id='<identifier>'` (and `scope=` when not 'default')."
     )
 
@@ -185,11 +256,6 @@ def coerce_session(
 def session_ids(oid: ObjectId) -> dict[str, Any]:
     """The JSON form of a session id, as put in XCom and events."""
     return oid.model_dump(mode="json")
-
-
-def _invalid(argument: str, task_id: str | None) -> str:
-    """The start of a message: ``Invalid `prompt` for task 'ask'`` (or ``Invalid argument `prompt```, from a hook)."""
-    return f"Invalid `{argument}` for task '{task_id}'" if task_id is not None else f"Invalid argument `{argument}`"
 
 
 def require_unicode(value: str, *, argument: str, task_id: str | None = None) -> str:
@@ -211,7 +277,7 @@ def require_text(value: Any, *, argument: str, task_id: str | None = None) -> st
     """
     where = _invalid(argument, task_id)
     if not isinstance(value, str):
-        raise CandelaInputError(f"{where}: expected a string, got {type(value).__name__} ({_shorten(value)}).")
+        raise CandelaInputError(f"{where}: expected a string, got {type(value).__name__} ({_shown(value)}).")
     if not value.strip():
         raise CandelaInputError(f"{where}: it is empty. Pass a non-empty string.")
     return require_unicode(value, argument=argument, task_id=task_id)
@@ -234,62 +300,71 @@ def require_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = M
     return text
 
 
-def coerce_optional_scope(value: Any, *, argument: str, task_id: str) -> str | None:
-    """An optional scope-like name (``scope``, ``slot_type``): letters, digits, '-', '_' and '.'."""
-    name = coerce_optional_name(value, argument=argument, task_id=task_id)
-    if name is not None:
-        try:
-            ObjectId(scope=name, identifier="x").validate_names()
-        except ValueError:
-            raise CandelaInputError(
-                f"Invalid `{argument}` for task '{task_id}': {name!r} is not a valid name. Use letters, digits, "
-                "'-', '_' and '.', starting with a letter, digit or '_' (e.g. 'default')."
-            ) from None
+_NAME_HINTS: Final = {
+    "scope": "Use letters, digits, '-', '_' and '.', starting with a letter, digit or '_' (e.g. 'default').",
+    "version": "Use a semver-like string such as '1.0.0', or leave it empty for the latest.",
+}
+
+
+def coerce_name(
+    value: Any, *, kind: Literal["scope", "version"], argument: str, task_id: str | None = None
+) -> str | None:
+    """An optional scope-like name (``scope``, ``slot_type``) or version: ``None``, or a well-formed string.
+
+    :raises CandelaInputError: naming the argument, the task and the form expected.
+    """
+    if value is None or value == "":
+        return None
+    name = require_text(value, argument=argument, task_id=task_id)
+    if name_problem(kind, name) is not None:  # checked as given: "default\n" is not "default"
+        raise CandelaInputError(f"{_invalid(argument, task_id)}: {name!r} is not a valid {kind}. {_NAME_HINTS[kind]}")
     return name
 
 
-def coerce_optional_version(value: Any, *, argument: str, task_id: str) -> str | None:
-    """An optional semver-like version (``"1.0.0"``)."""
-    version = coerce_optional_name(value, argument=argument, task_id=task_id)
-    if version is not None:
-        try:
-            ObjectId(scope="x", identifier="x", version=version).validate_names()
-        except ValueError:
-            raise CandelaInputError(
-                f"Invalid `{argument}` for task '{task_id}': {version!r} is not a version. "
-                "Use a semver-like string such as '1.0.0', or leave it empty for the latest."
-            ) from None
-    return version
+def coerce_choice(value: Any, choices: tuple[str, ...], *, argument: str, task_id: str | None = None) -> str:
+    """One of ``choices`` (e.g. ``if_session_running``)."""
+    if value not in choices:
+        raise CandelaInputError(
+            f"{_invalid(argument, task_id)}: expected one of {', '.join(map(repr, choices))}, got {_shown(value)}."
+        )
+    return str(value)
 
 
-def coerce_optional_name(value: Any, *, argument: str, task_id: str) -> str | None:
+def coerce_positive_seconds(value: Any, *, argument: str, task_id: str | None = None) -> float:
+    """A positive number of seconds (a timeout, a poll interval)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise CandelaInputError(
+            f"{_invalid(argument, task_id)}: expected a positive number of seconds, got {_shown(value)}."
+        )
+    return float(value)
+
+
+def coerce_optional_name(value: Any, *, argument: str, task_id: str | None = None) -> str | None:
     """An optional scope / user name / identifier prefix: ``None``, or a non-blank string."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise CandelaInputError(
-            f"Invalid `{argument}` for task '{task_id}': expected a string, got {type(value).__name__} "
-            f"({_shorten(value)})."
+            f"{_invalid(argument, task_id)}: expected a string, got {type(value).__name__} ({_shown(value)})."
         )
     return require_unicode(value.strip(), argument=argument, task_id=task_id)
 
 
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0", "", "none"})
-
-
-def coerce_bool(value: Any, *, argument: str, task_id: str) -> bool:
+def coerce_bool(value: Any, *, argument: str, task_id: str | None = None) -> bool:
     """A flag given as a bool, or as text rendered by a template (``"True"``, ``"false"``, ``"1"`` ...).
 
     :raises CandelaInputError: naming the argument, the task and the accepted values.
     """
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    if isinstance(value, str):
+        # A template that renders nothing (or None) means "not set": False.
+        flag = False if value.strip().lower() in ("", "none") else parse_bool(value)
+        if flag is not None:
+            return flag
     raise CandelaInputError(
-        f"Invalid `{argument}` for task '{task_id}': expected True or False (or 'true'/'false' from a template), "
-        f"got {_shorten(value)}."
+        f"{_invalid(argument, task_id)}: expected True or False (or 'true'/'false' from a template), "
+        f"got {_shown(value)}."
     )
 
 
@@ -316,7 +391,7 @@ def coerce_older_than(value: Any, *, task_id: str, argument: str = "older_than")
             seconds = float(match["number"]) * _UNIT_SECONDS[unit]
     if seconds is None or seconds < 0:
         raise CandelaInputError(
-            f"Invalid `{argument}` for task '{task_id}': {_shorten(value)} is not a non-negative duration. "
+            f"{_invalid(argument, task_id)}: {_shown(value)} is not a non-negative duration. "
             "Pass a timedelta, a number of seconds, or a string such as '7d', '12h', '30m' or '3600'."
         )
     return timedelta(seconds=seconds)

@@ -14,9 +14,10 @@ This module must not import Airflow: the emulator uses it without Airflow instal
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -30,7 +31,9 @@ __all__ = [
     "HTTPValidationError",
     "ObjectId",
     "ObjectMetadata",
+    "PipelineAnswer",
     "Session",
+    "SessionRef",
     "SessionStartRequest",
     "SlotData",
     "SlotState",
@@ -61,6 +64,21 @@ _SHORT_FORM_RE: Final = re.compile(rf"(?P<scope>{_NAME})/(?P<identifier>{_NAME})
 # A lone surrogate: a code point UTF-8 cannot encode (from a JSON "\ud800" escape, or bytes decoded with
 # errors="surrogateescape").  Text holding one cannot be sent, logged or stored.
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+_NAME_RULES: Final = {
+    "scope": (_NAME_RE, "use letters, digits, '-', '_' and '.', and start with a letter, digit or '_'"),
+    "identifier": (_NAME_RE, "use letters, digits, '-', '_' and '.', and start with a letter, digit or '_'"),
+    "version": (_VERSION_RE, "use a semver-like string such as '1.0.0'"),
+}
+
+
+def name_problem(kind: str, value: Any) -> str | None:
+    """Why ``value`` is not a well-formed ``kind`` (``"scope"``, ``"identifier"`` or ``"version"``), or None."""
+    pattern, rule = _NAME_RULES[kind]
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return None
+    return f"{kind} {value!r} is not valid: {rule}"
 
 
 def text_problem(value: Any) -> str | None:
@@ -151,7 +169,7 @@ class ObjectId(_Wire):
         """
         if not isinstance(text, str):
             raise ValueError(f"expected a 'scope/identifier:version' string, got {type(text).__name__}")
-        match = _SHORT_FORM_RE.fullmatch(text.strip())
+        match = _SHORT_FORM_RE.fullmatch(text)  # as given: "default/x\n" is refused, not trimmed
         if match is None:
             raise ValueError(
                 f"{text!r} is not of the form 'scope/identifier' or 'scope/identifier:version' "
@@ -163,24 +181,19 @@ class ObjectId(_Wire):
         base = f"{self.scope}/{self.identifier}"
         return f"{base}:{self.version}" if self.version else base
 
-    def validate_names(self) -> ObjectId:
-        """Check scope, identifier and version are well formed; return self.
-
-        Wire parsing is lenient (a server may use names we do not expect); inputs from DAG
-        authors are checked with this before any request.
+    @classmethod
+    def checked(cls, scope: Any, identifier: Any, version: Any = None) -> ObjectId:
+        """An id from its parts, each checked (wire parsing stays lenient; DAG authors' ids are checked).
 
         :raises ValueError: naming the part that is malformed.
         """
-        for part in ("scope", "identifier"):
-            value = getattr(self, part)
-            if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-                raise ValueError(
-                    f"{part} {value!r} is not valid: use letters, digits, '-', '_' and '.', "
-                    "and start with a letter, digit or '_'"
-                )
-        if self.version is not None and not _VERSION_RE.fullmatch(self.version):
-            raise ValueError(f"version {self.version!r} is not valid: use a semver-like string such as '1.0.0'")
-        return self
+        for kind, value in (("scope", scope), ("identifier", identifier), ("version", version)):
+            if value is None and kind == "version":
+                continue
+            problem = name_problem(kind, value)
+            if problem is not None:
+                raise ValueError(problem)
+        return cls(scope=scope, identifier=identifier, version=version)
 
 
 class ObjectMetadata(_Wire):
@@ -191,6 +204,11 @@ class ObjectMetadata(_Wire):
     created_by: str
     created_at: datetime
     description: str | None = None
+
+
+#: A session as the hook's methods take it: its metadata (or dict, e.g. a start task's XCom), its id,
+#: or ``"scope/identifier[:version]"``.
+SessionRef: TypeAlias = "ObjectId | ObjectMetadata | str | Mapping[str, Any]"
 
 
 class Session(_Wire):
@@ -272,6 +290,27 @@ class SubmitPrompt(_Wire, _Sent):
     prompt: str
     session_id: str
     scope: str = DEFAULT_SCOPE
+
+
+class PipelineAnswer(BaseModel):
+    """The answer of ``POST /session/pipeline_submit``: an arbitrary JSON object, conventionally
+    ``{"metadata": {"request_id": ...}, "result": ...}``; every field the server sent is kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+
+    @property
+    def request_id(self) -> str | None:
+        """``metadata.request_id``, when the server sent one."""
+        value = self.metadata.get("request_id")
+        return None if value is None else str(value)
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The JSON object exactly as the server sent it (no field added)."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class Event(_Wire):

@@ -56,7 +56,7 @@ def run(emulator: CandelaEmulator) -> list[Row]:
     state: dict[str, Any] = {}
 
     def start(app: str) -> None:
-        state["session"] = hook.start_session(app, MODEL, if_session_running="stop").obj_id.identifier
+        state["session"] = hook.start_session(app, MODEL, if_session_running="stop").obj_id
 
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("ensure_slot", lambda: hook.ensure_slot(poll_interval=0.05)),

@@ -78,7 +78,7 @@ def _time_to_first_event(emulator: CandelaEmulator, session_id: str, rounds: int
 
     def hook_sample() -> float:
         started = time.perf_counter()
-        stream = hook.submit_prompt_to_agent(session_id, PROMPT)
+        stream = hook.submit_prompt_to_agent(f"default/{session_id}", PROMPT)
         try:
             event = next(stream)
             elapsed = time.perf_counter() - started
@@ -130,7 +130,7 @@ def _memory_child(reader: str, session_id: str) -> dict[str, Any]:
     count = 0
     kept: list[Event] = []
     if reader in ("hook", "hook-keep"):
-        for event in hook.submit_prompt_to_agent(session_id, PROMPT):
+        for event in hook.submit_prompt_to_agent(f"default/{session_id}", PROMPT):
             count += 1
             if reader == "hook-keep":
                 kept.append(event)

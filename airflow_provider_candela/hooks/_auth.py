@@ -18,6 +18,7 @@ from urllib.parse import quote
 import requests
 from pydantic import ValidationError
 
+from airflow_provider_candela._validation import validation_problems
 from airflow_provider_candela.exceptions import CandelaAuthError
 from airflow_provider_candela.hooks._config import CandelaConfig
 from airflow_provider_candela.hooks._retry import (
@@ -195,10 +196,10 @@ class TokenManager:
         try:
             token = TokenResponse.model_validate_json(resp.content)
         except ValidationError as exc:
-            missing = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
+            problems = validation_problems(exc, root="not a JSON object")
             raise CandelaAuthError(
-                f"The token endpoint {self._config.token_url} answered the {grant} grant with 200 but without "
-                f"a valid {' / '.join(missing) or 'JSON body'}: check the extra token_url of connection "
+                f"The token endpoint {self._config.token_url} answered the {grant} grant with 200 but not with "
+                f"a token ({problems}): check the extra token_url of connection "
                 f"{self._config.conn_id!r} (it must be the OAuth2 token endpoint, e.g. .../oauth2/<id>/v1/token)",
                 status=resp.status_code,
                 method="POST",

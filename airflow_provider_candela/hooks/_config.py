@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from airflow_provider_candela._validation import parse_bool
 from airflow_provider_candela.exceptions import CandelaConnectionConfigError
 
 __all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_SLOT_TYPE", "DEFAULT_TIMEOUT", "CandelaConfig", "load_config"]
@@ -45,9 +46,6 @@ KNOWN_EXTRAS: Final = (
     "secrets_file",
     "model",
 )
-
-_TRUE: Final = frozenset({"true", "yes", "on", "1"})
-_FALSE: Final = frozenset({"false", "no", "off", "0"})
 
 
 @dataclass(frozen=True)
@@ -225,10 +223,9 @@ def _verify(conn_id: str, value: Any) -> bool | str:
     text = _text(value)
     if text is None:
         return True
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
+    flag = parse_bool(text)
+    if flag is not None:
+        return flag
     path = os.path.expanduser(text)
     if not os.path.exists(path):
         raise _err(

@@ -28,6 +28,7 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from pydantic import TypeAdapter, ValidationError
 
 from airflow_provider_candela import __version__
+from airflow_provider_candela._validation import validation_problems
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaAuthError,
@@ -341,13 +342,14 @@ class CandelaHttpCore(BaseHook):
             )
         return self._tokens
 
-    def _retry_settings(self) -> RetrySettings:
+    def _retry_settings(self, deadline: float | None = None) -> RetrySettings:
+        """The retry rules in force; ``deadline`` shortens the total time of one call (e.g. a connection test)."""
         return RetrySettings(
             max_retries=self.config.max_retries,
             wait_base=self.retry_wait_base,
             wait_max=self.retry_wait_max,
             retry_after_cap=self.retry_after_cap,
-            deadline=self.retry_deadline,
+            deadline=self.retry_deadline if deadline is None else min(deadline, self.retry_deadline),
             sleep=self._sleep,
         )
 
@@ -480,11 +482,14 @@ class CandelaHttpCore(BaseHook):
             detail=self._scrub(str(exc)),
         )
 
-    def _execute(self, call: _Call, *, done_statuses: frozenset[int] = frozenset()) -> requests.Response | None:
+    def _execute(
+        self, call: _Call, *, done_statuses: frozenset[int] = frozenset(), deadline: float | None = None
+    ) -> requests.Response | None:
         """Run an idempotent or prompt call with retries; return its 2xx response.
 
         :param done_statuses: statuses that, on a *retried* attempt, mean an earlier attempt already
             did the work (e.g. 404 after a DELETE whose response was lost); the call then returns None.
+        :param deadline: a shorter total time for this call than ``retry_deadline``.
         """
         attempts = 0
 
@@ -499,10 +504,10 @@ class CandelaHttpCore(BaseHook):
                     return None
                 raise
 
-        return call_with_retries(attempt, self._retry_settings(), call.what, self.log)
+        return call_with_retries(attempt, self._retry_settings(deadline), call.what, self.log)
 
-    def _request(self, call: _Call) -> requests.Response:
-        resp = self._execute(call)
+    def _request(self, call: _Call, *, deadline: float | None = None) -> requests.Response:
+        resp = self._execute(call, deadline=deadline)
         assert resp is not None
         return resp
 
@@ -584,16 +589,7 @@ class CandelaHttpCore(BaseHook):
         try:
             return adapter.validate_python(data, strict=expected in ("true/false", "an integer"))
         except ValidationError as exc:
-            problems: list[str] = []
-            for err in exc.errors()[:5]:
-                loc = ".".join(str(part) for part in err["loc"])
-                if err["type"] == "missing":
-                    problems.append(f"missing field {loc!r}")
-                elif loc:
-                    problems.append(f"field {loc!r}: {err['msg']}")
-                else:
-                    problems.append(f"expected {expected}, got {type(data).__name__}")
-            detail = "; ".join(problems)
+            detail = validation_problems(exc, root=f"expected {expected}, got {type(data).__name__}")
             raise CandelaResponseError(
                 f"Candela answered {call.what} with {resp.status_code} but not with {expected}: {detail}. "
                 "The server may speak another API version than this provider (Gen A Sessions API)",

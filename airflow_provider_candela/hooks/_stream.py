@@ -13,6 +13,7 @@ import requests
 import urllib3.exceptions
 from pydantic import ValidationError
 
+from airflow_provider_candela._validation import validation_problems
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaCancelledError,
@@ -225,11 +226,8 @@ class CandelaEventStream(Iterator[Event]):
         try:
             return Event.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                (f"missing field {'.'.join(map(str, e['loc']))!r}" if e["type"] == "missing" else e["msg"])
-                if e["loc"]
-                else f"expected an object with event_type and content, got {type(data).__name__}"
-                for e in exc.errors()
+            problems = validation_problems(
+                exc, root=f"expected an object with event_type and content, got {type(data).__name__}"
             )
             raise CandelaResponseError(
                 f"Line {self._line_number} of the agent stream from {self._what} is not an event: {problems}",

@@ -11,18 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
-from airflow_provider_candela._validation import IF_SESSION_RUNNING, require_prompt
+from airflow_provider_candela._validation import (
+    IF_SESSION_RUNNING,
+    coerce_choice,
+    coerce_model,
+    coerce_name,
+    coerce_object_id,
+    coerce_positive_seconds,
+    require_prompt,
+)
 from airflow_provider_candela.connection_form import form_widgets, ui_field_behaviour
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaError,
-    CandelaInputError,
     CandelaResponseError,
     CandelaSessionRunningError,
     CandelaSlotError,
@@ -37,13 +44,14 @@ from airflow_provider_candela.hooks._retry import (
 from airflow_provider_candela.hooks._stream import CandelaEventStream
 from airflow_provider_candela.hooks._transport import Exchange
 from airflow_provider_candela.models import (
-    DEFAULT_SCOPE,
     CircuitDTO,
     DevSessionStartRequest,
     Directive,
     ObjectId,
     ObjectMetadata,
+    PipelineAnswer,
     Session,
+    SessionRef,
     SessionStartRequest,
     SlotData,
     SlotState,
@@ -59,7 +67,10 @@ _SESSION = TypeAdapter(Session)
 _SLOT_DATA = TypeAdapter(SlotData)
 _BOOL = TypeAdapter(bool)
 _INT = TypeAdapter(int)
-_JSON_OBJECT = TypeAdapter(dict[str, Any])
+_PIPELINE_ANSWER = TypeAdapter(PipelineAnswer)
+
+#: Longest a connection test (the UI's "Test" button) may take, retries included.
+TEST_CONNECTION_DEADLINE: Final = 20.0
 
 T = TypeVar("T")
 
@@ -108,10 +119,9 @@ class CandelaHook(CandelaHttpCore):
 
         :return: ``(True, message)`` on success, ``(False, reason)`` otherwise; no secret in either.
         """
-        saved = self.retry_deadline
-        self.retry_deadline = min(self.retry_deadline, 20.0)
         try:
-            has_slot = self.user_has_slot()
+            call = _Call("GET", "/slot/user_has_slot")
+            has_slot = self._parse(self._request(call, deadline=TEST_CONNECTION_DEADLINE), _BOOL, "true/false", call)
             cfg = self.config
             auth = "a personal access token" if cfg.uses_pat else f"user {cfg.username!r}"
             slot = "has a slot" if has_slot else "has no slot yet"
@@ -120,47 +130,9 @@ class CandelaHook(CandelaHttpCore):
             return False, self._scrub(str(exc))
         except Exception as exc:
             return False, self._scrub(f"{type(exc).__name__}: {exc}")
-        finally:
-            self.retry_deadline = saved
 
     # ------------------------------------------------------------------------------------------
-    # argument helpers
-
-    @staticmethod
-    def _object_id(value: ObjectId | str | Mapping[str, Any], argument: str) -> ObjectId:
-        try:
-            if isinstance(value, ObjectId):
-                oid = value
-            elif isinstance(value, str):
-                oid = ObjectId.parse(value)
-            elif isinstance(value, Mapping):
-                data = value.get("obj_id", value) if isinstance(value.get("obj_id"), Mapping) else value
-                oid = ObjectId.model_validate(data)
-            else:
-                raise ValueError(f"got {type(value).__name__}")
-            return oid.validate_names()
-        except (ValueError, ValidationError) as exc:
-            if isinstance(exc, ValidationError):
-                first = exc.errors()[0]
-                where = ".".join(str(part) for part in first["loc"])
-                reason = f"{where}: {first['msg']}" if where else first["msg"]
-            else:
-                reason = str(exc)
-            raise CandelaInputError(
-                f"Argument {argument!r} is not a Candela object id ({reason}): pass an ObjectId, "
-                "a dict with scope/identifier/version, or 'scope/identifier:version'"
-            ) from None
-
-    @staticmethod
-    def _model(value: Any, model: type[T], argument: str) -> T:
-        adapter = TypeAdapter(model)
-        try:
-            return adapter.validate_python(value)
-        except ValidationError as exc:
-            lines = "; ".join(
-                (".".join(str(p) for p in e["loc"]) or argument) + f": {e['msg']}" for e in exc.errors()[:5]
-            )
-            raise CandelaInputError(f"Argument {argument!r} is not a valid {model.__name__}: {lines}") from None
+    # arguments (every check lives in airflow_provider_candela._validation)
 
     @staticmethod
     def _session_params(session: ObjectId) -> dict[str, str]:
@@ -170,38 +142,10 @@ class CandelaHook(CandelaHttpCore):
         return params
 
     @staticmethod
-    def _require_text(value: Any, argument: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise CandelaInputError(f"Argument {argument!r} must be a non-empty string, got {_short(value)}")
-        return value
-
-    @staticmethod
-    def _scope(value: Any, argument: str = "scope") -> str:
-        """A well-formed scope name (checked before any request)."""
-        if not isinstance(value, str):
-            raise CandelaInputError(
-                f"Argument {argument!r} must be a scope name such as 'default', got {type(value).__name__} "
-                f"{_short(value)}"
-            )
-        try:
-            ObjectId(scope=value, identifier="x").validate_names()
-        except ValueError as exc:
-            raise CandelaInputError(f"Argument {argument!r} is not a valid scope: {exc}") from None
-        return value
-
-    def _prompt(self, session_id: Any, prompt: Any, scope: Any) -> SubmitPrompt:
+    def _prompt(session: SessionRef, prompt: Any) -> SubmitPrompt:
         """The body of a prompt call, every argument checked before any request."""
-        text = require_prompt(prompt)
-        identifier = self._require_text(session_id, "session_id")
-        scope = self._scope(scope)
-        try:
-            ObjectId(scope=scope, identifier=identifier).validate_names()
-        except ValueError as exc:
-            raise CandelaInputError(
-                f"Argument 'session_id' is not a session identifier ({exc}): pass obj_id.identifier of the "
-                "session start_session returned"
-            ) from None
-        return SubmitPrompt(prompt=text, session_id=identifier, scope=scope)
+        oid = coerce_object_id(session, argument="session")
+        return SubmitPrompt(prompt=require_prompt(prompt), session_id=oid.identifier, scope=oid.scope)
 
     # ------------------------------------------------------------------------------------------
     # sessions
@@ -233,16 +177,18 @@ class CandelaHook(CandelaHttpCore):
             ``"fail"`` (raise :class:`CandelaSessionRunningError`) or ``"stop"`` (stop it and start again).
         :return: the new session's metadata (``obj_id.identifier`` is the session id for prompts).
         """
-        app_id = self._object_id(app, "app")
-        model_id = self._object_id(model, "model")
+        app_id = coerce_object_id(app, argument="app")
+        model_id = coerce_object_id(model, argument="model")
         request = SessionStartRequest(
             app=app_id,
             model_cfg=model_id,
-            scope=None if scope is None else self._scope(scope),
-            parent_session=self._object_id(parent_session, "parent_session") if parent_session else None,
-            circuit_override=self._object_id(circuit_override, "circuit_override") if circuit_override else None,
+            scope=coerce_name(scope, kind="scope", argument="scope"),
+            parent_session=coerce_object_id(parent_session, argument="parent_session") if parent_session else None,
+            circuit_override=coerce_object_id(circuit_override, argument="circuit_override")
+            if circuit_override
+            else None,
             directive_override=(
-                self._object_id(directive_override, "directive_override") if directive_override else None
+                coerce_object_id(directive_override, argument="directive_override") if directive_override else None
             ),
         )
 
@@ -278,16 +224,16 @@ class CandelaHook(CandelaHttpCore):
         :param tool_module: Python source of tool classes (a string) or a ``ToolModule``.
         :param if_session_running: as for :meth:`start_session`.
         """
-        model_id = self._object_id(model, "model")
+        model_id = coerce_object_id(model, argument="model")
         if isinstance(tool_module, str):
             tool_module = ToolModule(content=tool_module)
         request = DevSessionStartRequest(
             model_id=model_id,
-            circuit=self._model(circuit, CircuitDTO, "circuit"),
-            directive=self._model(directive, Directive, "directive"),
-            scope=None if scope is None else self._scope(scope),
-            parent_session=self._object_id(parent_session, "parent_session") if parent_session else None,
-            tool_module_override=self._model(tool_module, ToolModule, "tool_module") if tool_module else None,
+            circuit=coerce_model(circuit, CircuitDTO, argument="circuit"),
+            directive=coerce_model(directive, Directive, argument="directive"),
+            scope=coerce_name(scope, kind="scope", argument="scope"),
+            parent_session=coerce_object_id(parent_session, argument="parent_session") if parent_session else None,
+            tool_module_override=coerce_model(tool_module, ToolModule, argument="tool_module") if tool_module else None,
         )
 
         def matches(session: Session) -> bool:
@@ -303,11 +249,7 @@ class CandelaHook(CandelaHttpCore):
 
         :raises CandelaSessionRunningError: a session runs on the user's slot (``"fail"``, or again after the stop).
         """
-        if if_session_running not in IF_SESSION_RUNNING:
-            raise CandelaInputError(
-                f"Argument 'if_session_running' must be one of {', '.join(map(repr, IF_SESSION_RUNNING))}, "
-                f"got {_short(if_session_running)}"
-            )
+        coerce_choice(if_session_running, IF_SESSION_RUNNING, argument="if_session_running")
         try:
             return self._start_once(call, matches)
         except CandelaSessionRunningError:
@@ -392,32 +334,31 @@ class CandelaHook(CandelaHttpCore):
             ) from exc
         return None
 
-    def submit_pipeline_prompt(self, session_id: str, prompt: str, *, scope: str = DEFAULT_SCOPE) -> dict[str, Any]:
+    def submit_pipeline_prompt(self, session: SessionRef, prompt: str) -> PipelineAnswer:
         """Send a prompt to a running pipeline session (``POST /session/pipeline_submit``).
 
         Not replayed once the request may have reached Candela (a pipeline may have side effects).
 
-        :param session_id: ``obj_id.identifier`` of the session (from :meth:`start_session`).
+        :param session: the session: its ``ObjectMetadata`` (or dict, e.g. a start task's XCom), its
+            ``ObjectId`` or ``"scope/identifier"``.
         :param prompt: the prompt text.
-        :param scope: the session's scope.
-        :return: the pipeline's JSON answer (``metadata.request_id`` and the result).
+        :return: the pipeline's answer (``metadata.request_id``, ``result`` and whatever else it sent).
         """
-        body = self._prompt(session_id, prompt, scope)
+        body = self._prompt(session, prompt)
         call = _Call("POST", "/session/pipeline_submit", "submit", body=body.model_dump(mode="json"))
-        return self._parse(self._request(call), _JSON_OBJECT, "a JSON object", call)
+        return self._parse(self._request(call), _PIPELINE_ANSWER, "a JSON object", call)
 
-    def submit_prompt_to_agent(self, session_id: str, prompt: str, *, scope: str = DEFAULT_SCOPE) -> CandelaEventStream:
+    def submit_prompt_to_agent(self, session: SessionRef, prompt: str) -> CandelaEventStream:
         """Send a prompt to a running agent session and stream its answer (``POST /session/agent_submit``).
 
         The request is sent now; the returned :class:`CandelaEventStream` yields each :class:`Event`
         as soon as its line arrives.  Read it to the end (or ``close()`` it / use it in a ``with``)
         so the connection is released.  Not replayed once the request may have reached Candela.
 
-        :param session_id: ``obj_id.identifier`` of the session.
+        :param session: the session, in any form :meth:`submit_pipeline_prompt` takes.
         :param prompt: the prompt text.
-        :param scope: the session's scope.
         """
-        body = self._prompt(session_id, prompt, scope)
+        body = self._prompt(session, prompt)
         call = _Call("POST", "/session/agent_submit", "submit", body=body.model_dump(mode="json"), stream=True)
         resp = self._request(call)
         exchange: Exchange = resp.candela_exchange  # type: ignore[attr-defined]
@@ -441,7 +382,7 @@ class CandelaHook(CandelaHttpCore):
 
         :return: the metadata of the deleted versions (empty when a retried call found them already gone).
         """
-        oid = self._object_id(session, "session")
+        oid = coerce_object_id(session, argument="session")
         call = _Call("DELETE", "/sessions/", params=self._session_params(oid))
         resp = self._execute(call, done_statuses=frozenset({404}))
         if resp is None:
@@ -450,13 +391,13 @@ class CandelaHook(CandelaHttpCore):
 
     def get_session(self, session: ObjectId | str) -> Session:
         """The stored session (``GET /sessions/``): app, model, host, overrides."""
-        oid = self._object_id(session, "session")
+        oid = coerce_object_id(session, argument="session")
         call = _Call("GET", "/sessions/", params=self._session_params(oid))
         return self._parse(self._request(call), _SESSION, "a Session object", call)
 
     def get_session_metadata(self, session: ObjectId | str) -> ObjectMetadata:
         """The session's metadata (``GET /sessions/metadata``)."""
-        oid = self._object_id(session, "session")
+        oid = coerce_object_id(session, argument="session")
         call = _Call("GET", "/sessions/metadata", params=self._session_params(oid))
         return self._parse(self._request(call), _OBJECT_METADATA, "an ObjectMetadata object", call)
 
@@ -467,7 +408,7 @@ class CandelaHook(CandelaHttpCore):
 
     def session_exists(self, session: ObjectId | str) -> bool:
         """Whether the session exists (``GET /sessions/exists``)."""
-        oid = self._object_id(session, "session")
+        oid = coerce_object_id(session, argument="session")
         call = _Call("GET", "/sessions/exists", params=self._session_params(oid))
         return self._parse(self._request(call), _BOOL, "true/false", call)
 
@@ -484,12 +425,7 @@ class CandelaHook(CandelaHttpCore):
 
         :param slot_type: e.g. ``"gpu-medium"``; default: the connection's ``slot_type`` extra.
         """
-        if slot_type is not None and not isinstance(slot_type, str):
-            raise CandelaInputError(
-                f"Argument 'slot_type' must be a slot type name such as {DEFAULT_SLOT_TYPE!r} (or None for the "
-                f"connection's), got {type(slot_type).__name__} {_short(slot_type)}"
-            )
-        slot = (slot_type or "").strip() or self.config.slot_type or DEFAULT_SLOT_TYPE
+        slot = coerce_name(slot_type, kind="scope", argument="slot_type") or self.config.slot_type or DEFAULT_SLOT_TYPE
         self._request(_Call("PUT", "/slot", params={"slot_type": slot})).close()
 
     def get_slot_state(self) -> SlotState:
@@ -538,11 +474,8 @@ class CandelaHook(CandelaHttpCore):
         :raises CandelaSlotError: the slot went to ERRORED or HOST_GONE.
         :raises CandelaTimeoutError: the slot was not ready within ``timeout``.
         """
-        for argument, value in (("timeout", timeout), ("poll_interval", poll_interval)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise CandelaInputError(
-                    f"Argument {argument!r} of ensure_slot must be a positive number of seconds, got {_short(value)}"
-                )
+        timeout = coerce_positive_seconds(timeout, argument="timeout")
+        poll_interval = coerce_positive_seconds(poll_interval, argument="poll_interval")
         deadline = time.monotonic() + timeout
         if not self.user_has_slot():
             self.log.info("The Candela user has no slot; assigning one of type %s", slot_type or self.config.slot_type)
@@ -570,12 +503,6 @@ class CandelaHook(CandelaHttpCore):
                     "raise the timeout, or check the slot type and Candela's capacity"
                 )
             self._sleep(min(poll_interval, remaining))
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a 10 MB prompt must not become a 10 MB message)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _same(actual: ObjectId | None, wanted: ObjectId) -> bool:

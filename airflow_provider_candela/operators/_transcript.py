@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_candela._validation import shorten
+
 if TYPE_CHECKING:
     from airflow_provider_candela.models import Event
 
@@ -165,8 +167,7 @@ def _cut(text: str, start: int, soft_limit: int, hard_limit: int) -> int | None:
 
 
 def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    return shorten(" ".join(text.split()), limit)
 
 
 def _parse_result(content: str) -> Any:

@@ -18,16 +18,15 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, TriggerRule
-from pydantic import ValidationError
 
 from airflow_provider_candela._validation import (
     IF_SESSION_RUNNING,
     coerce_bool,
+    coerce_model,
+    coerce_name,
     coerce_object_id,
     coerce_older_than,
     coerce_optional_name,
-    coerce_optional_scope,
-    coerce_optional_version,
     coerce_session,
     is_resolved,
     require_prompt,
@@ -196,8 +195,8 @@ class _StartOperatorBase(_CandelaOperator):
                 f"Invalid `slot_ready_timeout` for task '{self.task_id}': expected a positive number of seconds, "
                 f"got {slot_ready_timeout!r}."
             )
-        self._check_now(scope, lambda v: coerce_optional_scope(v, argument="scope", task_id=self.task_id))
-        self._check_now(slot_type, lambda v: coerce_optional_scope(v, argument="slot_type", task_id=self.task_id))
+        self._check_now(scope, lambda v: coerce_name(v, kind="scope", argument="scope", task_id=self.task_id))
+        self._check_now(slot_type, lambda v: coerce_name(v, kind="scope", argument="slot_type", task_id=self.task_id))
         if parent_session is not None:
             self._check_now(
                 parent_session, lambda v: coerce_object_id(v, argument="parent_session", task_id=self.task_id)
@@ -212,7 +211,7 @@ class _StartOperatorBase(_CandelaOperator):
         """Ensure the slot, then start (``start`` passes ``if_session_running`` to the hook)."""
         with self._task_hook() as hook:
             if self.ensure_slot:
-                slot_type = coerce_optional_scope(self.slot_type, argument="slot_type", task_id=self.task_id)
+                slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
                 slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
                 self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
             try:
@@ -338,7 +337,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         circuit_override = self._optional_id(self.circuit_override, "circuit_override")
         directive_override = self._optional_id(self.directive_override, "directive_override")
         parent_session = self._optional_id(self.parent_session, "parent_session")
-        scope = coerce_optional_scope(self.scope, argument="scope", task_id=self.task_id)
+        scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=self.task_id)
         self.log.info("Starting app %s with model %s in scope %s.", app, model, scope or "default")
         return self._start(
             lambda hook: hook.start_session(
@@ -406,36 +405,21 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
         )
         self.model = model
         self._check_now(model, lambda v: coerce_object_id(v, argument="model", task_id=self.task_id))
-        self.circuit = self._structure(CircuitDTO, circuit, "circuit", "{'first': 'n1', 'nodes': {'n1': {...}}}")
-        self.directive = self._structure(Directive, directive, "directive", "{'identity': ..., 'purpose': ...}")
+        tid = self.task_id
+        example = "{'first': 'n1', 'nodes': {'n1': {...}}}"
+        self.circuit = coerce_model(circuit, CircuitDTO, argument="circuit", task_id=tid, example=example)
+        example = "{'identity': ..., 'purpose': ...}"
+        self.directive = coerce_model(directive, Directive, argument="directive", task_id=tid, example=example)
         self.tool_module: ToolModule | None = None
         if tool_module is not None:
             source = {"content": tool_module} if isinstance(tool_module, str) else tool_module
-            self.tool_module = self._structure(ToolModule, source, "tool_module", "the Python source as a string")
-
-    def _structure(self, model_cls: Any, value: Any, argument: str, example: str) -> Any:
-        if isinstance(value, model_cls):
-            return value
-        try:
-            if not isinstance(value, Mapping):
-                raise TypeError(f"expected a {model_cls.__name__} or a dict, got {type(value).__name__}")
-            return model_cls.model_validate(dict(value))
-        except (TypeError, ValidationError) as err:
-            detail = (
-                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False))
-                if isinstance(err, ValidationError)
-                else str(err)
-            )
-            raise CandelaInputError(
-                f"Invalid `{argument}` for task '{self.task_id}': {detail}. Pass a {model_cls.__name__} or a dict "
-                f"such as {example}."
-            ) from None
+            self.tool_module = coerce_model(source, ToolModule, argument="tool_module", task_id=tid)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Ensure a slot, stop the user's running session, start the dev session; return its metadata."""
         model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
         parent_session = self._optional_id(self.parent_session, "parent_session")
-        scope = coerce_optional_scope(self.scope, argument="scope", task_id=self.task_id)
+        scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=self.task_id)
         self.log.info(
             "Starting a dev session with model %s (circuit entry %r, %d nodes) in scope %s.",
             model,
@@ -532,10 +516,10 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
         oid, prompt = self._session_and_prompt()
         self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), oid)
         with self._task_hook() as hook:
-            answer = hook.submit_pipeline_prompt(oid.identifier, prompt, scope=oid.scope)
-        request_id = (answer.get("metadata") or {}).get("request_id") if isinstance(answer, dict) else None
-        self.log.info("Pipeline answered (request id %s, keys %s).", request_id, sorted(answer))
-        return dict(answer)
+            answer = hook.submit_pipeline_prompt(oid, prompt)
+        xcom = answer.to_xcom()
+        self.log.info("Pipeline answered (request id %s, keys %s).", answer.request_id, sorted(xcom))
+        return xcom
 
 
 class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
@@ -595,7 +579,7 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         try:
             with (
                 self._task_hook() as hook,
-                hook.submit_prompt_to_agent(oid.identifier, prompt, scope=oid.scope) as stream,
+                hook.submit_prompt_to_agent(oid, prompt) as stream,
             ):
                 transcript.consume(stream)
         finally:
@@ -751,8 +735,8 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
                 self.identifier_prefix, argument="identifier_prefix", task_id=tid
             ),
         }
-        scope = coerce_optional_scope(self.scope, argument="scope", task_id=tid)
-        version = coerce_optional_version(self.version, argument="version", task_id=tid)
+        scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=tid)
+        version = coerce_name(self.version, kind="version", argument="version", task_id=tid)
         has_session = (self.session is not None and self.session != "") or bool(self.session_id)
         if has_session:
             used = [name for name, value in filters.items() if value is not None]
@@ -777,7 +761,7 @@ class CandelaDeleteSessionOperator(_CandelaOperator):
                     raise CandelaInputError(
                         f"Task '{tid}': `version`={version!r} contradicts the version of `session` ({oid.version!r})."
                     )
-                oid = ObjectId(scope=oid.scope, identifier=oid.identifier, version=version).validate_names()
+                oid = ObjectId.checked(oid.scope, oid.identifier, version)
             return [oid], {}
         if version:
             raise CandelaInputError(

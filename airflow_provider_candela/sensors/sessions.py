@@ -15,9 +15,8 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_candela._validation import (
+    coerce_name,
     coerce_object_id,
-    coerce_optional_scope,
-    coerce_optional_version,
     is_resolved,
 )
 from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
@@ -95,7 +94,7 @@ class CandelaSessionExistsSensor(BaseSensorOperator):
             raise CandelaInputError(f"Task '{tid}' got both `session` and `identifier`/`version`: pass one of them.")
         if given_session:
             oid = coerce_object_id(self.session, argument="session", task_id=tid)
-            scope = coerce_optional_scope(self.scope, argument="scope", task_id=tid)
+            scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=tid)
             if scope and scope != oid.scope:
                 raise CandelaInputError(
                     f"Task '{tid}': `scope`={scope!r} contradicts the scope of `session` ({oid.scope!r})."
@@ -108,9 +107,9 @@ class CandelaSessionExistsSensor(BaseSensorOperator):
             )
         return coerce_object_id(
             {
-                "scope": coerce_optional_scope(self.scope, argument="scope", task_id=tid) or "default",
+                "scope": coerce_name(self.scope, kind="scope", argument="scope", task_id=tid) or "default",
                 "identifier": self.identifier,
-                "version": coerce_optional_version(self.version, argument="version", task_id=tid),
+                "version": coerce_name(self.version, kind="version", argument="version", task_id=tid),
             },
             argument="identifier",
             task_id=tid,

@@ -111,8 +111,8 @@ def test_session_lifecycle_calls(ready: CandelaHook, emulator: CandelaEmulator) 
     assert session.app is not None and session.app.identifier == "demo-pipeline"
     assert session.model_cfg.identifier == "demo-model" and session.dev_session is False
     assert meta in hook.list_sessions()
-    answer = hook.submit_pipeline_prompt(meta.obj_id.identifier, "count these words")
-    assert answer["result"]["word_count"] == 3 and answer["metadata"]["request_id"]
+    answer = hook.submit_pipeline_prompt(meta.obj_id, "count these words")
+    assert answer.result["word_count"] == 3 and answer.request_id
     hook.stop_session()
     assert running(emulator) is None
     hook.stop_session()  # fine when nothing runs
@@ -154,7 +154,7 @@ def test_start_dev_session_and_stream_an_agent_answer(ready: CandelaHook) -> Non
     )
     session = ready.get_session(meta.obj_id)
     assert session.dev_session is True and session.app is None
-    events = list(ready.submit_prompt_to_agent(meta.obj_id.identifier, "show me a result table", scope="dev"))
+    events = list(ready.submit_prompt_to_agent(meta.obj_id, "show me a result table"))
     assert all(isinstance(e, Event) for e in events)
     assert events[0].event_type == "user" and events[0].content == "show me a result table"
     assert events[-1].event_type == "result"
@@ -163,7 +163,7 @@ def test_start_dev_session_and_stream_an_agent_answer(ready: CandelaHook) -> Non
 
 def test_agent_stream_is_a_closable_context_manager(ready: CandelaHook) -> None:
     meta = ready.start_session(AGENT, MODEL)
-    with ready.submit_prompt_to_agent(meta.obj_id.identifier, "hello there") as stream:  # type: ignore[attr-defined]
+    with ready.submit_prompt_to_agent(meta.obj_id, "hello there") as stream:  # type: ignore[attr-defined]
         first = next(stream)
     assert first.event_type == "user"
     with pytest.raises(StopIteration):
@@ -175,7 +175,7 @@ def test_agent_stream_is_a_closable_context_manager(ready: CandelaHook) -> None:
 def test_prompt_to_the_wrong_kind_of_session(ready: CandelaHook) -> None:
     meta = ready.start_session(AGENT, MODEL)
     with pytest.raises(CandelaApiError) as info:
-        ready.submit_pipeline_prompt(meta.obj_id.identifier, "hi")
+        ready.submit_pipeline_prompt(meta.obj_id, "hi")
     assert str(info.value).startswith("Candela rejected POST /session/pipeline_submit (400): Session 'default/")
     assert "may or may not" not in str(info.value)  # a 400 is a clear refusal
 
@@ -198,12 +198,12 @@ def test_unknown_session(hook: CandelaHook) -> None:
 @pytest.mark.parametrize(
     ("call", "fragment"),
     [
-        (lambda h: h.start_session("not an id", MODEL), "Argument 'app' is not a Candela object id"),
-        (lambda h: h.start_session(PIPELINE, "default/"), "Argument 'model' is not a Candela object id"),
-        (lambda h: h.get_session("default/a b"), "Argument 'session' is not a Candela object id"),
-        (lambda h: h.start_dev_session(MODEL, {"nodes": {}}, {}), "Argument 'circuit' is not a valid CircuitDTO"),
-        (lambda h: h.submit_pipeline_prompt("", "hi"), "Argument 'session_id' must be a non-empty string"),
-        (lambda h: h.submit_prompt_to_agent("s", "  "), "Invalid argument `prompt`: it is empty"),
+        (lambda h: h.start_session("not an id", MODEL), "Invalid argument `app`: 'not an id' is not of the form"),
+        (lambda h: h.start_session(PIPELINE, "default/"), "Invalid argument `model`: 'default/' is not of the form"),
+        (lambda h: h.get_session("default/a b"), "Invalid argument `session`: 'default/a b' is not of the form"),
+        (lambda h: h.start_dev_session(MODEL, {"nodes": {}}, {}), "Invalid argument `circuit`: missing field 'first'"),
+        (lambda h: h.submit_pipeline_prompt("", "hi"), "Invalid argument `session`: '' is not of the form"),
+        (lambda h: h.submit_prompt_to_agent("default/s", "  "), "Invalid argument `prompt`: it is empty"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(

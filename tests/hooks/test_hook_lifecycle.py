@@ -14,11 +14,11 @@ def test_lifecycle_uses_one_token_and_one_connection(hook: CandelaHook, emulator
     assert slot.state == 3
     hook.stop_session()
     pipeline = hook.start_session(PIPELINE, MODEL)
-    answer = hook.submit_pipeline_prompt(pipeline.obj_id.identifier, "summarise this")
-    assert answer["metadata"]["request_id"]
+    answer = hook.submit_pipeline_prompt(pipeline.obj_id, "summarise this")
+    assert answer.request_id
     hook.stop_session()
     agent = hook.start_session(AGENT, MODEL)
-    events = list(hook.submit_prompt_to_agent(agent.obj_id.identifier, "make a result table"))
+    events = list(hook.submit_prompt_to_agent(agent.obj_id, "make a result table"))
     assert events[0].event_type == "user" and events[-1].event_type == "result"
     hook.stop_session()
     assert hook.delete_session(pipeline.obj_id) == [pipeline]

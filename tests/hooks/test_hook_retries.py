@@ -244,7 +244,7 @@ def test_prompts_are_not_replayed(
     emulator.add_fault(match=route, **fault)
     submit = ready.submit_prompt_to_agent if agent else ready.submit_pipeline_prompt
     with pytest.raises(CandelaApiError) as info:
-        submit(meta.obj_id.identifier, "do it once")
+        submit(meta.obj_id, "do it once")
     assert "The prompt may or may not have run; it is not resubmitted automatically" in str(info.value)
     assert sum(requests_of(emulator.stats(), route).values()) == 1
 
@@ -255,14 +255,14 @@ def test_429_on_a_prompt_is_retried(ready: CandelaHook, emulator: CandelaEmulato
     meta = ready.start_session(AGENT if agent else PIPELINE, MODEL)
     emulator.add_fault(match=route, status=429, retry_after="0")
     if agent:
-        events = list(ready.submit_prompt_to_agent(meta.obj_id.identifier, "hi"))
+        events = list(ready.submit_prompt_to_agent(meta.obj_id, "hi"))
         assert events[0].event_type == "user"
     else:
-        assert ready.submit_pipeline_prompt(meta.obj_id.identifier, "hi")["result"]
+        assert ready.submit_pipeline_prompt(meta.obj_id, "hi").result
     assert requests_of(emulator.stats(), route) == {"429": 1, "200": 1}
 
 
 def test_prompt_to_an_unreachable_api_is_retried(make_hook: MakeHook) -> None:
     hook = make_hook(pat=True, host=f"http://127.0.0.1:{closed_port()}", extra={"max_retries": 1})
     with pytest.raises(CandelaApiError, match="gave up after 2 attempts"):
-        hook.submit_pipeline_prompt("s", "never sent")  # refused before sending: retrying cannot run it twice
+        hook.submit_pipeline_prompt("default/s", "never sent")  # refused before sending: retrying cannot run it twice

@@ -14,19 +14,21 @@ import urllib3
 from airflow_provider_candela.exceptions import CandelaApiError, CandelaResponseError
 from airflow_provider_candela.hooks._stream import CandelaEventStream
 from airflow_provider_candela.hooks.candela import CandelaHook
-from airflow_provider_candela.models import Event
+from airflow_provider_candela.models import Event, ObjectId
 from airflow_provider_candela.testing import CandelaEmulator
 
 from ._helpers import AGENT, MODEL
 
 
 @pytest.fixture
-def agent(ready: CandelaHook) -> str:
+def agent(ready: CandelaHook) -> ObjectId:
     """The id of a running agent session."""
-    return ready.start_session(AGENT, MODEL).obj_id.identifier
+    return ready.start_session(AGENT, MODEL).obj_id
 
 
-def test_first_event_arrives_before_the_stream_ends(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_first_event_arrives_before_the_stream_ends(
+    ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId
+) -> None:
     emulator.configure(event_delay=0.4, agent_chat_events=4)  # user + 4 chat events: about 2 s in all
     started = time.monotonic()
     stream = ready.submit_prompt_to_agent(agent, "tell me slowly")
@@ -39,7 +41,7 @@ def test_first_event_arrives_before_the_stream_ends(ready: CandelaHook, emulator
     assert all(later > earlier for earlier, later in itertools.pairwise(arrivals))
 
 
-def test_memory_does_not_grow_with_the_stream(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_memory_does_not_grow_with_the_stream(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.configure(agent_chat_events=40_000)
     tracemalloc.start()
     try:
@@ -56,13 +58,15 @@ def test_memory_does_not_grow_with_the_stream(ready: CandelaHook, emulator: Cand
     assert peak < 600_000, f"peak {peak} bytes for a {received} byte stream"
 
 
-def test_stream_cut_short_by_the_server_is_the_end(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_stream_cut_short_by_the_server_is_the_end(
+    ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId
+) -> None:
     emulator.add_fault(match="POST /session/agent_submit", cut_after_events=2)
     events = list(ready.submit_prompt_to_agent(agent, "hello there world"))
     assert [e.event_type for e in events] == ["user", "chat"]
 
 
-def test_connection_lost_mid_stream(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_connection_lost_mid_stream(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.add_fault(match="POST /session/agent_submit", cut_after_events=2, drop=True)
     stream = ready.submit_prompt_to_agent(agent, "hello there world")
     received: list[Event] = []
@@ -74,7 +78,7 @@ def test_connection_lost_mid_stream(ready: CandelaHook, emulator: CandelaEmulato
     assert "The prompt was not resubmitted" in str(info.value)
 
 
-def test_line_that_is_not_json(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_line_that_is_not_json(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.add_fault(match="POST /session/agent_submit", not_json=True)
     with pytest.raises(CandelaResponseError) as info:
         list(ready.submit_prompt_to_agent(agent, "hello"))
@@ -84,18 +88,20 @@ def test_line_that_is_not_json(ready: CandelaHook, emulator: CandelaEmulator, ag
     assert "Traceback" not in message and "pydantic" not in message
 
 
-def test_event_without_a_field(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_event_without_a_field(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.add_fault(match="POST /session/agent_submit", missing_field="content")
     with pytest.raises(CandelaResponseError, match="is not an event: missing field 'content'"):
         list(ready.submit_prompt_to_agent(agent, "hello"))
 
 
-def test_unknown_fields_are_tolerated(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_unknown_fields_are_tolerated(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.add_fault(match="POST /session/agent_submit", extra_field=True)
     assert next(iter(ready.submit_prompt_to_agent(agent, "hello"))).content == "hello"
 
 
-def test_a_finished_stream_gives_its_connection_back(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_a_finished_stream_gives_its_connection_back(
+    ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId
+) -> None:
     before = emulator.stats()["tcp_connections"]
     for _ in range(3):
         assert list(ready.submit_prompt_to_agent(agent, "again"))
@@ -103,7 +109,7 @@ def test_a_finished_stream_gives_its_connection_back(ready: CandelaHook, emulato
     assert emulator.stats()["tcp_connections"] == before
 
 
-def test_a_closed_stream_drops_its_connection(ready: CandelaHook, emulator: CandelaEmulator, agent: str) -> None:
+def test_a_closed_stream_drops_its_connection(ready: CandelaHook, emulator: CandelaEmulator, agent: ObjectId) -> None:
     emulator.configure(event_delay=0.2, agent_chat_events=20)
     stream = ready.submit_prompt_to_agent(agent, "long")
     assert next(stream).event_type == "user"

@@ -388,61 +388,67 @@ TABLE: list[Bad] = [
         "AIRFLOW_CONN_NO_SUCH_CONN",
     ),
     # --- the hook ---
-    Bad("hook: empty app", lambda e: e.hook().start_session("", MODEL), IN, "'app'", ID_FIX),
-    Bad("hook: app of the wrong type", lambda e: e.hook().start_session(None, MODEL), IN, "'app'", ID_FIX),  # type: ignore[arg-type]
-    Bad("hook: malformed model", lambda e: e.hook().start_session(PIPELINE, "default/x:"), IN, "'model'", ID_FIX),
+    Bad("hook: empty app", lambda e: e.hook().start_session("", MODEL), IN, "argument `app`", ID_FIX),
+    Bad("hook: app of the wrong type", lambda e: e.hook().start_session(None, MODEL), IN, "argument `app`", ID_FIX),  # type: ignore[arg-type]
+    Bad(
+        "hook: malformed model",
+        lambda e: e.hook().start_session(PIPELINE, "default/x:"),
+        IN,
+        "argument `model`",
+        ID_FIX,
+    ),
     Bad(
         "hook: scope of the wrong type",
         lambda e: e.hook().start_session(PIPELINE, MODEL, scope=5),  # type: ignore[arg-type]
         IN,
-        "'scope'",
-        "such as 'default'",
+        "argument `scope`",
+        "expected a string",
     ),
     Bad(
         "hook: malformed scope",
         lambda e: e.hook().start_session(PIPELINE, MODEL, scope="a b"),
         IN,
-        "'scope'",
-        "use letters",
+        "argument `scope`",
+        "Use letters",
     ),
     Bad(
         "hook: dev circuit without first",
         lambda e: e.hook().start_dev_session(MODEL, {"nodes": {}}, DIRECTIVE),
         IN,
-        "'circuit'",
-        "first: Field required",
+        "argument `circuit`",
+        "missing field 'first'",
     ),
     Bad(
-        "hook: empty session_id",
+        "hook: empty session",
         lambda e: e.hook().submit_pipeline_prompt(" ", "hi"),
         IN,
-        "'session_id'",
-        "non-empty string",
+        "argument `session`",
+        ID_FIX,
     ),
     Bad(
-        "hook: malformed session_id",
+        "hook: malformed session",
         lambda e: e.hook().submit_pipeline_prompt("a/b c", "hi"),
         IN,
-        "'session_id'",
-        "pass obj_id.identifier",
+        "argument `session`",
+        ID_FIX,
     ),
     Bad(
-        "hook: prompt scope of the wrong type",
-        lambda e: e.hook().submit_pipeline_prompt("s1", "hi", scope=7),  # type: ignore[arg-type]
+        "hook: prompt session of the wrong type",
+        lambda e: e.hook().submit_pipeline_prompt(7, "hi"),  # type: ignore[arg-type]
         IN,
-        "'scope'",
-        "such as 'default'",
+        "argument `session`",
+        ID_FIX,
     ),
     Bad(
         "hook: prompt of the wrong type",
-        lambda e: e.hook().submit_prompt_to_agent("s1", 42),  # type: ignore[arg-type]
+        lambda e: e.hook().submit_prompt_to_agent("default/s1", 42),  # type: ignore[arg-type]
         IN,
         "argument `prompt`",
         "expected a string",
     ),
     Bad(
         "hook: 10 MB prompt",
-        lambda e: e.hook().submit_prompt_to_agent("s1", TEN_MB),
+        lambda e: e.hook().submit_prompt_to_agent("default/s1", TEN_MB),
         IN,
         "argument `prompt`: it is 10,485,760 bytes",
         "Shorten it or split it",
@@ -451,15 +457,15 @@ TABLE: list[Bad] = [
         "hook: session dict without obj_id",
         lambda e: e.hook().get_session({"domain": "demo", "created_by": "demo"}),  # type: ignore[arg-type]
         IN,
-        "'session'",
+        "argument `session`",
         ID_FIX,
     ),
     Bad(
         "hook: slot type of the wrong type",
         lambda e: e.hook().assign_slot(5),  # type: ignore[arg-type]
         IN,
-        "'slot_type'",
-        "such as 'gpu-medium'",
+        "argument `slot_type`",
+        "expected a string",
     ),
     Bad(
         "hook: unknown slot type (Candela decides)",
@@ -482,14 +488,14 @@ TABLE: list[Bad] = [
         "hook: negative slot timeout",
         lambda e: e.hook().ensure_slot(timeout=-1),
         IN,
-        "'timeout' of ensure_slot",
+        "argument `timeout`",
         "a positive number of seconds",
     ),
     Bad(
         "hook: zero poll interval",
         lambda e: e.hook().ensure_slot(poll_interval=0),
         IN,
-        "'poll_interval' of ensure_slot",
+        "argument `poll_interval`",
         "a positive number of seconds",
     ),
     Bad(
@@ -523,7 +529,7 @@ TABLE: list[Bad] = [
     ),
     Bad(
         "hook: agent prompt with a lone surrogate",
-        lambda e: e.hook().submit_prompt_to_agent("s1", "\udfff"),
+        lambda e: e.hook().submit_prompt_to_agent("default/s1", "\udfff"),
         IN,
         "`prompt`: character 0",
         NOT_TEXT,
@@ -553,7 +559,7 @@ TABLE: list[Bad] = [
         "hook: dev directive with a lone surrogate",
         lambda e: e.hook().start_dev_session(MODEL, CIRCUIT, {"purpose": "\ud800"}),
         IN,
-        "'directive' is not a valid Directive: purpose: character 0",
+        "argument `directive`: purpose: character 0",
         NOT_TEXT,
     ),
     Bad(
@@ -581,8 +587,8 @@ TABLE: list[Bad] = [
         "agent: scope with a trailing newline",
         lambda e: _op(lambda: A(scope="default\n")),
         IN,
-        "`session_id`/`scope`",
-        "use letters",
+        "`scope` for task 'chat'",
+        "Use letters",
     ),
     Bad(
         "agent: session dict with a trailing newline",
@@ -599,24 +605,24 @@ TABLE: list[Bad] = [
         ID_FIX,
     ),
     Bad(
-        "hook: session_id with a trailing newline",
-        lambda e: e.hook().submit_pipeline_prompt("abc\n", "hi"),
+        "hook: session with a trailing newline",
+        lambda e: e.hook().submit_pipeline_prompt("default/abc\n", "hi"),
         IN,
-        "'session_id'",
-        "pass obj_id.identifier",
+        "argument `session`",
+        ID_FIX,
     ),
     Bad(
         "hook: scope with a trailing newline",
         lambda e: e.hook().start_session(PIPELINE, MODEL, scope="default\n"),
         IN,
-        "'scope'",
-        "use letters",
+        "argument `scope`",
+        "Use letters",
     ),
     Bad(
         "hook: version with a trailing newline",
         lambda e: e.hook().get_session({"scope": "default", "identifier": "s1", "version": "1.0.0\n"}),  # type: ignore[arg-type]
         IN,
-        "'session'",
+        "argument `session`",
         ID_FIX,
     ),
     # --- connections ---
@@ -774,7 +780,7 @@ class Rendered:
 
 RENDERED = [
     Rendered("rendered app", lambda: S(app="{{ params.bad }}"), "default/", "Invalid `app` for task 'start'"),
-    Rendered("rendered session_id", lambda: P(session_id="{{ params.bad }}"), "a b", "Invalid `session_id`/`scope`"),
+    Rendered("rendered session_id", lambda: P(session_id="{{ params.bad }}"), "a b", "Invalid `session_id` for task"),
     Rendered(
         "rendered older_than",
         lambda: CandelaDeleteSessionOperator(task_id="delete", older_than="{{ params.bad }}"),

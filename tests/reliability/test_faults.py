@@ -360,7 +360,7 @@ def test_token_expiry_in_the_middle_of_a_stream(candela: Emulator, run: Any) -> 
         with CandelaHook() as hook:
             hook.ensure_slot(poll_interval=0.01)
             session = hook.start_session(AGENT, MODEL)
-            stream = hook.submit_prompt_to_agent(session.obj_id.identifier, "Tell me about the fund")
+            stream = hook.submit_prompt_to_agent(session.obj_id, "Tell me about the fund")
             first = next(stream)
             candela.expire_tokens()
             rest = list(stream)

@@ -159,7 +159,7 @@ def test_cancel_from_another_thread_ends_the_stream_at_once(candela: CandelaEmul
         candela.configure(event_delay=0.2, agent_chat_events=200)
         with CandelaHook() as hook:
             hook.ensure_slot(timeout=10)
-            session = hook.start_session(AGENT, MODEL).obj_id.identifier
+            session = hook.start_session(AGENT, MODEL).obj_id
             stream = hook.submit_prompt_to_agent(session, "Talk")
             timer = threading.Timer(1.0, hook.cancel, args=("task 'prompt' was killed",))
             timer.start()
@@ -180,7 +180,7 @@ def test_a_stopped_session_cuts_its_stream(candela: CandelaEmulator) -> None:
         candela.configure(event_delay=0.1, agent_chat_events=300)
         with CandelaHook() as hook, CandelaHook() as stopper:
             hook.ensure_slot(timeout=10)
-            session = hook.start_session(AGENT, MODEL).obj_id.identifier
+            session = hook.start_session(AGENT, MODEL).obj_id
             seen = 0
             with pytest.raises(CandelaApiError) as info, hook.submit_prompt_to_agent(session, "Talk") as stream:
                 for _ in stream:
@@ -304,7 +304,7 @@ def test_a_trickling_agent_line_fails_after_the_read_timeout(tiny_server: Any, m
         hook = _pat_hook(monkeypatch, server.url, timeout="1,1.5", max_retries=0)
         began = time.monotonic()
         with hook, pytest.raises(CandelaTimeoutError) as info:
-            for _ in hook.submit_prompt_to_agent("session-1", "hi"):
+            for _ in hook.submit_prompt_to_agent("default/session-1", "hi"):
                 pass
         assert time.monotonic() - began < 4.5
         assert "was cut after 1 events" in str(info.value)
@@ -319,7 +319,7 @@ def test_stream_timeout_bounds_the_whole_agent_answer(
         monkeypatch.setenv("AIRFLOW_CONN_CANDELA_DEFAULT", candela.connection_json(stream_timeout="2"))
         with CandelaHook() as hook:
             hook.ensure_slot(timeout=10)
-            session = hook.start_session(AGENT, MODEL).obj_id.identifier
+            session = hook.start_session(AGENT, MODEL).obj_id
             began = time.monotonic()
             with pytest.raises(CandelaTimeoutError) as info:
                 for _ in hook.submit_prompt_to_agent(session, "Talk"):
@@ -332,7 +332,7 @@ def test_stream_timeout_bounds_the_whole_agent_answer(
 def test_an_empty_agent_answer_is_an_error(candela: CandelaEmulator) -> None:
     with TALLY.fault("agent answers 200 with an empty body"), CandelaHook() as hook:
         hook.ensure_slot(timeout=10)
-        session = hook.start_session(AGENT, MODEL).obj_id.identifier
+        session = hook.start_session(AGENT, MODEL).obj_id
         candela.add_fault(match="POST /session/agent_submit", status=200, body="")
         with pytest.raises(CandelaResponseError) as info:
             list(hook.submit_prompt_to_agent(session, "Talk"))
@@ -365,7 +365,7 @@ def test_redirects_are_refused_naming_the_location(
             assert f"answered with {status} redirecting to {elsewhere.url}/slot/user_has_slot" in str(info.value)
             assert "Set the host of connection 'candela_tiny'" in str(info.value)
             with pytest.raises(CandelaApiError):
-                hook.submit_pipeline_prompt("session-1", "a prompt that must not travel")
+                hook.submit_pipeline_prompt("default/session-1", "a prompt that must not travel")
         assert elsewhere.requests == [], "a redirect was followed"
 
 

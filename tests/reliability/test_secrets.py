@@ -421,7 +421,7 @@ def test_tls_passes_with_the_ca_path_as_verify(
         assert hook.test_connection()[0] is True
         hook.ensure_slot(poll_interval=0.01)
         session = hook.start_session(AGENT, MODEL)
-        events = list(hook.submit_prompt_to_agent(session.obj_id.identifier, "Over TLS"))
+        events = list(hook.submit_prompt_to_agent(session.obj_id, "Over TLS"))
         hook.stop_session()
     assert events[0].content == "Over TLS"
     stats = https_emulator.stats()
