@@ -130,10 +130,13 @@ test-af2: venv-af2
 test: lint typecheck test-py3 test-af2
 	$(call section,make test: all green)
 
-# KEEP=1 keeps the temporary Airflow home and its logs (the run prints where).
+# KEEP=1 keeps the temporary Airflow home and its logs (the run prints where). The calling agent of
+# candela_managed_agent runs on pydantic-ai's offline test model (it calls every tool once), so the demo needs no LLM.
+DEMO_LLM_CONN := {"conn_type": "pydanticai", "extra": {"model": "test"}}
 demo: venv
 	$(call section,demo: example_dags/ run against the Candela emulator)
-	$(VENV)/bin/python -m airflow_provider_candela.testing.run_dags $(if $(KEEP),--keep) example_dags
+	AIRFLOW_CONN_PYDANTICAI_DEFAULT='$(DEMO_LLM_CONN)' \
+		$(VENV)/bin/python -m airflow_provider_candela.testing.run_dags $(if $(KEEP),--keep) example_dags
 
 # ---------------------------------------------------------------------------------------------------------------
 # bench: every figure in one run, described in bench/run.py.

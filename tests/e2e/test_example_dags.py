@@ -10,6 +10,7 @@ Running: each DAG is run with ``airflow dags test`` in a subprocess (exactly wha
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -25,6 +26,8 @@ from airflow_provider_candela.testing import CandelaEmulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
 EXAMPLE_DAG_IDS = {"candela_scheduled_pipeline_prompt", "candela_agent_prompt", "candela_session_cleanup"}
+if importlib.util.find_spec("airflow.providers.common.ai") is not None:  # the common-ai extra: one DAG more
+    EXAMPLE_DAG_IDS.add("candela_managed_agent")
 
 pytestmark = pytest.mark.e2e
 
