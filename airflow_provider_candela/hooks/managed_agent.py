@@ -42,6 +42,7 @@ except ImportError as err:
 from airflow_provider_candela._validation import (
     coerce_name,
     coerce_object_id,
+    coerce_positive_seconds,
     coerce_session,
     require_prompt,
     session_ids,
@@ -116,7 +117,7 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
     ) -> None:
         super().__init__(candela_conn_id, timeout=timeout, max_retries=max_retries)
         self.model = None if model is None else coerce_object_id(model, argument="model")
-        self.slot_ready_timeout = slot_ready_timeout
+        self.slot_ready_timeout = coerce_positive_seconds(slot_ready_timeout, argument="slot_ready_timeout")
         self._worker: CandelaHook | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -148,13 +149,15 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
             app = coerce_object_id(agent, argument="agent")
             options = _vendor_options(request.vendor_options)
             session = None if request.session_id is None else _session(request.session_id)
+            timeout = None
+            if request.timeout is not None:
+                timeout = coerce_positive_seconds(request.timeout, argument="ManagedAgentRequest.timeout")
         except CandelaInputError as exc:
             raise ManagedAgentInvocationError(str(exc)) from exc
         try:
             prompt = require_prompt(_prompt_text(request))
         except CandelaInputError as exc:
             raise ManagedAgentRejected(str(exc)) from exc
-        timeout = _positive_seconds(request.timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = _connection_lock(self.candela_conn_id)
         if not lock.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
@@ -236,10 +239,11 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
         try:
             with self._bounded(time.monotonic() + STOP_TIMEOUT, STOP_TIMEOUT, "Stopping the Candela session") as hook:
                 hook.stop_session()
+            self.log.info("Stopped the Candela session of connection %r.", self.candela_conn_id)
         except Exception as exc:
             self.log.warning(
-                "Could not stop the Candela session of connection %r: %s. Stop it with CandelaStopSessionOperator "
-                "(or GET /session/stop) before it holds the user's slot.",
+                "Could not stop the Candela session of connection %r: %s. It may still hold the user's slot: stop "
+                "it with CandelaStopSessionOperator (or GET /session/stop).",
                 self.candela_conn_id,
                 exc,
             )
@@ -359,16 +363,6 @@ def _session(session_id: str) -> ObjectId:
     if isinstance(session_id, str) and "/" in session_id:
         return coerce_object_id(session_id, argument="session_id")
     return coerce_session(None, session_id=session_id)
-
-
-def _positive_seconds(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ManagedAgentInvocationError(
-            f"ManagedAgentRequest.timeout must be a positive number of seconds, got {value!r}"
-        )
-    return float(value)
 
 
 @contextlib.contextmanager

@@ -213,10 +213,14 @@ def test_transient_failures_propagate_unchanged_and_the_session_is_stopped(
     assert running(emulator) == {}
 
 
-def test_vendor_options_cannot_retarget_the_call(hook: CandelaManagedAgentHook, emulator: CandelaEmulator) -> None:
+def test_vendor_options_cannot_retarget_the_call_and_bad_options_are_refused_before_any_request(
+    hook: CandelaManagedAgentHook, emulator: CandelaEmulator
+) -> None:
     for options in ({"app": "default/other"}, {"candela_conn_id": "other"}, {"agent": "x"}, {"connection": "x"}):
         with pytest.raises(ManagedAgentInvocationError, match="cannot be changed per request"):
             hook.agent(AGENT).invoke(ask("hello", vendor_options=options))
+    with pytest.raises(ManagedAgentInvocationError, match=r"timeout.*positive number of seconds"):
+        hook.agent(AGENT).invoke(ask("hello", timeout=0))
     assert emulator.stats()["requests_total"] == 0
 
     response = hook.agent(AGENT).invoke(ask("hello", vendor_options={"model": MODEL, "scope": "agents"}))
