@@ -9,6 +9,7 @@ free loopback port: one that trickles its body a byte at a time, one that redire
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -89,6 +90,7 @@ def _kill_while(
         wait_until(busy, timeout=120)
         time.sleep(0.3)  # well inside the call: the task is blocked on the server
         killed = time.monotonic()
+        killed_at = time.time()
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
@@ -100,6 +102,10 @@ def _kill_while(
     text = log.read_text()
     lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
+    # Our part of the exit: from the signal to the task's failure (the rest is Airflow winding the process down).
+    failed = [line[:27] for line in text.splitlines() if "Task failed with exception" in line]
+    if failed:
+        result["failed_after"] = dt.datetime.fromisoformat(failed[-1]).timestamp() - killed_at
     return exited, result, text
 
 
@@ -119,6 +125,7 @@ def test_sigterm_during_an_agent_stream_fails_the_task_within_5_s(
             tmp_path, kind, candela, lambda: bool(requests_of(candela.stats(), "POST /session/agent_submit"))
         )
         assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
+        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
         assert result == {"run": "failed", "tasks": {"start": "success", "prompt": "failed"}}, text[-3000:]
         assert "Stopped the Candela session (task 'prompt' was killed)" in text
         assert running(candela) is None
@@ -136,6 +143,7 @@ def test_sigterm_during_a_pipeline_prompt_fails_the_task_within_5_s(
             lambda: not candela.faults(),  # the delayed request arrived
         )
         assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
+        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
         assert result == {"run": "failed", "tasks": {"start": "success", "prompt": "failed"}}, text[-3000:]
         assert running(candela) is None
 
@@ -149,6 +157,7 @@ def test_sigterm_while_waiting_for_a_slot_fails_the_start_within_5_s(
             tmp_path, "start", candela, lambda: bool(requests_of(candela.stats(), "GET /slot/state"))
         )
         assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
+        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
         assert result == {"run": "failed", "tasks": {"start": "failed"}}, text[-3000:]
         stats = candela.stats()
         assert stats["sessions_started"] == 0 and running(candela) is None
