@@ -10,12 +10,13 @@ adds the endpoints on top.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -47,7 +48,7 @@ from airflow_provider_candela.hooks._retry import (
     failed_before_sending,
     parse_retry_after,
 )
-from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, tracking
+from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, Sender, tracking
 from airflow_provider_candela.models import (
     HTTPValidationError,
 )
@@ -88,6 +89,23 @@ class _Ambiguous(Exception):
 class _DeadlinePassed(requests.exceptions.Timeout):
     """An attempt ran past its overall deadline (e.g. a server sending its answer a byte at a time)."""
 
+
+def _correlation_ids() -> Iterator[str]:
+    """Unique ``CorrelationId`` values shaped like UUIDs: a random prefix per process, then a counter."""
+    random_part = uuid.uuid4().hex
+    prefix = f"{random_part[:8]}-{random_part[8:12]}-{random_part[12:16]}-{random_part[16:20]}-"
+    return map(f"{prefix}{{:012x}}".format, itertools.count())
+
+
+_CORRELATION_IDS = _correlation_ids()
+
+
+def _reseed_correlation_ids() -> None:
+    global _CORRELATION_IDS  # noqa: PLW0603 (a forked child must not repeat its parent's ids)
+    _CORRELATION_IDS = _correlation_ids()
+
+
+os.register_at_fork(after_in_child=_reseed_correlation_ids)
 
 #: Candela's answer when a start finds another session running on the slot (409, or a 400 saying so).
 _SESSION_RUNNING = re.compile(r"already running|session is running|running session", re.IGNORECASE)
@@ -136,9 +154,11 @@ class CandelaHttpCore(BaseHook):
         self._max_retries_override = max_retries
         self._config: CandelaConfig | None = None
         self._session: requests.Session | None = None
+        self._sender: Sender | None = None
         self._tokens: TokenManager | None = None
         self._secrets: set[str] = set()
-        self._server_clock_offset: float | None = None
+        # The last Date header and time.time() when it arrived; parsed only when the offset is needed.
+        self._server_date: tuple[str, float] | None = None
         self._me: str | None = None
         self._cancelled: str | None = None
         self._cancel_event = threading.Event()
@@ -209,8 +229,9 @@ class CandelaHttpCore(BaseHook):
                 # No proxy in the environment: stop requests from re-reading the environment on every
                 # call (about 0.3 ms each); the one setting left to take from it is the CA bundle.
                 session.trust_env = False
-            if not session.trust_env and cfg.verify is True:
+            if cfg.verify is True:  # what requests takes from the environment on every call, taken once
                 session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            self._sender = Sender(session)
             self._session = session
         return self._session
 
@@ -252,18 +273,21 @@ class CandelaHttpCore(BaseHook):
         For ``stream=True`` the exchange stays open (see :meth:`_release`) until the stream is closed.
 
         :param fix: the connection setting to check when the answer is a redirect (e.g. ``"host"``).
+        :param kwargs: ``params``, ``headers``, ``json`` or ``data`` of :meth:`Sender.request`.
         :raises _DeadlinePassed: the answer did not complete within connect + read timeout.
         :raises CandelaCancelledError: the hook was cancelled meanwhile.
         """
         self._raise_if_cancelled(what)
-        connect, read = self.config.timeout
-        exchange = Exchange(what, time.monotonic() + connect + read, f"{connect:g} s to connect + {read:g} s to read")
+        timeout = connect, read = self.config.timeout
+        if self._sender is None:
+            self.get_conn()
+            assert self._sender is not None
+        sender = self._sender
+        exchange = Exchange(what, time.monotonic() + connect + read)
         self._exchanges[id(exchange)] = exchange
         try:
             with tracking(exchange):
-                resp = self.get_conn().request(
-                    method, url, timeout=(connect, read), stream=stream, allow_redirects=False, **kwargs
-                )
+                resp = sender.request(method, url, timeout=timeout, stream=stream, **kwargs)
             if exchange.aborted is not None:
                 resp.close()
                 raise requests.ConnectionError("aborted")
@@ -272,7 +296,8 @@ class CandelaHttpCore(BaseHook):
             self._raise_if_cancelled(what)
             if exchange.aborted == "deadline":
                 raise _DeadlinePassed(
-                    f"no complete answer within {connect + read:g} s ({exchange.budget} bound each attempt)"
+                    f"no complete answer within {connect + read:g} s ({connect:g} s to connect + {read:g} s to "
+                    "read bound each attempt)"
                 ) from exc
             raise
         except BaseException:
@@ -301,7 +326,9 @@ class CandelaHttpCore(BaseHook):
             resp.close()
             self._raise_if_cancelled(what)
             if exchange.aborted == "deadline":
-                raise _DeadlinePassed(f"the error's body did not arrive within {exchange.budget}") from exc
+                raise _DeadlinePassed(
+                    f"the error's body did not arrive within {connect:g} s to connect + {read:g} s to read"
+                ) from exc
             raise
         finally:
             self._release(exchange)
@@ -320,6 +347,7 @@ class CandelaHttpCore(BaseHook):
         if self._session is not None:
             self._session.close()
             self._session = None
+            self._sender = None
 
     def __enter__(self) -> Self:
         return self
@@ -367,20 +395,22 @@ class CandelaHttpCore(BaseHook):
     # ------------------------------------------------------------------------------------------
     # HTTP core
 
-    def _note_server_clock(self, resp: requests.Response) -> None:
-        date = resp.headers.get("Date")
-        if not date:
-            return
+    @property
+    def _server_clock_offset(self) -> float | None:
+        """Seconds the server's clock is ahead of ours, from the last ``Date`` header; None if unknown."""
+        if self._server_date is None:
+            return None
+        date, received = self._server_date
         try:
             server = parsedate_to_datetime(date)
         except (TypeError, ValueError, IndexError):
-            return
+            return None
         if server.tzinfo is None:
             server = server.replace(tzinfo=UTC)
-        self._server_clock_offset = server.timestamp() - time.time()
+        return server.timestamp() - received
 
     def _send(self, call: _Call, authorization: str) -> requests.Response:
-        headers = {"Authorization": authorization, "CorrelationId": str(uuid.uuid4())}
+        headers = {"Authorization": authorization, "CorrelationId": next(_CORRELATION_IDS)}
         resp = self._http(
             call.method,
             self.config.base_url + call.path,
@@ -391,7 +421,9 @@ class CandelaHttpCore(BaseHook):
             headers=headers,
             stream=call.stream,
         )
-        self._note_server_clock(resp)
+        date = resp.headers.get("Date")
+        if date:
+            self._server_date = (date, time.time())
         return resp
 
     def _attempt(self, call: _Call) -> requests.Response:

@@ -128,10 +128,14 @@ def failed_before_sending(exc: requests.RequestException) -> bool:
 
 
 class _Policy:
-    """tenacity ``wait`` and ``stop`` sharing one computed wait per attempt (order-independent)."""
+    """tenacity ``wait`` and ``stop`` sharing one computed wait per attempt (order-independent).
 
-    def __init__(self, settings: RetrySettings) -> None:
+    :param started: ``time.monotonic()`` of the first attempt (the deadline counts from there).
+    """
+
+    def __init__(self, settings: RetrySettings, started: float) -> None:
         self.settings = settings
+        self.started = started
         self._waits: dict[tuple[int, int], float] = {}
 
     def next_wait(self, state: tenacity.RetryCallState) -> float:
@@ -153,7 +157,7 @@ class _Policy:
     def stop(self, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number > self.settings.max_retries:
             return True
-        return (state.seconds_since_start or 0.0) + self.next_wait(state) > self.settings.deadline
+        return time.monotonic() - self.started + self.next_wait(state) > self.settings.deadline
 
 
 def call_with_retries(
@@ -167,8 +171,20 @@ def call_with_retries(
     :param what: e.g. ``"GET /slot/state"``, for the log lines.
     :raises CandelaError: the error of the last :class:`Retryable`, with the attempt count appended.
     """
-    policy = _Policy(settings)
     started = time.monotonic()
+    try:
+        return fn()  # most calls succeed at once: tenacity is set up only for a retry
+    except Retryable as exc:
+        first: Retryable | None = exc
+
+    def attempt() -> T:
+        nonlocal first
+        if first is not None:  # tenacity's attempt 1 is the one already made
+            failed, first = first, None
+            raise failed
+        return fn()
+
+    policy = _Policy(settings, started)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -190,7 +206,7 @@ def call_with_retries(
         reraise=True,
     )
     try:
-        return retrying(fn)
+        return retrying(attempt)
     except Retryable as signal:
         attempts = retrying.statistics.get("attempt_number", 1)
         error = signal.error

@@ -11,6 +11,10 @@ sends a request records itself on the exchange the calling thread registered (:f
 
 The adapter's pools also grow to the number of threads that use them at once, instead of
 discarding (and logging) every connection beyond a fixed size: connections <= concurrent callers.
+
+:class:`Sender` sends through the adapters of a ``requests.Session`` without ``Session.request``:
+an API client has no use for what that adds to every call (cookie jars, response hooks, redirect
+resolution, merging the environment's settings), and it costs more than the rest of the call.
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
+from urllib.parse import urlencode
 
+import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers, get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 
-__all__ = ["CandelaAdapter", "Exchange", "tracking"]
+__all__ = ["CandelaAdapter", "Exchange", "Sender", "tracking"]
 
 _local = threading.local()
 
@@ -39,15 +47,13 @@ class Exchange:
 
     :param what: e.g. ``"GET /slot/state"``, for messages.
     :param deadline: ``time.monotonic()`` after which the exchange is aborted.
-    :param budget: how the deadline was set, for the error message (e.g. ``"connect 10 s + read 300 s"``).
     """
 
-    __slots__ = ("_conn", "_sock", "aborted", "budget", "deadline", "done", "what")
+    __slots__ = ("_conn", "_sock", "aborted", "deadline", "done", "what")
 
-    def __init__(self, what: str, deadline: float, budget: str) -> None:
+    def __init__(self, what: str, deadline: float) -> None:
         self.what = what
         self.deadline = deadline
-        self.budget = budget
         self.done = False
         #: ``"deadline"`` or ``"cancelled"`` once aborted; None while the exchange runs normally.
         self.aborted: str | None = None
@@ -193,7 +199,23 @@ _POOL_CLASSES = {"http": _GrowingPool, "https": _GrowingHTTPSPool}
 
 
 class CandelaAdapter(HTTPAdapter):
-    """``requests`` adapter with tracked connections and pools that grow to their concurrency."""
+    """``requests`` adapter with tracked connections and pools that grow to their concurrency.
+
+    Its responses carry no cookies: the hook sends none (see :class:`Sender`), and reading them from
+    every answer would cost about a tenth of a call.
+    """
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.encoding = get_encoding_from_headers(response.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else (req.url or "")
+        response.request = req
+        response.connection = self
+        return response
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
@@ -203,3 +225,75 @@ class CandelaAdapter(HTTPAdapter):
         manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = _POOL_CLASSES
         return manager
+
+
+class Sender:
+    """Prepares and sends requests with a ``requests.Session``'s settings, straight through its adapters.
+
+    What is taken from the session, on every call: its headers (a request's own headers win), the
+    adapter mounted for the URL, ``verify`` and ``cert``.  Once per URL: the URL prepared as
+    ``requests`` prepares it, and the proxies (the session's, overridden by the environment's when
+    ``trust_env`` is set, as ``requests`` does).  Never used: cookies, response hooks, ``auth``
+    (so never ``~/.netrc``) and redirects (a 3xx answer is returned as it is).  Without ``stream`` the
+    body is read before returning, as ``requests`` does.
+
+    :param session: the configured session; it stays the place to change headers or mount adapters.
+    """
+
+    def __init__(self, session: requests.Session) -> None:
+        self.session = session
+        self._urls: dict[str, tuple[str, dict[str, str]]] = {}
+
+    def _url(self, url: str) -> tuple[str, dict[str, str]]:
+        known = self._urls.get(url)
+        if known is None:
+            prepared = requests.PreparedRequest()
+            prepared.prepare_url(url, None)
+            assert prepared.url is not None
+            proxies = dict(self.session.proxies)
+            if self.session.trust_env:
+                proxies.update(get_environ_proxies(prepared.url, no_proxy=None))
+            if len(self._urls) >= 64:  # the API's paths and the token URL: a handful
+                self._urls.clear()
+            known = self._urls[url] = (prepared.url, {k: v for k, v in proxies.items() if v is not None})
+        return known
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: tuple[float, float],
+        stream: bool = False,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+    ) -> requests.Response:
+        """Send one request; the response of a 3xx is returned, not followed."""
+        session = self.session
+        prepared_url, proxies = self._url(url)
+        request = requests.PreparedRequest()
+        request.method = method.upper()
+        if params and "#" not in prepared_url:
+            prepared_url = f"{prepared_url}{'&' if '?' in prepared_url else '?'}{urlencode(params)}"
+        elif params:
+            request.prepare_url(url, params)
+            assert request.url is not None
+            prepared_url = request.url
+        request.url = prepared_url
+        request.headers = CaseInsensitiveDict(session.headers)  # type: ignore[arg-type]  # values may be bytes
+        if headers:
+            request.headers.update(headers)
+        request.prepare_body(data, None, json)
+        response = session.get_adapter(prepared_url).send(
+            request,
+            stream=stream,
+            timeout=timeout,
+            verify=True if session.verify is None else session.verify,
+            cert=session.cert,
+            proxies=proxies,
+        )
+        if not stream:
+            response.content  # noqa: B018 (read the body now: the caller's deadline covers it)
+        return response

@@ -91,14 +91,14 @@ def test_hook_arguments_override_the_connection(make_hook: MakeHook) -> None:
 def test_headers_and_timeouts_on_every_request(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
     hook = make_hook(extra={"app_name": "airflow-tests", "timeout": "4,40"})
     sent: list[tuple[dict[str, str], object]] = []
-    session = hook.get_conn()
-    original = session.send
+    adapter = hook.get_conn().get_adapter(emulator.url)
+    original = adapter.send
 
     def recording_send(request, **kwargs):  # type: ignore[no-untyped-def]
         sent.append((dict(request.headers), kwargs.get("timeout")))
         return original(request, **kwargs)
 
-    session.send = recording_send  # type: ignore[method-assign]
+    adapter.send = recording_send  # type: ignore[method-assign]
     hook.user_has_slot()
     hook.list_sessions()
     api_calls = [(headers, timeout) for headers, timeout in sent if "Authorization" in headers]
