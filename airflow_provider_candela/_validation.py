@@ -50,6 +50,7 @@ __all__ = [
     "coerce_session",
     "is_resolved",
     "parse_bool",
+    "require_flag",
     "require_prompt",
     "require_text",
     "require_unicode",
@@ -348,6 +349,13 @@ def coerce_optional_name(value: Any, *, argument: str, task_id: str | None = Non
             f"{_invalid(argument, task_id)}: expected a string, got {type(value).__name__} ({_shown(value)})."
         )
     return require_unicode(value.strip(), argument=argument, task_id=task_id)
+
+
+def require_flag(value: Any, *, argument: str, task_id: str | None = None) -> bool:
+    """A flag that is not templated: ``True`` or ``False`` only."""
+    if not isinstance(value, bool):
+        raise CandelaInputError(f"{_invalid(argument, task_id)}: expected True or False, got {_shown(value)}.")
+    return value
 
 
 def coerce_bool(value: Any, *, argument: str, task_id: str | None = None) -> bool:

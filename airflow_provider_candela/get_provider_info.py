@@ -34,7 +34,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Candela",
-                "python-modules": ["airflow_provider_candela.operators.sessions"],
+                "python-modules": [
+                    "airflow_provider_candela.operators.sessions",
+                    "airflow_provider_candela.operators.stored_sessions",
+                ],
             }
         ],
         "sensors": [

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import DAG, Param, task
 
-from airflow_provider_candela.operators.sessions import CandelaDeleteSessionOperator
+from airflow_provider_candela.operators.sessions import CandelaCleanupSessionsOperator
 
 with DAG(
     dag_id="candela_session_cleanup",
@@ -33,7 +33,7 @@ with DAG(
     },
     tags=["candela", "example", "maintenance"],
 ) as dag:
-    delete = CandelaDeleteSessionOperator(
+    delete = CandelaCleanupSessionsOperator(
         task_id="delete_old_sessions",
         older_than="{{ params.older_than_days * 86400 }}",
         scope="{{ params.scope }}",

@@ -17,6 +17,7 @@ from airflow_provider_candela.exceptions import CandelaInputError
 from airflow_provider_candela.models import ObjectId
 from airflow_provider_candela.operators.sessions import (
     AgentTranscript,
+    CandelaCleanupSessionsOperator,
     CandelaDeleteSessionOperator,
     CandelaStartDevSessionOperator,
     CandelaStartSessionOperator,
@@ -74,11 +75,9 @@ def _obj_id(metadata: dict[str, Any]) -> dict[str, Any]:
             "both `session` and `session_id`",
         ),
         (lambda: CandelaDeleteSessionOperator(task_id="t"), "has nothing to delete"),
-        (lambda: CandelaDeleteSessionOperator(task_id="t", older_than="soon"), "Invalid `older_than`"),
-        (
-            lambda: CandelaDeleteSessionOperator(task_id="t", session_id="s1", created_by="me"),
-            "not both",
-        ),
+        (lambda: CandelaCleanupSessionsOperator(task_id="t"), "has no cleanup filter"),
+        (lambda: CandelaCleanupSessionsOperator(task_id="t", older_than="soon"), "Invalid `older_than`"),
+        (lambda: CandelaCleanupSessionsOperator(task_id="t", scope="a b"), "Invalid `scope` for task 't'"),
         (lambda: CandelaStopSessionOperator(task_id="t", session="nope"), "Invalid `session` for task 't'"),
     ],
 )
@@ -91,10 +90,11 @@ def test_templated_arguments_are_checked_at_execute_not_at_parse_time() -> None:
     with _dag("templated"):
         start = CandelaStartSessionOperator(task_id="start", app="{{ params.app }}", model="{{ params.model }}")
         prompt = CandelaSubmitAgentPromptOperator(task_id="p", session=start.output, prompt="{{ params.prompt }}")
-        delete = CandelaDeleteSessionOperator(task_id="d", older_than="{{ params.days }}d")
+        cleanup = CandelaCleanupSessionsOperator(task_id="d", older_than="{{ params.days }}d")
     assert start.app == "{{ params.app }}"
-    assert set(prompt.template_fields) == {"session", "session_id", "scope", "prompt"}
-    assert "older_than" in delete.template_fields
+    assert set(prompt.template_fields) == {"candela_conn_id", "session", "session_id", "scope", "prompt"}
+    assert prompt.template_fields_renderers == {"session": "json"}
+    assert "older_than" in cleanup.template_fields
     with pytest.raises(CandelaInputError, match=r"Invalid `app` for task 'start'.*got 'default/'"):
         start.app = "default/"
         start.execute(context={})
@@ -324,14 +324,16 @@ def _make_sessions(count: int) -> list[Any]:
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_cleanup_mode_filters_and_dry_run(candela: Any) -> None:
+def test_cleanup_filters_and_dry_run(candela: Any) -> None:
     made = _make_sessions(3)
     with _dag("op_cleanup") as dag:
-        nothing_old = CandelaDeleteSessionOperator(task_id="nothing_old", older_than=dt.timedelta(hours=1))
-        other_user = CandelaDeleteSessionOperator(task_id="other_user", created_by="somebody-else")
-        preview = CandelaDeleteSessionOperator(task_id="preview", scope="scope-0", older_than=0, dry_run=True)
-        scoped = CandelaDeleteSessionOperator(task_id="scoped", scope="{{ params.scope }}", params={"scope": "scope-0"})
-        rest = CandelaDeleteSessionOperator(task_id="rest", identifier_prefix="session-", created_by=candela.username)
+        nothing_old = CandelaCleanupSessionsOperator(task_id="nothing_old", older_than=dt.timedelta(hours=1))
+        other_user = CandelaCleanupSessionsOperator(task_id="other_user", created_by="somebody-else")
+        preview = CandelaCleanupSessionsOperator(task_id="preview", scope="scope-0", older_than=0, dry_run=True)
+        scoped = CandelaCleanupSessionsOperator(
+            task_id="scoped", scope="{{ params.scope }}", params={"scope": "scope-0"}
+        )
+        rest = CandelaCleanupSessionsOperator(task_id="rest", identifier_prefix="session-", created_by=candela.username)
         nothing_old >> other_user >> preview >> scoped >> rest
     dr = run_dag(dag)
     assert set(dr.states.values()) == {"success"}

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_candela.operators.sessions import (
+    CandelaCleanupSessionsOperator,
     CandelaDeleteSessionOperator,
     CandelaStartDevSessionOperator,
     CandelaStartSessionOperator,
@@ -97,7 +98,7 @@ with DAG(
     )
     stop = CandelaStopSessionOperator(task_id="stop", session=pipeline.output, dispose_slot=True)
     delete = CandelaDeleteSessionOperator(task_id="delete", session=[dev.output, pipeline.output])
-    cleanup = CandelaDeleteSessionOperator(task_id="cleanup_dry_run", older_than=0, dry_run=True)
+    cleanup = CandelaCleanupSessionsOperator(task_id="cleanup_dry_run", older_than=0, dry_run=True)
     dev >> dev_prompt >> pipeline >> poke >> ask
     pipeline >> deferred  # a leaf: its soft-failed timeout (skipped) must not skip the rest
     ask >> stop.as_teardown(setups=[dev, pipeline]) >> delete >> cleanup

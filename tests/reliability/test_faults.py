@@ -460,16 +460,17 @@ def test_on_kill_during_a_prompt_stops_the_session(candela: Emulator, run: Any) 
         def kill_once_streaming() -> None:
             wait_until(lambda: requests_of(candela.stats(), "POST /session/agent_submit"), timeout=60)
             assert running(candela) is not None
+            killed_at = time.time()
             dag.get_task("prompt").on_kill()  # what Airflow calls when it kills the task
             if running(candela) is None:
-                stopped_at.append(time.time())
+                stopped_at.append(killed_at)
 
         helper = threading.Thread(target=kill_once_streaming, daemon=True)
         helper.start()
         result = run(dag)
         helper.join(timeout=30)
         assert stopped_at, "on_kill did not stop the session"
-        # The prompt task was still reading its 3 s answer when the session was stopped: on_kill did it.
+        # The prompt task was still reading its 3 s answer when on_kill was called: on_kill stopped it.
         assert result.ti("prompt").end_date.timestamp() > stopped_at[0]
         assert "Stopped the Candela session (task 'prompt' was killed)" in result.log
         # ... and the killed task failed at once instead of reading on (or succeeding).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -87,7 +88,9 @@ def test_times_out_with_a_clear_event(candela: Any) -> None:
     assert event["session"] == {"scope": "default", "identifier": "never", "version": "1.0.0"}
     assert "default/never:1.0.0 did not appear before the deadline" in event["message"]
     checks = candela.request_count("GET /sessions/exists", "200")
-    assert 3 <= checks <= 6  # polled every 0.2 s until the deadline, then stopped
+    assert 2 <= checks <= 6  # polled every 0.2 s until the deadline (fewer when the machine is busy) ...
+    time.sleep(0.5)
+    assert candela.request_count("GET /sessions/exists", "200") == checks  # ... then stopped
 
 
 def test_reports_an_error_event_for_a_missing_connection(candela: Any) -> None:
