@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slot-startup-seconds", type=float, default=d.slot_startup_seconds, help="time for a slot to reach HOST_READY"
     )
+    parser.add_argument(
+        "--slot-start-fails", action="store_true", help="new slots end in ERRORED (6) instead of HOST_READY"
+    )
     parser.add_argument("--event-delay", type=float, default=d.event_delay, help="delay before each agent event, s")
     parser.add_argument(
         "--agent-chat-events",
@@ -80,6 +83,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         access_token=args.access_token or None,
         token_ttl=args.token_ttl,
         slot_startup_seconds=args.slot_startup_seconds,
+        slot_start_fails=args.slot_start_fails,
         event_delay=args.event_delay,
         agent_chat_events=args.agent_chat_events,
         domain=args.domain,

@@ -33,7 +33,7 @@ _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 _TRUE = b"true"
 _FALSE = b"false"
-_CONFIG_KEYS = {"event_delay", "token_ttl", "slot_startup_seconds", "agent_chat_events"}
+_CONFIG_KEYS = {"event_delay", "token_ttl", "slot_startup_seconds", "slot_start_fails", "agent_chat_events"}
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -275,10 +275,14 @@ def create_app(config: EmulatorConfig) -> FastAPI:
             if key == "agent_chat_events":
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                     raise ApiError(400, "agent_chat_events must be a non-negative integer or null")
+            elif key == "slot_start_fails":
+                if not isinstance(value, bool):
+                    raise ApiError(400, "slot_start_fails must be true or false")
             elif not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ApiError(400, f"{key} must be a non-negative number of seconds")
         for key, value in raw.items():
-            setattr(config, key, value if key == "agent_chat_events" or value is None else float(value))
+            keep = key in ("agent_chat_events", "slot_start_fails") or value is None
+            setattr(config, key, value if keep else float(value))
         return _json(_public_config(config))
 
     @app.get("/_emulator/users", tags=["emulator"])
@@ -319,6 +323,7 @@ def _public_config(config: EmulatorConfig) -> dict[str, Any]:
         "username": config.username,
         "token_ttl": config.token_ttl,
         "slot_startup_seconds": config.slot_startup_seconds,
+        "slot_start_fails": config.slot_start_fails,
         "event_delay": config.event_delay,
         "agent_chat_events": config.agent_chat_events,
         "slot_types": list(config.catalog.slot_types),

@@ -108,6 +108,8 @@ class EmulatorConfig:
     access_token: str | None = "demo-pat"
     token_ttl: float = 3600.0
     slot_startup_seconds: float = 0.3
+    #: A slot assigned while this is true ends in ERRORED instead of HOST_READY when its start-up time is over.
+    slot_start_fails: bool = False
     event_delay: float = 0.0
     agent_chat_events: int | None = None
     domain: str = "demo"

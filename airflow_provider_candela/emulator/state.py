@@ -177,13 +177,16 @@ class SlotRecord:
     created: datetime
     started_at: float
     startup_seconds: float
+    fails: bool = False
 
     def state(self, now: float | None = None) -> SlotState:
+        """START_REQUEST, NODE_STARTING, HOST_STARTING, then HOST_READY (ERRORED if it ``fails``)."""
+        end = SlotState.ERRORED if self.fails else SlotState.HOST_READY
         if self.startup_seconds <= 0:
-            return SlotState.HOST_READY
+            return end
         elapsed = (time.monotonic() if now is None else now) - self.started_at
-        step = self.startup_seconds / 3.0
-        return SlotState(min(int(elapsed / step), int(SlotState.HOST_READY)))
+        step = int(elapsed / (self.startup_seconds / 3.0))
+        return end if step >= int(SlotState.HOST_READY) else SlotState(step)
 
     def to_model(self, domain: str) -> SlotData:
         state = self.state()
@@ -414,6 +417,7 @@ class EmulatorState:
             created=datetime.now(UTC),
             started_at=time.monotonic(),
             startup_seconds=self.config.slot_startup_seconds,
+            fails=self.config.slot_start_fails,
         )
 
     def _slot(self, username: str) -> SlotRecord:

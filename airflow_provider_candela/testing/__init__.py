@@ -60,10 +60,11 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "access_token": "demo-pat",
     "domain": "demo",
 }
-_RESTORABLE: Final = ("token_ttl", "slot_startup_seconds", "event_delay", "agent_chat_events")
+_RESTORABLE: Final = ("token_ttl", "slot_startup_seconds", "slot_start_fails", "event_delay", "agent_chat_events")
 _RESTORE_DEFAULTS: Final[dict[str, Any]] = {
     "token_ttl": 3600.0,
     "slot_startup_seconds": 0.3,
+    "slot_start_fails": False,
     "event_delay": 0.0,
     "agent_chat_events": None,
 }
@@ -133,9 +134,12 @@ class CandelaEmulator:
     def _command(self, port: int) -> list[str]:
         cmd = [sys.executable, "-m", "airflow_provider_candela.emulator"]
         for name, value in self.flags.items():
-            if name == "port" or value is None:
+            if name == "port" or value is None or value is False:
                 continue
             flag = "--" + name.replace("_", "-")
+            if value is True:  # a switch such as --slot-start-fails
+                cmd.append(flag)
+                continue
             if name in ("fault", "faults"):
                 for fault in value if isinstance(value, list | tuple) else [value]:
                     cmd.append("--fault=" + (fault if isinstance(fault, str) else json.dumps(fault)))
@@ -304,7 +308,13 @@ class CandelaEmulator:
         self._control("POST", "/_emulator/expire_tokens")
 
     def configure(self, **config: Any) -> dict[str, Any]:
-        """Change ``event_delay``, ``token_ttl``, ``slot_startup_seconds`` or ``agent_chat_events``."""
+        """Change the emulator's settings: ``event_delay``, ``token_ttl``, ``slot_startup_seconds``, ...
+
+        The keys: ``event_delay``, ``token_ttl``, ``slot_startup_seconds``, ``slot_start_fails`` and
+        ``agent_chat_events``.
+
+        ``slot_start_fails=True``: slots assigned from now on end in ERRORED instead of HOST_READY.
+        """
         result: dict[str, Any] = self._control("PATCH", "/_emulator/config", config)
         return result
 

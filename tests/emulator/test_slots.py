@@ -57,6 +57,36 @@ def test_slot_metadata(api: Api, emulator: CandelaEmulator) -> None:
     assert abs((datetime.now(UTC) - slot.created).total_seconds()) < 60
 
 
+def test_a_failing_slot_starts_then_ends_errored_and_refuses_sessions(emulator: CandelaEmulator, api: Api) -> None:
+    emulator.configure(slot_startup_seconds=0.6, slot_start_fails=True)
+    assert api.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
+    assert api.get("/slot/state").json() in (0, 1), "a failing slot first starts like any other"
+    wait_until(lambda: api.get("/slot/state").json() == 6, timeout=5, interval=0.01)
+    assert api.get("/slot/metadata").json()["state"] == 6
+    assert api.start().status_code == 400, "no session on an ERRORED slot"
+    emulator.configure(slot_start_fails=False)
+    assert api.get("/slot/state").json() == 6, "the slot stays ERRORED until it is disposed of"
+    assert api.delete("/slot").status_code == 204
+    emulator.configure(slot_startup_seconds=0)
+    assert api.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
+    assert api.get("/slot/state").json() == 3, "the next slot starts normally"
+
+
+def test_slot_start_fails_is_a_boolean(api: Api, emulator: CandelaEmulator) -> None:
+    assert emulator.configure(slot_start_fails=True)["slot_start_fails"] is True
+    response = api.request("PATCH", "/_emulator/config", json={"slot_start_fails": 1})
+    assert response.status_code == 400
+    assert "slot_start_fails must be true or false" in response.json()["detail"]
+
+
+def test_slot_start_fails_from_the_command_line() -> None:
+    with CandelaEmulator(slot_start_fails=True, slot_startup_seconds=0) as emulator:
+        api = Api(emulator, emulator.access_token or "")
+        assert api.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
+        assert api.get("/slot/state").json() == 6
+        api.close()
+
+
 def test_assign_twice_is_a_noop(api: Api) -> None:
     assert api.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
     first = api.get("/slot/metadata").json()["slot_id"]
