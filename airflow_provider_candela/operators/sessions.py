@@ -12,31 +12,24 @@ methods only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import TriggerRule
 
 from airflow_provider_candela._validation import (
-    IF_SESSION_RUNNING,
-    coerce_choice,
     coerce_model,
     coerce_name,
     coerce_object_id,
-    coerce_positive_seconds,
     coerce_session,
     is_resolved,
     require_flag,
     require_prompt,
     session_ids,
 )
-from airflow_provider_candela.exceptions import (
-    CandelaApiError,
-    CandelaCancelledError,
-    CandelaSessionRunningError,
-)
-from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ObjectMetadata, ToolModule
+from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
+from airflow_provider_candela.operators._start import SessionStarter
 from airflow_provider_candela.operators._transcript import AgentTranscript
 from airflow_provider_candela.operators.stored_sessions import (
     CandelaCleanupSessionsOperator,
@@ -45,8 +38,6 @@ from airflow_provider_candela.operators.stored_sessions import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
-
-    from airflow_provider_candela.hooks.candela import CandelaHook
 
 __all__ = [
     "CandelaCleanupSessionsOperator",
@@ -62,7 +53,7 @@ __all__ = [
 # Start
 
 
-class _StartOperatorBase(CandelaOperator):
+class _StartOperatorBase(SessionStarter):
     """Slot handling, retry safety and ``on_kill`` shared by the two start operators.
 
     Retry safety: Candela runs at most one session per user.  The operator starts; when Candela
@@ -71,6 +62,8 @@ class _StartOperatorBase(CandelaOperator):
     running, while ``"fail"`` never stops a session it did not start (the task fails saying so; with
     ``retries`` it waits for the slot).  A refused app or model stops nothing.  If the start call itself
     fails ambiguously, the operator stops whatever that call may have started before re-raising.
+    The start itself is :class:`~airflow_provider_candela.operators._start.SessionStarter`'s, shared with
+    the prompt operators' one-task sessions.
 
     :param scope: scope of the new session (Candela's default is ``"default"``).
     :param parent_session: the session this one continues, if any.
@@ -82,82 +75,6 @@ class _StartOperatorBase(CandelaOperator):
         uses the same Candela user) or ``"fail"`` (never stop a session this task did not start).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
     """
-
-    def __init__(
-        self,
-        *,
-        scope: str | None = None,
-        parent_session: Any = None,
-        ensure_slot: bool = True,
-        slot_type: str | None = None,
-        slot_ready_timeout: float = 600,
-        if_session_running: str = "stop",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.scope = scope
-        self.parent_session = parent_session
-        self.ensure_slot = ensure_slot
-        self.slot_type = slot_type
-        self.slot_ready_timeout = slot_ready_timeout
-        tid = self.task_id
-        self.if_session_running = coerce_choice(
-            if_session_running, IF_SESSION_RUNNING, argument="if_session_running", task_id=tid
-        )
-        require_flag(ensure_slot, argument="ensure_slot", task_id=tid)
-        coerce_positive_seconds(slot_ready_timeout, argument="slot_ready_timeout", task_id=tid)
-        self._check_now(scope, lambda v: coerce_name(v, kind="scope", argument="scope", task_id=self.task_id))
-        self._check_now(slot_type, lambda v: coerce_name(v, kind="scope", argument="slot_type", task_id=self.task_id))
-        if parent_session is not None:
-            self._check_now(
-                parent_session, lambda v: coerce_object_id(v, argument="parent_session", task_id=self.task_id)
-            )
-
-    def _optional_id(self, value: Any, argument: str) -> ObjectId | None:
-        if value is None or value == "":
-            return None
-        return coerce_object_id(value, argument=argument, task_id=self.task_id)
-
-    def _start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        """Ensure the slot, then start (``start`` passes ``if_session_running`` to the hook)."""
-        with self._task_hook() as hook:
-            if self.ensure_slot:
-                slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
-                slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
-                self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
-            try:
-                metadata = self._start_once(hook, start)
-            except CandelaSessionRunningError as err:
-                if self.if_session_running == "fail":
-                    raise err.amended(
-                        f"Task '{self.task_id}' has if_session_running='fail': wait for the other session to stop "
-                        "(give the task retries), use another connection (Candela user), or set "
-                        "if_session_running='stop'"
-                    ) from err
-                raise
-            self.log.info(
-                "Started Candela session %s (domain %s, created by %s at %s).",
-                metadata.obj_id,
-                metadata.domain,
-                metadata.created_by,
-                metadata.created_at.isoformat(),
-            )
-            return metadata.model_dump(mode="json")
-
-    def _start_once(self, hook: CandelaHook, start: Callable[[CandelaHook], ObjectMetadata]) -> ObjectMetadata:
-        try:
-            return start(hook)
-        except CandelaApiError as err:
-            if err.status is not None and 400 <= err.status < 500:
-                raise  # Candela answered and refused: nothing was started
-            self._stop_session_best_effort("the start call failed")
-            raise
-        except CandelaCancelledError:
-            raise  # on_kill stops the session
-        except BaseException:
-            # The start may have happened server-side (lost response): leave nothing running.
-            self._stop_session_best_effort("the start call failed")
-            raise
 
     def on_kill(self) -> None:
         """Abort the start and stop the session (best effort): a killed start must not leave a session running."""
@@ -213,35 +130,11 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         self.model = model
         self.circuit_override = circuit_override
         self.directive_override = directive_override
-        for argument, value, required in (
-            ("app", app, True),
-            ("model", model, True),
-            ("circuit_override", circuit_override, False),
-            ("directive_override", directive_override, False),
-        ):
-            if value is not None or required:
-                self._check_id_now(value, argument)
+        self._check_app_ids_now(app, model, circuit_override, directive_override)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Ensure a slot, stop the user's running session, start the app session; return its metadata."""
-        app = coerce_object_id(self.app, argument="app", task_id=self.task_id)
-        model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
-        circuit_override = self._optional_id(self.circuit_override, "circuit_override")
-        directive_override = self._optional_id(self.directive_override, "directive_override")
-        parent_session = self._optional_id(self.parent_session, "parent_session")
-        scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=self.task_id)
-        self.log.info("Starting app %s with model %s in scope %s.", app, model, scope or "default")
-        return self._start(
-            lambda hook: hook.start_session(
-                app,
-                model,
-                scope=scope,
-                parent_session=parent_session,
-                circuit_override=circuit_override,
-                directive_override=directive_override,
-                if_session_running=self.if_session_running,
-            ),
-        )
+        return self._start_app_session(self.app, self.model, self.circuit_override, self.directive_override)
 
 
 class CandelaStartDevSessionOperator(_StartOperatorBase):
