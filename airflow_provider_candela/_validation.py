@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from airflow_provider_candela.exceptions import CandelaInputError
+from airflow_provider_candela.exceptions import CandelaInputError, CandelaOutputError
 from airflow_provider_candela.models import (
     DEFAULT_SCOPE,
     MAX_PROMPT_BYTES,
@@ -39,6 +39,8 @@ from airflow_provider_candela.models import (
 
 __all__ = [
     "IF_SESSION_RUNNING",
+    "check_session_form",
+    "coerce_answer",
     "coerce_bool",
     "coerce_choice",
     "coerce_model",
@@ -46,12 +48,14 @@ __all__ = [
     "coerce_object_id",
     "coerce_older_than",
     "coerce_optional_name",
+    "coerce_output_type",
     "coerce_positive_seconds",
     "coerce_session",
     "is_resolved",
     "parse_bool",
     "require_flag",
     "require_prompt",
+    "require_returned_prompt",
     "require_text",
     "require_unicode",
     "session_ids",
@@ -299,6 +303,88 @@ def require_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = M
             "may have. Shorten it or split it into several prompts."
         )
     return text
+
+
+def require_returned_prompt(value: Any, *, decorator: str, task_id: str) -> str:
+    """The prompt a decorated function returned: a string (then checked as any prompt).
+
+    :raises CandelaInputError: naming the decorator, the task and what the function returned.
+    """
+    if not isinstance(value, str):
+        raise CandelaInputError(
+            f"The function of {decorator} task '{task_id}' must return the prompt as a string, "
+            f"got {type(value).__name__} ({_shown(value)}). Return the prompt text, e.g. f'Summarise {{ds}}'."
+        )
+    return require_prompt(value, task_id=task_id)
+
+
+def check_session_form(
+    *, running: bool, app: Any, model: Any, start_options: list[str], task_id: str, argument: str = "session"
+) -> None:
+    """Exactly one form of a prompt task's session: a running one, or ``app`` + ``model`` (a one-task session).
+
+    :param running: whether ``session`` or ``session_id`` was given.
+    :param start_options: the names of the start options given (e.g. ``slot_type``): one-task sessions only.
+    :raises CandelaInputError: for both forms, neither, half of ``app`` + ``model``, or start options
+        without ``app``.
+    """
+    one_task = app is not None or model is not None
+    forms = (
+        f"`{argument}=start.output` (or `session_id=...`) to prompt a running session, or `app=` and `model=` "
+        "for a session that this task starts and stops"
+    )
+    if running and one_task:
+        given = ", ".join(f"`{name}`" for name, value in (("app", app), ("model", model)) if value is not None)
+        raise CandelaInputError(f"Task '{task_id}' got both a running session and {given}: pass one of {forms}.")
+    if not running and not one_task:
+        raise CandelaInputError(f"Task '{task_id}' needs a session: pass {forms}.")
+    if one_task and (app is None or model is None):
+        missing, given = ("model", "app") if model is None else ("app", "model")
+        raise CandelaInputError(
+            f"Task '{task_id}' got `{given}` but no `{missing}`: a session that the task starts needs both "
+            f"(e.g. app='default/demo-pipeline', model='default/demo-model'), or pass `{argument}=` instead."
+        )
+    if not one_task and start_options:
+        names = ", ".join(f"`{name}`" for name in start_options)
+        raise CandelaInputError(
+            f"Task '{task_id}' got {names}, which apply only to a session the task starts: pass `app=` and "
+            f"`model=` instead of `{argument}`, or drop them (the start task of `{argument}` takes them)."
+        )
+
+
+def coerce_output_type(value: Any, *, task_id: str, argument: str = "output_type") -> type[BaseModel] | None:
+    """``None``, or a pydantic model class (the answer is validated into it).
+
+    :raises CandelaInputError: naming the argument, the task and what was given.
+    """
+    if value is None or (isinstance(value, type) and issubclass(value, BaseModel)):
+        return value
+    what = f"an instance of {type(value).__name__}" if isinstance(value, BaseModel) else _shown(value)
+    raise CandelaInputError(
+        f"{_invalid(argument, task_id)}: expected a pydantic model class (a subclass of pydantic.BaseModel), "
+        f"got {what}. Pass the class itself, e.g. output_type=TradeSummary."
+    )
+
+
+def coerce_answer(value: Any, output_type: type[M], *, what: str, task_id: str) -> dict[str, Any]:
+    """``value`` (a dict, or JSON text) validated as ``output_type``, in its JSON form (for XCom).
+
+    :param what: what ``value`` is, for the message (e.g. "the pipeline's `result`").
+    :raises CandelaOutputError: listing the fields that did not fit.
+    """
+    try:
+        if isinstance(value, str | bytes):
+            model = output_type.model_validate_json(value)
+        else:
+            model = output_type.model_validate(value)
+    except ValidationError as err:
+        root = None if isinstance(value, str | bytes) else f"expected an object, got {type(value).__name__}"
+        raise CandelaOutputError(
+            f"Task '{task_id}': {what} does not fit `output_type` {output_type.__name__}: "
+            f"{validation_problems(err, root=root)}. The answer is in the task log: make `output_type` match it, "
+            "or change the prompt or the app."
+        ) from None
+    return model.model_dump(mode="json")
 
 
 _NAME_HINTS: Final = {

@@ -81,5 +81,9 @@ class CandelaSessionRunningError(CandelaApiError):
     """Candela refused to start a session because another one runs on the user's slot."""
 
 
+class CandelaOutputError(CandelaError):
+    """Candela's answer does not fit the task's ``output_type`` (the fields that did not fit are listed)."""
+
+
 class CandelaCancelledError(CandelaError):
     """The hook was cancelled (the task was killed) while a call was in flight; nothing was retried."""

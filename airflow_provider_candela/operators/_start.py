@@ -25,24 +25,18 @@ if TYPE_CHECKING:
     from airflow_provider_candela.hooks.candela import CandelaHook
     from airflow_provider_candela.models import ObjectId, ObjectMetadata
 
-__all__ = ["APP_START_OPTIONS", "START_OPTIONS", "SessionStarter"]
+__all__ = ["START_OPTIONS", "SessionStarter"]
 
 #: The start options every starting task takes (the arguments of :class:`SessionStarter`, ``scope`` aside).
 START_OPTIONS: Final = ("parent_session", "ensure_slot", "slot_type", "slot_ready_timeout", "if_session_running")
-#: The options of an app session's start beyond ``app`` and ``model``.
-APP_START_OPTIONS: Final = ("circuit_override", "directive_override")
 
 
 class SessionStarter(CandelaOperator):
-    """The start options and the synchronous start of a session (see :class:`_StartOperatorBase`).
+    """The start options and the synchronous start of a session.
 
-    :param scope: scope of the new session (Candela's default is ``"default"``).
-    :param parent_session: the session this one continues, if any.
-    :param ensure_slot: assign a slot when the user has none and wait until it is ready.
-    :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``).
-    :param slot_ready_timeout: seconds to wait for the slot to become ready.
-    :param if_session_running: when Candela answers that the user already runs a session: ``"stop"``
-        it and start again, or ``"fail"``.
+    The arguments (``scope``, ``parent_session``, ``ensure_slot``, ``slot_type``, ``slot_ready_timeout``,
+    ``if_session_running``) are documented once, on the start operators' base
+    :class:`~airflow_provider_candela.operators.sessions._StartOperatorBase`.
     """
 
     def __init__(

@@ -12,24 +12,30 @@ methods only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow.providers.common.compat.sdk import TriggerRule
 
 from airflow_provider_candela._validation import (
+    check_session_form,
+    coerce_answer,
     coerce_model,
     coerce_name,
     coerce_object_id,
+    coerce_output_type,
     coerce_session,
     is_resolved,
     require_flag,
     require_prompt,
     session_ids,
+    shorten,
 )
+from airflow_provider_candela.exceptions import CandelaOutputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
-from airflow_provider_candela.operators._start import SessionStarter
+from airflow_provider_candela.operators._start import START_OPTIONS, SessionStarter
 from airflow_provider_candela.operators._transcript import AgentTranscript
 from airflow_provider_candela.operators.stored_sessions import (
     CandelaCleanupSessionsOperator,
@@ -38,6 +44,9 @@ from airflow_provider_candela.operators.stored_sessions import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+    from pydantic import BaseModel
+
+    from airflow_provider_candela.models import PipelineAnswer
 
 __all__ = [
     "CandelaCleanupSessionsOperator",
@@ -48,6 +57,8 @@ __all__ = [
     "CandelaSubmitAgentPromptOperator",
     "CandelaSubmitPipelinePromptOperator",
 ]
+
+_R = TypeVar("_R")
 
 # --------------------------------------------------------------------------------------------------
 # Start
@@ -207,19 +218,57 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
 # Prompts
 
 
-class _PromptOperatorBase(CandelaOperator):
-    """``session`` / ``session_id`` + ``scope`` and ``prompt`` handling of the prompt operators.
+class _PromptOperatorBase(SessionStarter):
+    """The session, the prompt and the typed answer of the prompt operators.
+
+    The session comes in one of two forms (anything else fails when the DAG is parsed):
+
+    * a running session: ``session`` (e.g. ``start.output``), or ``session_id`` + ``scope``;
+    * a one-task session: ``app`` + ``model`` (and the start options): the task starts the session
+      as :class:`CandelaStartSessionOperator` does, sends the prompt and stops the session before it
+      returns, whether the prompt succeeded, failed or timed out, or the task was killed.  Nothing is
+      left running, and a retry starts afresh.  (Not deferrable: the task waits for the slot.)
 
     :param prompt: the prompt text (templated).
     :param session: the session: ``start.output`` (an ``ObjectMetadata`` dict), an ``ObjectId``, a dict
         or ``"scope/identifier"`` (templated).
     :param session_id: instead of ``session``: the session identifier (templated).
-    :param scope: with ``session_id``: the session scope, default ``"default"`` (templated).
+    :param scope: with ``session_id``: the session scope, default ``"default"``; with ``app``: the
+        scope of the new session (templated).
+    :param app: instead of ``session``: the app of a one-task session (templated).
+    :param model: with ``app``: the model configuration to run it with (templated).
+    :param circuit_override: with ``app``: a circuit to use instead of the app's (templated).
+    :param directive_override: with ``app``: a directive to use instead of the app's (templated).
+    :param output_type: a pydantic model class: the answer is validated into it and its JSON form
+        (``model_dump(mode="json")``) is returned; an answer that does not fit fails the task, listing
+        the fields that did not fit (the answer itself goes to the task log, truncated).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+
+    The start options of a one-task session (``parent_session``, ``ensure_slot``, ``slot_type``,
+    ``slot_ready_timeout``, ``if_session_running``) are those of :class:`_StartOperatorBase`.
     """
 
-    template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "scope", "prompt")
-    template_fields_renderers: ClassVar[dict[str, str]] = {"session": "json"}
+    template_fields: Sequence[str] = (
+        "candela_conn_id",
+        "session",
+        "session_id",
+        "scope",
+        "prompt",
+        "app",
+        "model",
+        "circuit_override",
+        "directive_override",
+        "parent_session",
+        "slot_type",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "session": "json",
+        "app": "json",
+        "model": "json",
+        "circuit_override": "json",
+        "directive_override": "json",
+        "parent_session": "json",
+    }
 
     def __init__(
         self,
@@ -227,22 +276,60 @@ class _PromptOperatorBase(CandelaOperator):
         prompt: str,
         session: Any = None,
         session_id: str | None = None,
-        scope: str | None = None,
+        app: Any = None,
+        model: Any = None,
+        circuit_override: Any = None,
+        directive_override: Any = None,
+        output_type: type[BaseModel] | None = None,
         **kwargs: Any,
     ) -> None:
+        start_options: list[str] = [name for name in START_OPTIONS if name in kwargs]
+        overrides = {"circuit_override": circuit_override, "directive_override": directive_override}
+        start_options += [name for name, value in overrides.items() if value is not None]
         super().__init__(**kwargs)
         self.prompt = prompt
         self.session = session
         self.session_id = session_id
-        self.scope = scope
+        self.app = app
+        self.model = model
+        self.circuit_override = circuit_override
+        self.directive_override = directive_override
+        tid = self.task_id
+        self.output_type = coerce_output_type(output_type, task_id=tid)
         self._check_now(prompt, lambda v: require_prompt(v, task_id=self.task_id))
-        if all(is_resolved(v) for v in (session, session_id, scope)):
-            coerce_session(session, session_id=session_id, scope=scope, task_id=self.task_id)
+        running = session is not None or bool(session_id)
+        check_session_form(running=running, app=app, model=model, start_options=start_options, task_id=tid)
+        if running and all(is_resolved(v) for v in (session, session_id, self.scope)):
+            coerce_session(session, session_id=session_id, scope=self.scope, task_id=tid)
+        if not running:
+            self._check_app_ids_now(app, model, circuit_override, directive_override)
 
-    def _session_and_prompt(self) -> tuple[ObjectId, str]:
-        oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
+    def _in_session(self, send: Callable[[ObjectId, str], _R]) -> _R:
+        """``send(session, prompt)`` on the running session, or on a session started and stopped here."""
         prompt = require_prompt(self.prompt, task_id=self.task_id)
-        return oid, prompt
+        if self.app is None:
+            oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
+            return send(oid, prompt)
+        metadata = self._start_app_session(self.app, self.model, self.circuit_override, self.directive_override)
+        oid = coerce_object_id(metadata, argument="session", task_id=self.task_id)
+        try:
+            result = send(oid, prompt)
+        except BaseException:
+            self._stop_session_best_effort(f"task '{self.task_id}' started it; the prompt did not complete")
+            raise
+        with self._task_hook() as hook:
+            hook.stop_session()
+        self.log.info("Stopped session %s (this task started it).", oid)
+        return result
+
+    def _typed(self, value: Any, *, what: str, answer: Any) -> dict[str, Any]:
+        """``value`` validated as ``output_type``; when it does not fit, the raw ``answer`` goes to the log."""
+        assert self.output_type is not None
+        try:
+            return coerce_answer(value, self.output_type, what=what, task_id=self.task_id)
+        except CandelaOutputError:
+            self.log.error("The answer (truncated): %s", shorten(json.dumps(answer, default=str), 2000))
+            raise
 
     def on_kill(self) -> None:
         """Abort the prompt in flight (``execute`` raises) and stop the session (best effort)."""
@@ -254,21 +341,27 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
     """Submit a prompt to a pipeline session and return the server's JSON answer.
 
     XCom return value: the JSON object Candela returns, e.g.
-    ``{"metadata": {"request_id": ...}, "result": {...}}``.
+    ``{"metadata": {"request_id": ...}, "result": {...}}``; with ``output_type``, the answer's
+    ``result`` validated into that model, in its JSON form.
 
-    The arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, ``candela_conn_id``) are
-    those of :class:`_PromptOperatorBase`.
+    The arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, or ``app`` + ``model`` and the
+    start options for a one-task session, ``output_type``, ``candela_conn_id``) are those of
+    :class:`_PromptOperatorBase`.
     """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Submit the prompt; return the server's JSON object."""
-        oid, prompt = self._session_and_prompt()
-        self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), oid)
-        with self._task_hook() as hook:
-            answer = hook.submit_pipeline_prompt(oid, prompt)
+        """Submit the prompt (in a session of its own with ``app``); return the answer."""
+        answer = self._in_session(self._submit)
         xcom = answer.to_xcom()
         self.log.info("Pipeline answered (request id %s, keys %s).", answer.request_id, sorted(xcom))
-        return xcom
+        if self.output_type is None:
+            return xcom
+        return self._typed(answer.result, what="the pipeline's `result`", answer=xcom)
+
+    def _submit(self, session: ObjectId, prompt: str) -> PipelineAnswer:
+        self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), session)
+        with self._task_hook() as hook:
+            return hook.submit_pipeline_prompt(session, prompt)
 
 
 class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
@@ -286,10 +379,15 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
          "event_counts": {"user": 1, "chat": 12, "result": 1},
          "events": [{"event_type", "content"}, ...]}   # only with return_events=True
 
+    With ``output_type``, each decoded ``result`` event (``{"content_type": ..., "content": ...}``) is
+    validated into that model and ``results`` holds their JSON forms; an answer without a ``result``
+    event fails the task.
+
     :param return_events: also return the full event list (can be large: XCom lives in the metadata DB).
 
-    The other arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, ``candela_conn_id``)
-    are those of :class:`_PromptOperatorBase`.
+    The other arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, or ``app`` + ``model``
+    and the start options for a one-task session, ``output_type``, ``candela_conn_id``) are those of
+    :class:`_PromptOperatorBase`.
     """
 
     def __init__(self, *, return_events: bool = False, **kwargs: Any) -> None:
@@ -297,19 +395,32 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         self.return_events = require_flag(return_events, argument="return_events", task_id=self.task_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Submit the prompt, log each event as it arrives; return the compact summary."""
-        oid, prompt = self._session_and_prompt()
-        self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), oid)
+        """Submit the prompt (in a session of its own with ``app``), log each event; return the summary."""
+        summary = self._in_session(self._submit)
+        if self.output_type is not None:
+            if not summary["results"]:
+                raise CandelaOutputError(
+                    f"Task '{self.task_id}': the agent sent no `result` event to validate as `output_type` "
+                    f"{self.output_type.__name__}. Ask for a result in the prompt, or drop `output_type`."
+                )
+            summary["results"] = [
+                self._typed(result, what=f"`result` event {i} of the agent", answer=result)
+                for i, result in enumerate(summary["results"], 1)
+            ]
+        return summary
+
+    def _submit(self, session: ObjectId, prompt: str) -> dict[str, Any]:
+        self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), session)
         transcript = AgentTranscript(self.log.info, keep_events=self.return_events)
         try:
             with (
                 self._task_hook() as hook,
-                hook.submit_prompt_to_agent(oid, prompt) as stream,
+                hook.submit_prompt_to_agent(session, prompt) as stream,
             ):
                 transcript.consume(stream)
         finally:
             transcript.flush()
-        summary = transcript.summary(session_ids(oid))
+        summary = transcript.summary(session_ids(session))
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary["event_counts"].items())) or "none"
         self.log.info(
             "Agent stream ended: %d events (%s), %d characters of response, %d result(s).",
