@@ -49,7 +49,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Candela",
-                "python-modules": ["airflow_provider_candela.triggers.sessions"],
+                "python-modules": [
+                    "airflow_provider_candela.triggers.sessions",
+                    "airflow_provider_candela.triggers.slots",
+                ],
             }
         ],
         "hooks": [
@@ -57,6 +60,16 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "Candela",
                 "python-modules": ["airflow_provider_candela.hooks.candela"],
             }
+        ],
+        "task-decorators": [
+            {
+                "name": "candela_pipeline",
+                "class-name": "airflow_provider_candela.decorators.sessions.candela_pipeline_task",
+            },
+            {
+                "name": "candela_agent",
+                "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_task",
+            },
         ],
         "connection-types": [
             {

@@ -1,94 +1,25 @@
-"""Candela triggers: wait for a session to exist without holding a worker slot.
+"""CandelaSessionExistsTrigger: wait for a session to exist without holding a worker slot.
 
-The trigger reuses the synchronous :class:`~airflow_provider_candela.hooks.candela.CandelaHook` and
-runs each of its calls in a worker thread through
-``asgiref.sync.sync_to_async(..., thread_sensitive=False)``, so the triggerer's event loop never
-blocks.  ``sync_to_async`` (rather than a bare ``asyncio.to_thread``) matters on Airflow 3: the
-hook's connection lookup talks to the triggerer's supervisor, and asgiref records the main event
-loop in the worker thread so that the lookup is bridged back to it (the way
-``airflow.providers.common.compat.connection.get_async_connection`` reads connections).
-
-All the triggers of one triggerer process that use the same connection share one hook (one token,
-one pool of keep-alive connections): a thousand deferred sensors make one token grant, not a
-thousand, and do not flood Airflow's secret masker with a thousand tokens.  The hook is closed when
-the last trigger using it ends, so a changed connection is read again by the next trigger.
-
-Only identifiers, the connection id and the timing are serialized; never credentials.
+The hook calls run in worker threads with one hook per connection shared by the triggers of the
+process (see :mod:`airflow_provider_candela.triggers._shared`).  Only identifiers, the connection id
+and the timing are serialized; never credentials.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_candela.models import ObjectId
+from airflow_provider_candela.triggers._shared import event, poll_until
 
 if TYPE_CHECKING:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
 __all__ = ["CandelaSessionExistsTrigger"]
-
-_T = TypeVar("_T")
-
-
-async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
-    """Run a blocking hook call in a worker thread, triggerer-safe (see the module docstring)."""
-    from asgiref.sync import sync_to_async
-
-    return await sync_to_async(func, thread_sensitive=False)(*args)
-
-
-def _event(payload: dict[str, Any]) -> TriggerEvent:
-    return TriggerEvent(payload)  # type: ignore[no-untyped-call]
-
-
-class _SharedHooks:
-    """One hook per connection id for the triggers of this process, counted by its users.
-
-    ``acquire`` and ``release`` block (connection lookup, closing sockets): call them in a worker
-    thread.  The hook itself is safe to share: its token manager locks around grants, and its
-    ``requests.Session`` pools connections per thread.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._hooks: dict[str, tuple[CandelaHook, int]] = {}
-
-    def acquire(self, conn_id: str) -> CandelaHook:
-        from airflow_provider_candela.hooks.candela import CandelaHook
-
-        with self._lock:
-            entry = self._hooks.get(conn_id)
-            if entry is None:
-                hook = CandelaHook(candela_conn_id=conn_id)
-                hook.get_conn()  # the connection lookup happens here, off the event loop
-                entry = (hook, 0)
-            self._hooks[conn_id] = (entry[0], entry[1] + 1)
-            return entry[0]
-
-    def release(self, conn_id: str, hook: CandelaHook) -> None:
-        with self._lock:
-            shared, users = self._hooks.get(conn_id, (None, 0))
-            if shared is not hook:
-                return
-            if users > 1:
-                self._hooks[conn_id] = (hook, users - 1)
-                return
-            del self._hooks[conn_id]
-        hook.close()
-
-    def users(self, conn_id: str) -> int:
-        """How many running triggers share the hook of ``conn_id`` (0: none is open)."""
-        with self._lock:
-            return self._hooks.get(conn_id, (None, 0))[1]
-
-
-_HOOKS = _SharedHooks()
 
 
 class CandelaSessionExistsTrigger(BaseTrigger):
@@ -160,45 +91,36 @@ class CandelaSessionExistsTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check every ``poll_interval`` seconds until the session exists or ``end_time`` passes."""
-        # The shared hook is released inside _wait, before the event is yielded: the triggerer may
-        # never resume this generator after its event, so nothing may be left to a `finally` here.
-        yield _event(await self._wait())
-
-    async def _wait(self) -> dict[str, Any]:
-        """Poll until success, timeout or error; return the event payload."""
         oid = self._session_id
         ids = oid.model_dump(mode="json")
-        hook: CandelaHook | None = None
-        checks = 0
-        try:
-            live = hook = await _in_thread(_HOOKS.acquire, self.candela_conn_id)
-            while True:
-                checks += 1
-                if await _in_thread(live.session_exists, oid):
-                    session = await _in_thread(self._metadata, live, oid)
-                    self.log.info("Candela session %s exists (check %d).", oid, checks)
-                    return {"status": "success", "message": f"Candela session {oid} exists.", "session": session}
-                remaining = None if self.end_time is None else self.end_time - time.time()
-                if remaining is not None and remaining <= 0:
-                    return {
-                        "status": "timeout",
-                        "message": f"Candela session {oid} did not appear before the deadline "
-                        f"({checks} checks, every {self.poll_interval:g} s).",
-                        "session": ids,
-                    }
+
+        def check(hook: CandelaHook, checks: int) -> dict[str, Any] | None:
+            if not hook.session_exists(oid):
                 self.log.debug("Candela session %s does not exist yet (check %d).", oid, checks)
-                await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
+                return None
+            self.log.info("Candela session %s exists (check %d).", oid, checks)
             return {
-                "status": "error",
-                "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",
-                "session": ids,
+                "status": "success",
+                "message": f"Candela session {oid} exists.",
+                "session": self._metadata(hook, oid),
             }
-        finally:
-            if hook is not None:
-                try:
-                    await _in_thread(_HOOKS.release, self.candela_conn_id, hook)
-                except Exception as err:  # closing is best effort
-                    self.log.debug("Closing the Candela hook failed: %s", err)
+
+        yield event(
+            await poll_until(
+                self.candela_conn_id,
+                check,
+                poll_interval=self.poll_interval,
+                end_time=self.end_time,
+                on_timeout=lambda checks: {
+                    "status": "timeout",
+                    "message": f"Candela session {oid} did not appear before the deadline "
+                    f"({checks} checks, every {self.poll_interval:g} s).",
+                    "session": ids,
+                },
+                on_error=lambda err: {
+                    "status": "error",
+                    "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",
+                    "session": ids,
+                },
+            )
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from typing import Any
@@ -36,16 +35,10 @@ def _start_session(scope: str | None = None) -> Any:
         return hook.start_session("default/demo-agent", "default/demo-model", scope=scope)
 
 
-def test_serialize_round_trip_carries_ids_and_timing_but_no_credentials(candela: Any) -> None:
+def test_serialize_round_trip_carries_ids_and_timing_but_no_credentials(assert_serializes_safely: Any) -> None:
     trigger = CandelaSessionExistsTrigger("team", "session-1", "1.0.0", poll_interval=5, timeout=60)
-    classpath, kwargs = trigger.serialize()
-    assert classpath == "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
+    kwargs = assert_serializes_safely(trigger)
     assert set(kwargs) == {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
-    text = json.dumps(kwargs)  # JSON-safe
-    for secret in (candela.password, candela.client_secret, candela.access_token, candela.username):
-        assert secret not in text
-    clone = CandelaSessionExistsTrigger(**kwargs)
-    assert clone.serialize() == (classpath, kwargs)  # the deadline is absolute: it survives a triggerer restart
 
 
 def test_fires_success_with_the_session_metadata(candela: Any) -> None:
@@ -128,7 +121,7 @@ async def _drain(trigger: CandelaSessionExistsTrigger) -> None:
 
 
 def test_triggers_of_one_connection_share_one_hook_and_one_token(candela: Any) -> None:
-    from airflow_provider_candela.triggers.sessions import _HOOKS
+    from airflow_provider_candela.triggers._shared import HOOKS
 
     started = _start_session()
     oid = started.obj_id
@@ -151,4 +144,4 @@ def test_triggers_of_one_connection_share_one_hook_and_one_token(candela: Any) -
     assert [e["status"] for e in events] == ["success"] * 50
     stats = candela.stats()
     assert stats["token_grants"]["password"] - grants_before == 1, "50 triggers, one shared token"
-    assert _HOOKS.users("candela_default") == 0, "the shared hook is closed when its last trigger ends"
+    assert HOOKS.users("candela_default") == 0, "the shared hook is closed when its last trigger ends"
