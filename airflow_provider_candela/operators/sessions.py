@@ -35,6 +35,7 @@ from airflow_provider_candela._validation import (
 from airflow_provider_candela.exceptions import CandelaOutputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
+from airflow_provider_candela.operators._deferred_start import DeferrableStarter
 from airflow_provider_candela.operators._start import START_OPTIONS, SessionStarter
 from airflow_provider_candela.operators._transcript import AgentTranscript
 from airflow_provider_candela.operators.stored_sessions import (
@@ -64,7 +65,7 @@ _R = TypeVar("_R")
 # Start
 
 
-class _StartOperatorBase(SessionStarter):
+class _StartOperatorBase(DeferrableStarter):
     """Slot handling, retry safety and ``on_kill`` shared by the two start operators.
 
     Retry safety: Candela runs at most one session per user.  The operator starts; when Candela
@@ -76,6 +77,17 @@ class _StartOperatorBase(SessionStarter):
     The start itself is :class:`~airflow_provider_candela.operators._start.SessionStarter`'s, shared with
     the prompt operators' one-task sessions.
 
+    Deferrable (``deferrable=True``): bringing a slot up can take minutes.  The task assigns the slot
+    when the user has none and checks it once; when it is not ready, the task defers to
+    :class:`~airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger` and frees its worker slot
+    while the triggerer polls the slot's state (every ``slot_poll_interval`` s, until ``slot_ready_timeout``
+    after the deferral, a deadline kept across triggerer restarts).  Once the slot is ready the task
+    resumes and starts the session exactly as without deferral (same XCom).  ``ERRORED`` (or
+    ``HOST_GONE``), the deadline and failing checks fail the task naming the slot and its last state.
+    A retried task reuses the user's slot (it never assigns a second one).  Killing the deferred task
+    (mark failed / clear) on Airflow 3.3+ disposes of the slot if the task assigned it and it is still
+    starting; Airflow 2 does not tell triggers about kills, so the slot keeps starting there.
+
     :param scope: scope of the new session (Candela's default is ``"default"``).
     :param parent_session: the session this one continues, if any.
     :param ensure_slot: assign a slot when the user has none and wait until it is ready.
@@ -84,6 +96,9 @@ class _StartOperatorBase(SessionStarter):
     :param if_session_running: when Candela answers that the user already runs a session: ``"stop"``
         it and start again (default; makes retries safe, but stops another DAG run's session if it
         uses the same Candela user) or ``"fail"`` (never stop a session this task did not start).
+    :param deferrable: wait for the slot in the triggerer instead of a worker (default: the
+        ``[operators] default_deferrable`` option); needs ``ensure_slot``.
+    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state.
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
     """
 
@@ -110,9 +125,9 @@ class CandelaStartSessionOperator(_StartOperatorBase):
     :param circuit_override: a circuit to use instead of the app's (same scope as the app).
     :param directive_override: a directive to use instead of the app's (same scope as the app).
 
-    The slot, retry and connection arguments (``scope``, ``parent_session``, ``ensure_slot``,
-    ``slot_type``, ``slot_ready_timeout``, ``if_session_running``, ``candela_conn_id``) are those of
-    :class:`_StartOperatorBase`.
+    The slot, retry, deferral and connection arguments (``scope``, ``parent_session``, ``ensure_slot``,
+    ``slot_type``, ``slot_ready_timeout``, ``if_session_running``, ``deferrable``, ``slot_poll_interval``,
+    ``candela_conn_id``) are those of :class:`_StartOperatorBase`.
     """
 
     template_fields: Sequence[str] = (
@@ -161,7 +176,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
     :param tool_module: optional tool classes: a ``ToolModule``, a dict ``{"content": source}`` or the
         Python source as a string.
 
-    The slot, retry and connection arguments are those of :class:`_StartOperatorBase`.
+    The slot, retry, deferral and connection arguments are those of :class:`_StartOperatorBase`.
     """
 
     template_fields: Sequence[str] = ("candela_conn_id", "model", "scope", "parent_session", "slot_type")
