@@ -1,6 +1,7 @@
 """Daily pipeline prompt: start a Candela pipeline session, prompt it for the day, use the answer.
 
-- ``start_session`` (setup) makes sure the user has a ready slot, then starts the pipeline app.
+- ``start_session`` (setup) makes sure the user has a ready slot, then starts the pipeline app; it is
+  deferrable: while a new slot starts, the wait runs in the triggerer and frees the worker slot.
 - ``prompt`` sends a prompt templated with the run's logical date (``{{ ds }}``).
 - ``publish`` is an ordinary downstream task that receives the pipeline's JSON answer through XCom.
 - ``stop_session`` is the teardown: it stops the session even when the prompt fails.
@@ -42,6 +43,8 @@ with DAG(
         task_id="start_session",
         app="{{ params.app }}",
         model="{{ params.model }}",
+        # A slot can take minutes to come up: wait for it in the triggerer, not in a worker slot.
+        deferrable=True,
     )
 
     prompt = CandelaSubmitPipelinePromptOperator(

@@ -13,7 +13,9 @@ Run by ``make deployment-test`` (``tests/deployment/run.sh`` installs what it ne
 Scenarios:
 
 1. every example DAG is unpaused and triggered (unpausing also creates their scheduled runs); every
-   run must succeed;
+   run must succeed; new slots take 15 s to start, and the first ``start_session`` of
+   ``candela_scheduled_pipeline_prompt`` (``deferrable=True``) must be seen ``deferred`` with a
+   ``CandelaSlotReadyTrigger`` (slot id, conn id and timing only) and resume to succeed;
 2. ``candela_deploy_wait_for_session``: two ``CandelaSessionExistsSensor(deferrable=True)`` tasks, one
    with ``candela_default`` (environment variable), one with ``candela_deploy_db`` (a connection the
    test stores in the metadata DB, so the triggerer must fetch it through the API server), wait for a
@@ -69,6 +71,10 @@ DB_CONN_ID = "candela_deploy_db"
 SLOW_DAG = "candela_deploy_slow_agent"
 ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG)
 TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
+PIPELINE_DAG = "candela_scheduled_pipeline_prompt"  # its start_session is deferrable=True
+SLOT_TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger"
+# A new slot takes this long to come up: the example's first start task must defer while it does.
+SLOT_STARTUP_SECONDS = 15
 TERMINAL_RUN_STATES = {"success", "failed"}
 # A task whose worker died is failed once its heartbeats stop for this long (Airflow's default: 300 s).
 TI_HEARTBEAT_TIMEOUT = 30
@@ -439,6 +445,7 @@ class DeploymentTest:
         self.records: list[RunRecord] = []
         self.deferrals: list[str] = []
         self.restarts: list[str] = []
+        self.deferred_start = ""  # the run of the example pipeline DAG whose start_session was seen deferred
         self.phases: list[tuple[str, float]] = []
         self.env: dict[str, str] = {}
         self.pg_password = secrets.token_urlsafe(16)
@@ -873,6 +880,36 @@ class DeploymentTest:
             jobs[task_id] = int(triggerer_id)  # type: ignore[arg-type]
         return jobs
 
+    def wait_start_deferred(self, api: AirflowApi) -> str:
+        """The example pipeline DAG's deferrable start waits for its new slot in the triggerer; its run id."""
+
+        def deferred() -> tuple[str, int, str] | None:
+            self.procs.check_running()
+            rows = self.query(
+                "SELECT ti.run_id, t.id, t.classpath FROM task_instance ti JOIN trigger t ON t.id = ti.trigger_id "
+                "WHERE ti.dag_id = %s AND ti.task_id = 'start_session' AND ti.state = 'deferred'",
+                (PIPELINE_DAG,),
+            )
+            return (str(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None
+
+        run_id, trigger_id, classpath = wait_for(f"{PIPELINE_DAG}: start_session deferred", deferred, 240, 0.25)
+        from airflow.models.trigger import Trigger
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            trigger = session.get(Trigger, trigger_id)
+            kwargs = dict(trigger.kwargs) if trigger is not None else {}
+        leaked = [secret for secret in self._candela_secrets() if secret in json.dumps(kwargs, default=str)]
+        self.check(
+            classpath == SLOT_TRIGGER_CLASSPATH
+            and set(kwargs) == {"slot_id", "assigned", "candela_conn_id", "poll_interval", "end_time"}
+            and not leaked,
+            f"{PIPELINE_DAG} {run_id} start_session deferred to {classpath.rsplit('.', 1)[1]} for slot "
+            f"{kwargs.get('slot_id')} (slot id, conn id and timing only, no credential)",
+        )
+        self.deferrals.append(f"{run_id} start_session: deferred while slot {kwargs.get('slot_id')} started")
+        return run_id
+
     def check_deferral_recorded(self, api: AirflowApi, run_id: str) -> None:
         """After the run: Airflow's event log shows each sensor deferred once, and it resumed without a retry."""
         for task_id in SENSOR_TASKS:
@@ -928,12 +965,14 @@ class DeploymentTest:
     # -------------------------------------------------------------- scenarios
     def scenario_examples_and_deferral(self, api: AirflowApi) -> dict[str, str]:
         self.phase("example DAGs + deferrable sensors")
+        self.emulator.configure(slot_startup_seconds=SLOT_STARTUP_SECONDS)
         for dag_id in ALL_DAGS:
             api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
         self.check(True, f"unpaused {', '.join(ALL_DAGS)}")
         triggered = {
             dag_id: api.trigger(dag_id) for dag_id in ("candela_session_cleanup", "candela_scheduled_pipeline_prompt")
         }
+        self.deferred_start = self.wait_start_deferred(api)
         base = self.new_base_session()
         wanted = {**base, "version": self.next_version(base["version"])}
         run_id = api.trigger(SENSOR_DAG, wanted, label="deferral")
@@ -1018,6 +1057,11 @@ class DeploymentTest:
             self.check(triggered[dag_id] in run_ids, f"{dag_id}: the triggered run is among {len(runs)} run(s)")
             for run in runs:
                 self.assert_success(api, run)
+        events = api.events(PIPELINE_DAG, self.deferred_start, "start_session")
+        self.check(
+            events.count("deferred") == 1,
+            f"{PIPELINE_DAG} {self.deferred_start}: start_session deferred once, then resumed and succeeded ({events})",
+        )
         run_id = api.trigger("candela_agent_prompt")
         run = self.wait_run(api, "candela_agent_prompt", run_id)
         self.assert_success(api, run)
