@@ -190,7 +190,7 @@ class TokenManager:
                 raise Retryable(error, retry_after)
             return resp
 
-        return call_with_retries(attempt, self._settings(), f"POST {url} ({grant} grant)", self._log)
+        return call_with_retries(attempt, self._settings, f"POST {url} ({grant} grant)", self._log)
 
     def _store(self, resp: requests.Response, grant: str) -> None:
         try:

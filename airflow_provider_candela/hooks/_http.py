@@ -536,7 +536,7 @@ class CandelaHttpCore(BaseHook):
                     return None
                 raise
 
-        return call_with_retries(attempt, self._retry_settings(deadline), call.what, self.log)
+        return call_with_retries(attempt, lambda: self._retry_settings(deadline), call.what, self.log)
 
     def _request(self, call: _Call, *, deadline: float | None = None) -> requests.Response:
         resp = self._execute(call, deadline=deadline)

@@ -162,12 +162,13 @@ class _Policy:
 
 def call_with_retries(
     fn: Callable[[], T],
-    settings: RetrySettings,
+    settings: Callable[[], RetrySettings],
     what: str,
     log: LogLike,
 ) -> T:
     """Run ``fn`` until it returns, raises something other than :class:`Retryable`, or retries run out.
 
+    :param settings: returns the retry rules; called only when a first attempt asks for a retry.
     :param what: e.g. ``"GET /slot/state"``, for the log lines.
     :raises CandelaError: the error of the last :class:`Retryable`, with the attempt count appended.
     """
@@ -184,7 +185,8 @@ def call_with_retries(
             raise failed
         return fn()
 
-    policy = _Policy(settings, started)
+    rules = settings()
+    policy = _Policy(rules, started)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -194,7 +196,7 @@ def call_with_retries(
             exc,
             policy.next_wait(state),
             state.attempt_number + 1,
-            settings.max_retries + 1,
+            rules.max_retries + 1,
         )
 
     retrying = tenacity.Retrying(
@@ -202,7 +204,7 @@ def call_with_retries(
         wait=policy.wait,
         retry=tenacity.retry_if_exception_type(Retryable),
         before_sleep=before_sleep,
-        sleep=settings.sleep,
+        sleep=rules.sleep,
         reraise=True,
     )
     try:
@@ -213,7 +215,7 @@ def call_with_retries(
         if attempts > 1:
             elapsed = time.monotonic() - started
             error.args = (
-                f"{error} (gave up after {attempts} attempts in {elapsed:.1f} s; max_retries={settings.max_retries})",
+                f"{error} (gave up after {attempts} attempts in {elapsed:.1f} s; max_retries={rules.max_retries})",
                 *error.args[1:],
             )
         raise error from signal.__cause__

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlencode
 
@@ -95,23 +96,24 @@ class _Watchdog:
     """One daemon thread aborting the exchanges whose deadline has passed."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.RLock())
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, Exchange]] = []
         self._order = itertools.count()
         self._pushes = 0
         self._thread: threading.Thread | None = None
 
     def watch(self, exchange: Exchange) -> None:
-        with self._cond:
+        with self._lock:
             self._pushes += 1
             if self._pushes % 512 == 0:  # finished exchanges wait for their deadline otherwise: drop them now
                 self._heap = [item for item in self._heap if not item[2].done]
                 heapq.heapify(self._heap)
             heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="candela-deadlines", daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is exchange:
+            elif self._heap[0][2] is exchange:  # the thread waits for a later deadline: wake it
                 self._cond.notify()
 
     def _run(self) -> None:
@@ -138,16 +140,34 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-@contextmanager
-def tracking(exchange: Exchange) -> Iterator[Exchange]:
+def _new_watchdog() -> None:
+    global _WATCHDOG  # noqa: PLW0603 (a forked child has neither the thread nor, safely, its lock)
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_new_watchdog)
+
+
+class _Tracking:
+    __slots__ = ("_exchange", "_previous")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self._previous: Exchange | None = None
+
+    def __enter__(self) -> Exchange:
+        self._previous = getattr(_local, "exchange", None)
+        _local.exchange = self._exchange
+        _WATCHDOG.watch(self._exchange)
+        return self._exchange
+
+    def __exit__(self, *exc_info: object) -> None:
+        _local.exchange = self._previous
+
+
+def tracking(exchange: Exchange) -> _Tracking:
     """Watch ``exchange``'s deadline and let the connection that sends the next request attach to it."""
-    previous = getattr(_local, "exchange", None)
-    _local.exchange = exchange
-    _WATCHDOG.watch(exchange)
-    try:
-        yield exchange
-    finally:
-        _local.exchange = previous
+    return _Tracking(exchange)
 
 
 def watch(exchange: Exchange) -> None:
@@ -201,9 +221,41 @@ _POOL_CLASSES = {"http": _GrowingPool, "https": _GrowingHTTPSPool}
 class CandelaAdapter(HTTPAdapter):
     """``requests`` adapter with tracked connections and pools that grow to their concurrency.
 
-    Its responses carry no cookies: the hook sends none (see :class:`Sender`), and reading them from
-    every answer would cost about a tenth of a call.
+    The connection pool of a request is remembered per origin (scheme, host and port), TLS settings
+    and proxies, instead of being looked up again on every request.  Its responses carry no cookies:
+    the hook sends none (see :class:`Sender`), and reading them from every answer would cost about a
+    tenth of a call.
     """
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+        self._pools: dict[tuple[Any, ...], HTTPConnectionPool] = {}
+        self._most_pools = connections  # the pool manager keeps this many pools; so do we
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str | None,
+        proxies: Mapping[str, str] | None = None,
+        cert: Any = None,
+    ) -> HTTPConnectionPool:
+        url = request.url
+        assert isinstance(url, str)
+        end = url.find("/", url.find("//") + 2)  # a prepared URL has a path: its origin ends there
+        key = (url[:end] if end > 0 else url, verify, cert, *(proxies or {}).items())
+        pool = self._pools.get(key)
+        if pool is None or pool.pool is None:  # pool.pool None: closed (evicted by its manager, or the adapter closed)
+            fresh = super().get_connection_with_tls_context(request, verify, dict(proxies or {}), cert)
+            assert isinstance(fresh, HTTPConnectionPool)
+            if len(self._pools) >= self._most_pools:
+                self._pools.clear()
+            pool = self._pools[key] = fresh
+        return pool
+
+    def close(self) -> None:
+        super().close()
+        self._pools.clear()
 
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         response = requests.Response()
@@ -216,10 +268,6 @@ class CandelaAdapter(HTTPAdapter):
         response.request = req
         response.connection = self
         return response
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)

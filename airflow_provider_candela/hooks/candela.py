@@ -291,7 +291,7 @@ class CandelaHook(CandelaHttpCore):
                 raise Retryable(signal.error, signal.retry_after) from signal.__cause__
             return self._parse(resp, _OBJECT_METADATA, "an ObjectMetadata object", call)
 
-        return call_with_retries(attempt, self._retry_settings(), call.what, self.log)
+        return call_with_retries(attempt, self._retry_settings, call.what, self.log)
 
     def _whoami(self) -> str | None:
         """The user name sessions are created by (login, or the slot's owner for a personal access token)."""
