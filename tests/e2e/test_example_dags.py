@@ -25,7 +25,12 @@ import pytest
 from airflow_provider_candela.testing import CandelaEmulator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
-EXAMPLE_DAG_IDS = {"candela_scheduled_pipeline_prompt", "candela_agent_prompt", "candela_session_cleanup"}
+EXAMPLE_DAG_IDS = {
+    "candela_scheduled_pipeline_prompt",
+    "candela_agent_prompt",
+    "candela_session_cleanup",
+    "candela_taskflow",
+}
 if importlib.util.find_spec("airflow.providers.common.ai") is not None:  # the common-ai extra: one DAG more
     EXAMPLE_DAG_IDS.add("candela_managed_agent")
 
@@ -96,6 +101,17 @@ def _dags_test(dag_id: str, emulator: CandelaEmulator, conf: dict[str, Any] | No
 
 def _running(emulator: CandelaEmulator) -> dict[str, Any]:
     return {user: run for user, run in emulator.stats()["running_sessions"].items() if run}
+
+
+def test_taskflow_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
+    output = _dags_test("candela_taskflow", candela_emulator)
+
+    stats = candela_emulator.stats()
+    assert stats["sessions_started"] == 2, "the one-task pipeline session, then the shared agent session"
+    assert _running(candela_emulator) == {}, "the one-task session and the teardown leave no session running"
+    assert stats["requests"]["POST /session/pipeline_submit"] == {"200": 1}
+    assert stats["requests"]["POST /session/agent_submit"] == {"200": 2}
+    assert "Daily summary (" in output  # the downstream task read the typed answer
 
 
 def test_scheduled_pipeline_prompt_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
