@@ -64,7 +64,14 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
 
-EXAMPLE_DAGS = ("candela_scheduled_pipeline_prompt", "candela_agent_prompt", "candela_session_cleanup")
+EXAMPLE_DAGS = (
+    "candela_scheduled_pipeline_prompt",
+    "candela_agent_prompt",
+    "candela_session_cleanup",
+    "candela_taskflow",
+)
+# Starts sessions of the same Candela user as the other examples: unpaused (its scheduled run) once they are done.
+TASKFLOW_DAG = "candela_taskflow"
 SENSOR_DAG = "candela_deploy_wait_for_session"
 SENSOR_TASKS = ("wait_for_session", "wait_for_session_db_conn")  # candela_default (env) and candela_deploy_db (DB)
 DB_CONN_ID = "candela_deploy_db"
@@ -966,9 +973,10 @@ class DeploymentTest:
     def scenario_examples_and_deferral(self, api: AirflowApi) -> dict[str, str]:
         self.phase("example DAGs + deferrable sensors")
         self.emulator.configure(slot_startup_seconds=SLOT_STARTUP_SECONDS)
-        for dag_id in ALL_DAGS:
+        unpaused = [dag_id for dag_id in ALL_DAGS if dag_id != TASKFLOW_DAG]
+        for dag_id in unpaused:
             api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        self.check(True, f"unpaused {', '.join(ALL_DAGS)}")
+        self.check(True, f"unpaused {', '.join(unpaused)}")
         triggered = {
             dag_id: api.trigger(dag_id) for dag_id in ("candela_session_cleanup", "candela_scheduled_pipeline_prompt")
         }
@@ -1072,6 +1080,10 @@ class DeploymentTest:
         )
         hosts = sorted({ti["hostname"] for ti in api.tis("candela_agent_prompt", run_id)})
         log(f"candela_agent_prompt tasks ran on {hosts}")
+        api.call("PATCH", f"/dags/{TASKFLOW_DAG}", {"is_paused": False})  # creates its scheduled run
+        for run in self.wait_all_runs(api, TASKFLOW_DAG, minimum=1):
+            self.assert_success(api, run, "one-task typed pipeline prompt, agent decorators on a shared session")
+        api.call("PATCH", f"/dags/{TASKFLOW_DAG}", {"is_paused": True})
 
     def scenario_kill_worker(self, api: AirflowApi) -> None:
         self.phase("kill -9 the worker streaming an agent answer")
