@@ -1,4 +1,4 @@
-"""Figure 1, DAG-parse cost: the extra import time of our operator and sensor modules over ``import airflow.sdk``.
+"""Figure 1, DAG-parse cost: the extra import time of our operator, sensor and decorator modules over ``airflow.sdk``.
 
 Each sample is a fresh interpreter that imports ``airflow.sdk`` and then the candidate's modules,
 timing the second step (CPU time of the process, and wall time for information).  Candidates are
@@ -19,7 +19,11 @@ from typing import Any, Final
 from bench.common import ROOT, Row, log, median
 
 CANDIDATES: Final[dict[str, tuple[str, ...]]] = {
-    "ours": ("airflow_provider_candela.operators.sessions", "airflow_provider_candela.sensors.sessions"),
+    "ours": (
+        "airflow_provider_candela.operators.sessions",
+        "airflow_provider_candela.sensors.sessions",
+        "airflow_provider_candela.decorators.sessions",
+    ),
     "http": ("airflow.providers.http.operators.http",),
     "databricks": ("airflow.providers.databricks.operators.databricks",),
 }
@@ -112,7 +116,7 @@ def run(*, rounds: int = 10, warmup: int = 1, workers: int = 2) -> list[Row]:
     }
     return [
         Row(
-            figure="1 DAG-parse: extra import (ops+sensor)",
+            figure="1 DAG-parse: extra import (ops+sensor+decorators)",
             ours=ours,
             reference=best_peer,
             reference_name=f"http {cpu_ms['http']:.1f} / databricks {cpu_ms['databricks']:.1f} ms",

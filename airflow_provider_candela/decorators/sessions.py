@@ -10,99 +10,20 @@ aside: ``session=`` a running session, or ``app=`` + ``model=`` for a session of
 
 Registered under ``task-decorators`` in the provider info, so that ``task.candela_pipeline`` works
 after ``from airflow.sdk import task`` (Airflow 3) or ``from airflow.decorators import task`` (Airflow 2).
-Imported at every DAG parse that uses them: no hook and no ``requests`` here.
+Imported at every DAG parse that uses them, so it imports nothing at module level: the operators
+behind the decorators (``_operators``, with Airflow's decorator base) are imported when a decorator
+is first used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from airflow.providers.common.compat.sdk import (
-    SET_DURING_EXECUTION,
-    DecoratedOperator,
-    TaskDecorator,
-    context_merge,
-    determine_kwargs,
-    task_decorator_factory,
-)
-
-from airflow_provider_candela._validation import require_returned_prompt
-from airflow_provider_candela.operators.sessions import (
-    CandelaSubmitAgentPromptOperator,
-    CandelaSubmitPipelinePromptOperator,
-)
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import TaskDecorator
 
 __all__ = ["candela_agent_task", "candela_pipeline_task"]
-
-
-def _fields(*classes: type[Any]) -> tuple[str, ...]:
-    """The template fields of ``classes``, ``prompt`` aside (the function returns it, untemplated)."""
-    return tuple(name for cls in classes for name in cls.template_fields if name != "prompt")
-
-
-class _PromptFunction(DecoratedOperator):
-    """A decorated function that returns the prompt of a Candela prompt operator (mixed in before it)."""
-
-    custom_operator_name: str = "@task.candela"
-
-    def __init__(
-        self,
-        *,
-        python_callable: Callable[..., Any],
-        op_args: Collection[Any] | None = None,
-        op_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            python_callable=python_callable,
-            op_args=op_args,
-            op_kwargs=op_kwargs,
-            prompt=SET_DURING_EXECUTION,
-            **kwargs,
-        )
-
-    def _returned_prompt(self, context: Context) -> str:
-        """Call the function with its TaskFlow arguments; its return value is the prompt."""
-        context_merge(context, self.op_kwargs)
-        kwargs = determine_kwargs(self.python_callable, self.op_args, context)
-        value = self.python_callable(*self.op_args, **kwargs)
-        return require_returned_prompt(value, decorator=self.custom_operator_name, task_id=self.task_id)
-
-
-class _CandelaPipelineDecoratedOperator(_PromptFunction, CandelaSubmitPipelinePromptOperator):
-    """The operator behind ``@task.candela_pipeline``."""
-
-    template_fields: Sequence[str] = _fields(DecoratedOperator, CandelaSubmitPipelinePromptOperator)
-    template_fields_renderers: ClassVar[dict[str, str]] = {
-        **DecoratedOperator.template_fields_renderers,
-        **CandelaSubmitPipelinePromptOperator.template_fields_renderers,
-    }
-    custom_operator_name: str = "@task.candela_pipeline"
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Call the function for the prompt, then submit it as the pipeline operator does."""
-        self.prompt = self._returned_prompt(context)
-        return CandelaSubmitPipelinePromptOperator.execute(self, context)
-
-
-class _CandelaAgentDecoratedOperator(_PromptFunction, CandelaSubmitAgentPromptOperator):
-    """The operator behind ``@task.candela_agent``."""
-
-    template_fields: Sequence[str] = _fields(DecoratedOperator, CandelaSubmitAgentPromptOperator)
-    template_fields_renderers: ClassVar[dict[str, str]] = {
-        **DecoratedOperator.template_fields_renderers,
-        **CandelaSubmitAgentPromptOperator.template_fields_renderers,
-    }
-    custom_operator_name: str = "@task.candela_agent"
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Call the function for the prompt, then submit it as the agent operator does."""
-        self.prompt = self._returned_prompt(context)
-        return CandelaSubmitAgentPromptOperator.execute(self, context)
 
 
 def candela_pipeline_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
@@ -119,8 +40,12 @@ def candela_pipeline_task(python_callable: Callable[..., Any] | None = None, **k
         :class:`~airflow_provider_candela.operators.sessions.CandelaSubmitPipelinePromptOperator`
         (``prompt`` aside) and of ``BaseOperator``.
     """
+    from airflow.providers.common.compat.sdk import task_decorator_factory
+
+    from airflow_provider_candela.decorators._operators import CandelaPipelineDecoratedOperator
+
     return task_decorator_factory(
-        python_callable=python_callable, decorated_operator_class=_CandelaPipelineDecoratedOperator, **kwargs
+        python_callable=python_callable, decorated_operator_class=CandelaPipelineDecoratedOperator, **kwargs
     )
 
 
@@ -138,6 +63,10 @@ def candela_agent_task(python_callable: Callable[..., Any] | None = None, **kwar
         :class:`~airflow_provider_candela.operators.sessions.CandelaSubmitAgentPromptOperator`
         (``prompt`` aside) and of ``BaseOperator``.
     """
+    from airflow.providers.common.compat.sdk import task_decorator_factory
+
+    from airflow_provider_candela.decorators._operators import CandelaAgentDecoratedOperator
+
     return task_decorator_factory(
-        python_callable=python_callable, decorated_operator_class=_CandelaAgentDecoratedOperator, **kwargs
+        python_callable=python_callable, decorated_operator_class=CandelaAgentDecoratedOperator, **kwargs
     )
