@@ -6,7 +6,12 @@ The proxy here is a small forwarding HTTP proxy on loopback that records what it
 from __future__ import annotations
 
 import http.client
+import os
+import signal
+import socket
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,9 +20,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from airflow_provider_candela.hooks._transport import CandelaAdapter, Sender
+from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, Sender, tracking
 from airflow_provider_candela.hooks.candela import CandelaHook
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, wait_until
 
 MakeHook = Callable[..., CandelaHook]
 
@@ -129,3 +134,44 @@ def test_a_closed_pool_is_replaced_and_a_live_one_reused(emulator: CandelaEmulat
         connections.append(emulator.stats()["tcp_connections"])
     session.close()
     assert connections == [1, 1, 2, 2], "one connection per pool, reused until the pool is closed"
+
+
+def _read_until_aborted(deadline_in: float) -> Exchange:
+    """A read of a socket that never answers, under an exchange that the watchdog must abort."""
+    quiet, _peer = socket.socketpair()
+    with quiet, _peer:
+        exchange = Exchange("GET /never", time.monotonic() + deadline_in)
+        exchange.attach_socket(quiet)
+        with tracking(exchange):
+            quiet.settimeout(10)
+            assert quiet.recv(1) == b""  # returns once the watchdog shuts the socket down
+        return exchange
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_still_aborts_exchanges_at_their_deadline() -> None:
+    assert _read_until_aborted(0.05).aborted == "deadline"  # the parent's watchdog thread runs now
+    pid = os.fork()
+    if pid == 0:  # the child has no watchdog thread unless it starts its own
+        code = 1
+        try:
+            started = time.monotonic()
+            code = 0 if _read_until_aborted(0.05).aborted == "deadline" and time.monotonic() - started < 5 else 1
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+
+    reaped: list[int] = []
+
+    def exit_code() -> list[int] | None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            reaped.append(os.waitstatus_to_exitcode(status))
+        return reaped or None
+
+    try:
+        assert wait_until(exit_code, timeout=15) == [0], "the forked child's exchange was not aborted at its deadline"
+    finally:
+        if not reaped:  # still running (hung): do not leave it behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
