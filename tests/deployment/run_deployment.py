@@ -578,7 +578,8 @@ class DeploymentTest:
         emulator.token_url = f"{emulator.url}/oauth2/token"
         argv = [sys.executable, "-m", "airflow_provider_candela.emulator", "--port", str(port)]
         for flag in ("host", "username", "password", "client_id", "client_secret", "domain"):
-            argv += ["--" + flag.replace("_", "-"), str(emulator.flags[flag])]
+            # "--flag=value": a random secret may start with '-', which argparse would take for an option
+            argv.append(f"--{flag.replace('_', '-')}={emulator.flags[flag]}")
         argv += ["--access-token", ""]
         self.procs.start("emulator", argv, dict(os.environ))
 
