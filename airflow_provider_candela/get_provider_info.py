@@ -71,16 +71,6 @@ def get_provider_info() -> dict[str, Any]:
                 "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_task",
             },
         ],
-        "task-decorators": [
-            {
-                "name": "candela_pipeline",
-                "class-name": "airflow_provider_candela.decorators.sessions.candela_pipeline_task",
-            },
-            {
-                "name": "candela_agent",
-                "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_task",
-            },
-        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,
