@@ -119,9 +119,13 @@ def _first_surrogate(value: Any, path: str) -> tuple[str, str, int] | None:
 
 
 class _Wire(BaseModel):
-    """Base of every wire model: unknown fields are tolerated and dropped."""
+    """Base of every wire model: unknown fields are tolerated and dropped.
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    Every model's validator is built when first used (``defer_build``), not at import: this module
+    is imported at every DAG parse, and a parse uses few of the models, if any.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, defer_build=True)
 
 
 class _Sent(BaseModel):
@@ -238,7 +242,7 @@ class CircuitDTO(_Sent):
     """A circuit sent inline by a dev session.  Validated at the top level only: ``first`` names
     the entry node and ``nodes`` maps node ids to node objects (kept as opaque JSON)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     first: str = Field(min_length=1)
     nodes: dict[str, dict[str, Any]]
@@ -254,7 +258,7 @@ class CircuitDTO(_Sent):
 class Directive(_Sent):
     """A directive sent inline by a dev session (validated at the top level; extra keys kept)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     point: str | None = None
     hide: bool | None = None
@@ -268,7 +272,7 @@ class Directive(_Sent):
 class ToolModule(_Sent):
     """Python source of tool classes for a dev session."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     content: str
 
@@ -297,7 +301,7 @@ class PipelineAnswer(BaseModel):
     ``{"metadata": {"request_id": ...}, "result": ...}``; every field the server sent is kept.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     metadata: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
