@@ -92,7 +92,15 @@ def test_templated_arguments_are_checked_at_execute_not_at_parse_time() -> None:
         prompt = CandelaSubmitAgentPromptOperator(task_id="p", session=start.output, prompt="{{ params.prompt }}")
         cleanup = CandelaCleanupSessionsOperator(task_id="d", older_than="{{ params.days }}d")
     assert start.app == "{{ params.app }}"
-    assert set(prompt.template_fields) >= {"candela_conn_id", "session", "session_id", "scope", "prompt", "app", "model"}
+    assert set(prompt.template_fields) >= {
+        "candela_conn_id",
+        "session",
+        "session_id",
+        "scope",
+        "prompt",
+        "app",
+        "model",
+    }
     assert prompt.template_fields_renderers["session"] == "json"
     assert "older_than" in cleanup.template_fields
     with pytest.raises(CandelaInputError, match=r"Invalid `app` for task 'start'.*got 'default/'"):
