@@ -36,7 +36,7 @@ from airflow_provider_candela.exceptions import CandelaOutputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
 from airflow_provider_candela.operators._deferred_start import DeferrableStarter
-from airflow_provider_candela.operators._start import START_OPTIONS, SessionStarter
+from airflow_provider_candela.operators._start import START_OPTIONS
 from airflow_provider_candela.operators._transcript import AgentTranscript
 from airflow_provider_candela.operators.stored_sessions import (
     CandelaCleanupSessionsOperator,
@@ -233,7 +233,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
 # Prompts
 
 
-class _PromptOperatorBase(SessionStarter):
+class _PromptOperatorBase(DeferrableStarter):
     """The session, the prompt and the typed answer of the prompt operators.
 
     The session comes in one of two forms (anything else fails when the DAG is parsed):
@@ -242,7 +242,9 @@ class _PromptOperatorBase(SessionStarter):
     * a one-task session: ``app`` + ``model`` (and the start options): the task starts the session
       as :class:`CandelaStartSessionOperator` does, sends the prompt and stops the session before it
       returns, whether the prompt succeeded, failed or timed out, or the task was killed.  Nothing is
-      left running, and a retry starts afresh.  (Not deferrable: the task waits for the slot.)
+      left running, and a retry starts afresh.  With ``deferrable=True`` the wait for the slot runs in
+      the triggerer, as for the start operators; the task resumes, starts the session and prompts it
+      (``deferrable`` and ``slot_poll_interval`` are ignored with a running session: there is no wait).
 
     :param prompt: the prompt text (templated).
     :param session: the session: ``start.output`` (an ``ObjectMetadata`` dict), an ``ObjectId``, a dict
@@ -260,7 +262,8 @@ class _PromptOperatorBase(SessionStarter):
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
 
     The start options of a one-task session (``parent_session``, ``ensure_slot``, ``slot_type``,
-    ``slot_ready_timeout``, ``if_session_running``) are those of :class:`_StartOperatorBase`.
+    ``slot_ready_timeout``, ``if_session_running``, ``deferrable``, ``slot_poll_interval``) are those of
+    :class:`_StartOperatorBase`.
     """
 
     template_fields: Sequence[str] = (

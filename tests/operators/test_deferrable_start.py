@@ -15,7 +15,11 @@ from airflow_provider_candela.exceptions import (
     CandelaSlotError,
     CandelaTimeoutError,
 )
-from airflow_provider_candela.operators.sessions import CandelaStartDevSessionOperator, CandelaStartSessionOperator
+from airflow_provider_candela.operators.sessions import (
+    CandelaStartDevSessionOperator,
+    CandelaStartSessionOperator,
+    CandelaSubmitPipelinePromptOperator,
+)
 from airflow_provider_candela.testing import run_dag
 from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger
 
@@ -214,3 +218,59 @@ def test_deferrable_defaults_to_the_operators_default_deferrable_option(monkeypa
     finally:
         monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE")
         importlib.reload(module)
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_one_task_prompt_defers_for_its_slot_then_starts_prompts_and_stops(
+    candela: Any, trigger_runs: list[dict[str, Any]]
+) -> None:
+    candela.configure(slot_startup_seconds=1.5)
+    with _dag("deferred_one_task_prompt") as dag:
+        CandelaSubmitPipelinePromptOperator(
+            task_id="ask", app=PIPELINE, model=MODEL, prompt="Count my words", deferrable=True, slot_poll_interval=0.1
+        )
+    dr = run_dag(dag)
+    assert dr.states == {"ask": "success"}
+    [run] = trigger_runs
+    assert run["kwargs"]["assigned"] is True
+    assert [e["status"] for e in run["events"]] == ["success"]
+    assert dr.xcom("ask")["result"]["word_count"] == 3
+    assert candela.stats()["sessions_started"] == 1
+    assert candela.request_count("POST /session/pipeline_submit", "200") == 1
+    assert _running(candela) is None, "the one-task session is stopped after the resumed prompt"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_one_task_decorator_defers_too_and_its_function_gives_the_prompt_after_the_resume(
+    candela: Any, trigger_runs: list[dict[str, Any]]
+) -> None:
+    from airflow.providers.common.compat.sdk import task
+
+    candela.configure(slot_startup_seconds=1.5)
+    with _dag("deferred_one_task_decorator") as dag:
+
+        @task.candela_pipeline(app=PIPELINE, model=MODEL, deferrable=True, slot_poll_interval=0.1)
+        def ask(words: str) -> str:
+            return f"Count {words}"
+
+        ask("these four words")
+    dr = run_dag(dag)
+    assert dr.states == {"ask": "success"}
+    assert [[e["status"] for e in run["events"]] for run in trigger_runs] == [["success"]]
+    assert dr.xcom("ask")["result"]["word_count"] == 4
+    assert candela.request_count("POST /session/pipeline_submit", "200") == 1
+    assert _running(candela) is None
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_deferrable_is_ignored_by_a_prompt_to_a_running_session(
+    candela: Any, trigger_runs: list[dict[str, Any]]
+) -> None:
+    # e.g. default_args={"deferrable": True} for the whole DAG: the prompt task has no slot to wait for
+    with _dag("deferred_running_session_prompt") as dag:
+        start = _start()
+        CandelaSubmitPipelinePromptOperator(task_id="ask", session=start.output, prompt="hi there", deferrable=True)
+    dr = run_dag(dag)
+    assert dr.states == {"start": "success", "ask": "success"}
+    assert trigger_runs == []
+    assert dr.xcom("ask")["result"]["word_count"] == 2
