@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,46 @@ def test_a_pipeline_in_one_task_starts_and_stops_its_session(candela: CandelaEmu
     assert stats["sessions_started"] == 1
     assert _running(candela) is None, "the task stopped the session it started"
     assert candela.request_count("GET /session/stop") >= 1
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_one_task_prompt_that_fails_on_the_server_stops_its_session(candela: CandelaEmulator) -> None:
+    candela.add_fault(match="POST /session/pipeline_submit", status=502)  # a prompt is never replayed
+    with _dag("deco_one_task_server_error") as dag:
+
+        @task.candela_pipeline(app=PIPELINE, model=MODEL)
+        def summarise() -> str:
+            return "Summarise the book"
+
+        summarise()
+
+    dr = run_dag(dag)
+    assert dr.states == {"summarise": "failed"}
+    assert candela.request_count("POST /session/pipeline_submit", "502") == 1
+    assert candela.stats()["sessions_started"] == 1
+    assert _running(candela) is None, "the failed task stopped the session it started"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_one_task_agent_prompt_that_times_out_stops_its_session(candela: CandelaEmulator) -> None:
+    candela.configure(event_delay=0.2, agent_chat_events=100)  # a 20 s answer
+    with _dag("deco_one_task_timeout") as dag:
+
+        @task.candela_agent(app=AGENT, model=MODEL, execution_timeout=dt.timedelta(seconds=3))
+        def ask() -> str:
+            return "Tell me a long story"
+
+        ask()
+
+    started = time.monotonic()
+    try:
+        assert run_dag(dag).states == {"ask": "failed"}
+    except BaseException as err:  # Airflow 2.11's dag.test() re-raises a task timeout after failing the task
+        assert sys.modules["airflow"].__version__.startswith("2.")
+        assert type(err).__name__ == "AirflowTaskTimeout"
+    assert time.monotonic() - started < 15, "the timeout cut the stream instead of reading it to the end"
+    assert candela.stats()["sessions_started"] == 1
+    assert _running(candela) is None, "the timed-out task stopped the session it started"
 
 
 @pytest.mark.usefixtures("airflow_db")
