@@ -61,6 +61,12 @@ __all__ = [
 
 _R = TypeVar("_R")
 
+#: The templated arguments of an app session's start (start operator, one-task sessions), and their renderers.
+_APP_START_FIELDS = ("app", "model", "scope", "circuit_override", "directive_override", "parent_session", "slot_type")
+_APP_START_RENDERERS = {
+    name: "json" for name in ("app", "model", "circuit_override", "directive_override", "parent_session")
+}
+
 # --------------------------------------------------------------------------------------------------
 # Start
 
@@ -130,23 +136,8 @@ class CandelaStartSessionOperator(_StartOperatorBase):
     ``candela_conn_id``) are those of :class:`_StartOperatorBase`.
     """
 
-    template_fields: Sequence[str] = (
-        "candela_conn_id",
-        "app",
-        "model",
-        "scope",
-        "circuit_override",
-        "directive_override",
-        "parent_session",
-        "slot_type",
-    )
-    template_fields_renderers: ClassVar[dict[str, str]] = {
-        "app": "json",
-        "model": "json",
-        "circuit_override": "json",
-        "directive_override": "json",
-        "parent_session": "json",
-    }
+    template_fields: Sequence[str] = ("candela_conn_id", *_APP_START_FIELDS)
+    template_fields_renderers: ClassVar[dict[str, str]] = dict(_APP_START_RENDERERS)
 
     def __init__(
         self, *, app: Any, model: Any, circuit_override: Any = None, directive_override: Any = None, **kwargs: Any
@@ -266,27 +257,8 @@ class _PromptOperatorBase(DeferrableStarter):
     :class:`_StartOperatorBase`.
     """
 
-    template_fields: Sequence[str] = (
-        "candela_conn_id",
-        "session",
-        "session_id",
-        "scope",
-        "prompt",
-        "app",
-        "model",
-        "circuit_override",
-        "directive_override",
-        "parent_session",
-        "slot_type",
-    )
-    template_fields_renderers: ClassVar[dict[str, str]] = {
-        "session": "json",
-        "app": "json",
-        "model": "json",
-        "circuit_override": "json",
-        "directive_override": "json",
-        "parent_session": "json",
-    }
+    template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "prompt", *_APP_START_FIELDS)
+    template_fields_renderers: ClassVar[dict[str, str]] = {"session": "json", **_APP_START_RENDERERS}
 
     def __init__(
         self,
