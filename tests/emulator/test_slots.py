@@ -58,10 +58,10 @@ def test_slot_metadata(api: Api, emulator: CandelaEmulator) -> None:
 
 
 def test_a_failing_slot_starts_then_ends_errored_and_refuses_sessions(emulator: CandelaEmulator, api: Api) -> None:
-    emulator.configure(slot_startup_seconds=0.6, slot_start_fails=True)
+    emulator.configure(slot_startup_seconds=2, slot_start_fails=True)  # time for the first check, even under load
     assert api.put("/slot", params={"slot_type": "gpu-medium"}).status_code == 204
     assert api.get("/slot/state").json() in (0, 1), "a failing slot first starts like any other"
-    wait_until(lambda: api.get("/slot/state").json() == 6, timeout=5, interval=0.01)
+    wait_until(lambda: api.get("/slot/state").json() == 6, timeout=10, interval=0.02)
     assert api.get("/slot/metadata").json()["state"] == 6
     assert api.start().status_code == 400, "no session on an ERRORED slot"
     emulator.configure(slot_start_fails=False)
