@@ -342,6 +342,16 @@ class SlotState(IntEnum):
     HOST_GONE = 7
     HOST_IDLE = 8
 
+    @property
+    def label(self) -> str:
+        """For messages, e.g. ``"HOST_READY (3)"``."""
+        return f"{self.name} ({self.value})"
+
+    @property
+    def failed(self) -> bool:
+        """Whether a slot in this state never becomes ready (``ERRORED``, ``HOST_GONE``)."""
+        return self in (SlotState.ERRORED, SlotState.HOST_GONE)
+
 
 class SlotData(_Wire):
     """``GET /slot/metadata``: the slot bound to the calling user."""

@@ -40,13 +40,7 @@ def candela_pipeline_task(python_callable: Callable[..., Any] | None = None, **k
         :class:`~airflow_provider_candela.operators.sessions.CandelaSubmitPipelinePromptOperator`
         (``prompt`` aside) and of ``BaseOperator``.
     """
-    from airflow.providers.common.compat.sdk import task_decorator_factory
-
-    from airflow_provider_candela.decorators._operators import CandelaPipelineDecoratedOperator
-
-    return task_decorator_factory(
-        python_callable=python_callable, decorated_operator_class=CandelaPipelineDecoratedOperator, **kwargs
-    )
+    return _decorator("CandelaPipelineDecoratedOperator", python_callable, kwargs)
 
 
 def candela_agent_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
@@ -63,10 +57,15 @@ def candela_agent_task(python_callable: Callable[..., Any] | None = None, **kwar
         :class:`~airflow_provider_candela.operators.sessions.CandelaSubmitAgentPromptOperator`
         (``prompt`` aside) and of ``BaseOperator``.
     """
+    return _decorator("CandelaAgentDecoratedOperator", python_callable, kwargs)
+
+
+def _decorator(operator: str, python_callable: Callable[..., Any] | None, kwargs: dict[str, Any]) -> TaskDecorator:
+    """Airflow's task decorator for the operator named ``operator`` of ``_operators`` (imported now)."""
     from airflow.providers.common.compat.sdk import task_decorator_factory
 
-    from airflow_provider_candela.decorators._operators import CandelaAgentDecoratedOperator
+    from airflow_provider_candela.decorators import _operators
 
     return task_decorator_factory(
-        python_callable=python_callable, decorated_operator_class=CandelaAgentDecoratedOperator, **kwargs
+        python_callable=python_callable, decorated_operator_class=getattr(_operators, operator), **kwargs
     )

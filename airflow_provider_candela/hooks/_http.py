@@ -90,6 +90,11 @@ class _DeadlinePassed(requests.exceptions.Timeout):
     """An attempt ran past its overall deadline (e.g. a server sending its answer a byte at a time)."""
 
 
+def _budget(connect: float, read: float) -> str:
+    """An attempt's overall deadline, for messages: ``"5 s to connect + 30 s to read"``."""
+    return f"{connect:g} s to connect + {read:g} s to read"
+
+
 def _correlation_ids() -> Iterator[str]:
     """Unique ``CorrelationId`` values shaped like UUIDs: a random prefix per process, then a counter."""
     random_part = uuid.uuid4().hex
@@ -296,8 +301,7 @@ class CandelaHttpCore(BaseHook):
             self._raise_if_cancelled(what)
             if exchange.aborted == "deadline":
                 raise _DeadlinePassed(
-                    f"no complete answer within {connect + read:g} s ({connect:g} s to connect + {read:g} s to "
-                    "read bound each attempt)"
+                    f"no complete answer within {connect + read:g} s ({_budget(connect, read)} bound each attempt)"
                 ) from exc
             raise
         except BaseException:
@@ -326,9 +330,7 @@ class CandelaHttpCore(BaseHook):
             resp.close()
             self._raise_if_cancelled(what)
             if exchange.aborted == "deadline":
-                raise _DeadlinePassed(
-                    f"the error's body did not arrive within {connect:g} s to connect + {read:g} s to read"
-                ) from exc
+                raise _DeadlinePassed(f"the error's body did not arrive within {_budget(connect, read)}") from exc
             raise
         finally:
             self._release(exchange)

@@ -428,6 +428,14 @@ class CandelaHook(CandelaHttpCore):
         slot = coerce_name(slot_type, kind="scope", argument="slot_type") or self.config.slot_type or DEFAULT_SLOT_TYPE
         self._request(_Call("PUT", "/slot", params={"slot_type": slot})).close()
 
+    def assign_slot_if_none(self, slot_type: str | None = None) -> bool:
+        """Assign a slot (``PUT /slot``) when the user has none; return whether one was assigned."""
+        if self.user_has_slot():
+            return False
+        self.log.info("The Candela user has no slot; assigning one of type %s.", slot_type or self.config.slot_type)
+        self.assign_slot(slot_type)
+        return True
+
     def get_slot_state(self) -> SlotState:
         """The state of the user's slot (``GET /slot/state``); HOST_READY (3) means sessions can start."""
         call = _Call("GET", "/slot/state")
@@ -477,29 +485,27 @@ class CandelaHook(CandelaHttpCore):
         timeout = coerce_positive_seconds(timeout, argument="timeout")
         poll_interval = coerce_positive_seconds(poll_interval, argument="poll_interval")
         deadline = time.monotonic() + timeout
-        if not self.user_has_slot():
-            self.log.info("The Candela user has no slot; assigning one of type %s", slot_type or self.config.slot_type)
-            self.assign_slot(slot_type)
+        self.assign_slot_if_none(slot_type)
         last: SlotState | None = None
         while True:
             state = self.get_slot_state()
             if state != last:
-                self.log.info("Candela slot state: %s (%d)", state.name, state.value)
+                self.log.info("Candela slot state: %s", state.label)
                 last = state
             if state == SlotState.HOST_READY:
                 return self.get_slot_metadata()
-            if state in (SlotState.ERRORED, SlotState.HOST_GONE):
+            if state.failed:
                 slot_id = "?"
                 with contextlib.suppress(CandelaError):
                     slot_id = self.get_slot_metadata().slot_id
                 raise CandelaSlotError(
-                    f"The Candela slot {slot_id} went to {state.name} ({state.value}) while waiting for HOST_READY: "
+                    f"The Candela slot {slot_id} went to {state.label} while waiting for HOST_READY: "
                     "dispose it (dispose_slot) and assign a new one, or ask FINBOURNE support if it keeps failing"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CandelaTimeoutError(
-                    f"The Candela slot was not ready after {timeout:g} s (last state {state.name} ({state.value})): "
+                    f"The Candela slot was not ready after {timeout:g} s (last state {state.label}): "
                     "raise the timeout, or check the slot type and Candela's capacity"
                 )
             self._sleep(min(poll_interval, remaining))

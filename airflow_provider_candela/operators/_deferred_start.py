@@ -64,10 +64,7 @@ class DeferrableStarter(SessionStarter):
         from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger, slot_failure
 
         slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
-        assigned = not hook.user_has_slot()
-        if assigned:
-            self.log.info("The Candela user has no slot; assigning one of type %s.", slot_type or hook.config.slot_type)
-            hook.assign_slot(slot_type)
+        assigned = hook.assign_slot_if_none(slot_type)
         state = hook.get_slot_state()
         slot = hook.get_slot_metadata()
         if state == SlotState.HOST_READY:
@@ -78,11 +75,10 @@ class DeferrableStarter(SessionStarter):
             raise CandelaSlotError(f"Task '{self.task_id}': {failure}.")
         timeout = float(self.slot_ready_timeout)
         self.log.info(
-            "Slot %s (%s) is %s (%d); deferring until it is ready (checked every %g s, for up to %g s).",
+            "Slot %s (%s) is %s; deferring until it is ready (checked every %g s, for up to %g s).",
             slot.slot_id,
             slot.slot_type,
-            state.name,
-            state.value,
+            state.label,
             self.slot_poll_interval,
             timeout,
         )

@@ -23,20 +23,13 @@ if TYPE_CHECKING:
 
 __all__ = ["CandelaSlotReadyTrigger", "slot_failure"]
 
-#: Slot states from which a slot never becomes ready.
-FAILED_STATES = frozenset({SlotState.ERRORED, SlotState.HOST_GONE})
-
-
-def _label(state: SlotState) -> str:
-    return f"{state.name} ({state.value})"
-
 
 def slot_failure(slot_id: str, state: SlotState) -> str | None:
     """What to tell the user when slot ``slot_id`` is in a state it never leaves for HOST_READY, else None."""
-    if state not in FAILED_STATES:
+    if not state.failed:
         return None
     return (
-        f"The Candela slot {slot_id} went to {_label(state)} while starting: dispose of it "
+        f"The Candela slot {slot_id} went to {state.label} while starting: dispose of it "
         "(CandelaStopSessionOperator(dispose_slot=True) or CandelaHook.dispose_slot()) and run the task again "
         "to get a new slot, or ask FINBOURNE support if it keeps failing"
     )
@@ -101,7 +94,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
 
     @property
     def _last_label(self) -> str:
-        return "unknown" if self._last is None else _label(self._last)
+        return "unknown" if self._last is None else self._last.label
 
     def _payload(self, status: str, message: str) -> dict[str, Any]:
         last = None if self._last is None else self._last.name
@@ -111,7 +104,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         """One state check: the event payload when the wait is over, else None."""
         state = hook.get_slot_state()
         if state != self._last:
-            self.log.info("Candela slot %s: %s (check %d).", self.slot_id, _label(state), checks)
+            self.log.info("Candela slot %s: %s (check %d).", self.slot_id, state.label, checks)
             self._last = state
         if state == SlotState.HOST_READY:
             return self._payload("success", f"The Candela slot {self.slot_id} is ready (check {checks}).")
@@ -159,4 +152,4 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         if state == SlotState.HOST_READY:
             return f"the Candela slot {self.slot_id} is ready (sessions may use it); left as it is"
         hook.dispose_slot()
-        return f"disposed of the Candela slot {self.slot_id} it had assigned (it was {_label(state)})"
+        return f"disposed of the Candela slot {self.slot_id} it had assigned (it was {state.label})"
