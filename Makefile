@@ -43,7 +43,7 @@ AF3_REQS := "apache-airflow==3.3.*" $(COMPAT_REQ)
 # Airflow 2.11 (latest 2.11.x), second environment for the operator, hook and example-DAG tests.
 AF2_REQS := "apache-airflow==2.11.*" $(COMPAT_REQ)
 
-PYTEST_AF2_DIRS := tests/operators tests/decorators tests/sensors tests/triggers tests/e2e tests/hooks tests/compat tests/managed_agent
+PYTEST_AF2_DIRS := tests/operators tests/decorators tests/sensors tests/triggers tests/e2e tests/hooks tests/compat tests/managed_agent tests/reliability/test_cleanup.py
 
 STAMP_KEY := $(shell (cat pyproject.toml; echo 'uv-bin compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)
@@ -122,7 +122,7 @@ test-py3: venv
 
 test-af2: venv-af2
 	$(call section,pytest on Airflow $$($(VENV_AF2)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') ($(PYTEST_AF2_DIRS)))
-	@dirs=""; for d in $(PYTEST_AF2_DIRS); do [ -d "$$d" ] && dirs="$$dirs $$d"; done; \
+	@dirs=""; for d in $(PYTEST_AF2_DIRS); do [ -e "$$d" ] && dirs="$$dirs $$d"; done; \
 	if [ -z "$$dirs" ]; then echo "no Airflow 2.11 test directories yet"; exit 1; fi; \
 	echo "$(VENV_AF2)/bin/python -m pytest$$dirs"; \
 	$(VENV_AF2)/bin/python -m pytest --durations=10 $$dirs

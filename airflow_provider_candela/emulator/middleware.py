@@ -43,6 +43,40 @@ def _only_cut(exc: BaseException) -> bool:
     return False
 
 
+async def _buffered(receive: Receive) -> Receive:
+    """Read the whole request body now; the returned ``receive`` replays it whether or not the client stays.
+
+    A server that has received a request may carry it out after the client stopped waiting for the
+    answer (the ``detach`` fault): the handler must not notice the client has gone.
+    """
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+    async def replayed() -> Message:
+        if replay:
+            return replay.pop()
+        return await receive()
+
+    return replayed
+
+
+def _tolerant(send: Send) -> Send:
+    """``send`` that ignores a client that has gone (the answer of a detached request has no reader)."""
+
+    async def tolerant(message: Message) -> None:
+        with contextlib.suppress(Exception):
+            await send(message)
+
+    return tolerant
+
+
 async def drop_connection(scope: Scope) -> None:
     """Close the client's TCP connection with a reset and no response."""
     transport = scope.get(TRANSPORT_KEY)
@@ -92,6 +126,9 @@ class EmulatorMiddleware:
 
     async def _with_fault(self, fault: Fault, key: str, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.state.stats
+        if fault.detach:
+            receive = await _buffered(receive)
+            send = _tolerant(send)
         if fault.delay:
             await asyncio.sleep(fault.delay)
         terminal = fault.status is not None or fault.drop

@@ -39,6 +39,7 @@ _FAULT_KEYS: Final = frozenset(
         "delay",
         "drop",
         "after",
+        "detach",
         "cut_after_events",
         "not_json",
         "missing_field",
@@ -87,6 +88,11 @@ class Fault:
         return float(self.spec.get("delay") or 0.0)
 
     @property
+    def detach(self) -> bool:
+        """Read the whole request first, then act on it after ``delay`` even if the client has gone."""
+        return bool(self.spec.get("detach"))
+
+    @property
     def cut_after_events(self) -> int | None:
         value = self.spec.get("cut_after_events")
         return int(value) if value is not None else None
@@ -118,6 +124,8 @@ def parse_fault(raw: Any, fault_id: int) -> Fault:
     unknown = set(raw) - _FAULT_KEYS
     if unknown:
         raise ValueError(f"unknown fault keys {sorted(unknown)}; allowed: {sorted(_FAULT_KEYS)}")
+    if raw.get("detach") and not raw.get("delay"):
+        raise ValueError("'detach' needs a 'delay': the seconds after which the request is carried out")
     if not any(raw.get(key) not in (None, False) for key in _ACTION_KEYS):
         raise ValueError(f"a fault needs at least one of {', '.join(_ACTION_KEYS)}")
     method: str | None = None
@@ -164,6 +172,11 @@ def _format_retry_after(value: str | int | float) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of two credentials, any characters (``compare_digest`` on str takes ASCII only)."""
+    return secrets.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -337,8 +350,7 @@ class EmulatorState:
                 {"error": "invalid_client", "error_description": "Client authentication is required."},
             )
         if not (
-            secrets.compare_digest(client_id, self.config.client_id)
-            and secrets.compare_digest(client_secret, self.config.client_secret)
+            _same_secret(client_id, self.config.client_id) and _same_secret(client_secret, self.config.client_secret)
         ):
             raise ApiError(401, {"error": "invalid_client", "error_description": "The client credentials are invalid."})
 
@@ -349,7 +361,7 @@ class EmulatorState:
                 {"error": "invalid_request", "error_description": "The password grant needs username and password."},
             )
         expected = self.users.get(username)
-        if expected is None or not secrets.compare_digest(expected, password):
+        if expected is None or not _same_secret(password, expected):
             raise ApiError(
                 400, {"error": "invalid_grant", "error_description": "The credentials provided were invalid."}
             )
@@ -391,7 +403,7 @@ class EmulatorState:
                 {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="token expired"'},
             )
         pat = self.config.access_token
-        if pat and secrets.compare_digest(token, pat):
+        if pat and _same_secret(token, pat):
             return self.config.username
         raise ApiError(
             401,

@@ -10,6 +10,7 @@ adds the endpoints on top.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -37,6 +38,7 @@ from airflow_provider_candela.exceptions import (
     CandelaConnectionConfigError,
     CandelaError,
     CandelaResponseError,
+    CandelaTimeoutError,
 )
 from airflow_provider_candela.hooks._auth import TokenManager
 from airflow_provider_candela.hooks._config import CandelaConfig, load_config
@@ -161,12 +163,18 @@ class CandelaHttpCore(BaseHook):
         self._session: requests.Session | None = None
         self._sender: Sender | None = None
         self._tokens: TokenManager | None = None
+        # Held only while the connection, the session or the token manager is created (double-checked: a call
+        # that finds them made takes no lock), so that threads making the first call together make one grant.
+        self._setup_lock = threading.RLock()
         self._secrets: set[str] = set()
         # The last Date header and time.time() when it arrived; parsed only when the offset is needed.
         self._server_date: tuple[str, float] | None = None
         self._me: str | None = None
         self._cancelled: str | None = None
         self._cancel_event = threading.Event()
+        # While a best-effort cleanup runs (``time.monotonic()`` deadline): calls proceed even on a cancelled
+        # hook, and every exchange and wait ends by this deadline.
+        self._cleanup_until: float | None = None
         # Exchanges in flight, by id: plain dict operations, so that cancel() needs no lock (it may run in a
         # signal handler that interrupted a thread of this hook).
         self._exchanges: dict[int, Exchange] = {}
@@ -181,64 +189,75 @@ class CandelaHttpCore(BaseHook):
         :raises CandelaConnectionConfigError: naming the missing or malformed field and the fix.
         """
         if self._config is None:
-            try:
-                conn = self.get_connection(self.candela_conn_id)
-            except AirflowNotFoundException:
-                env = f"AIRFLOW_CONN_{self.candela_conn_id.upper()}"
-                raise CandelaConnectionConfigError(
-                    f"Connection {self.candela_conn_id!r} is not defined: create it (type 'Candela') in the "
-                    f"Airflow UI or CLI, or set the environment variable {env} to its JSON form"
-                ) from None
-            conn_type = getattr(conn, "conn_type", None)
-            if conn_type and conn_type != self.conn_type:
-                self.log.warning(
-                    "Connection %r has type %r; a Candela connection has type %r",
-                    self.candela_conn_id,
-                    conn_type,
-                    self.conn_type,
-                )
-            config = load_config(
-                self.candela_conn_id,
-                host=conn.host,
-                login=conn.login,
-                password=conn.password,
-                extra=conn.extra,
-                port=conn.port,
-                schema=conn.schema,
-                timeout=self._timeout_override,
-                max_retries=self._max_retries_override,
-            )
-            for secret in config.secrets():
-                self._register_secret(secret)
-            self._config = config
+            with self._setup_lock:
+                if self._config is None:
+                    self._config = self._read_config()
         return self._config
+
+    def _read_config(self) -> CandelaConfig:
+        try:
+            conn = self.get_connection(self.candela_conn_id)
+        except AirflowNotFoundException:
+            env = f"AIRFLOW_CONN_{self.candela_conn_id.upper()}"
+            raise CandelaConnectionConfigError(
+                f"Connection {self.candela_conn_id!r} is not defined: create it (type 'Candela') in the "
+                f"Airflow UI or CLI, or set the environment variable {env} to its JSON form"
+            ) from None
+        conn_type = getattr(conn, "conn_type", None)
+        if conn_type and conn_type != self.conn_type:
+            self.log.warning(
+                "Connection %r has type %r; a Candela connection has type %r",
+                self.candela_conn_id,
+                conn_type,
+                self.conn_type,
+            )
+        config = load_config(
+            self.candela_conn_id,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra,
+            port=conn.port,
+            schema=conn.schema,
+            timeout=self._timeout_override,
+            max_retries=self._max_retries_override,
+        )
+        for secret in config.secrets():
+            self._register_secret(secret)
+        return config
 
     def get_conn(self) -> requests.Session:
         """The hook's ``requests.Session`` (created on first use; keep-alive across calls)."""
         if self._session is None:
-            cfg = self.config
-            session = requests.Session()
-            adapter = CandelaAdapter()
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-            if cfg.app_name:
-                session.headers["X-LUSID-Application"] = cfg.app_name
-            session.verify = cfg.verify
-            # Our Authorization header is set on every call: never let requests replace it with ~/.netrc.
-            session.auth = _keep_request
-            if cfg.proxy:
-                session.proxies = {"http": cfg.proxy, "https": cfg.proxy}
-                session.trust_env = False
-            elif not getproxies():
-                # No proxy in the environment: stop requests from re-reading the environment on every
-                # call (about 0.3 ms each); the one setting left to take from it is the CA bundle.
-                session.trust_env = False
-            if cfg.verify is True:  # what requests takes from the environment on every call, taken once
-                session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-            self._sender = Sender(session)
-            self._session = session
+            with self._setup_lock:
+                if self._session is None:
+                    self._session = self._new_session()
         return self._session
+
+    def _new_session(self) -> requests.Session:
+        """A session for this connection, with its :class:`Sender` (set first: ``_http`` checks ``_sender``)."""
+        cfg = self.config
+        session = requests.Session()
+        adapter = CandelaAdapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        if cfg.app_name:
+            session.headers["X-LUSID-Application"] = cfg.app_name
+        session.verify = cfg.verify
+        # Our Authorization header is set on every call: never let requests replace it with ~/.netrc.
+        session.auth = _keep_request
+        if cfg.proxy:
+            session.proxies = {"http": cfg.proxy, "https": cfg.proxy}
+            session.trust_env = False
+        elif not getproxies():
+            # No proxy in the environment: stop requests from re-reading the environment on every
+            # call (about 0.3 ms each); the one setting left to take from it is the CA bundle.
+            session.trust_env = False
+        if cfg.verify is True:  # what requests takes from the environment on every call, taken once
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._sender = Sender(session)
+        return session
 
     def cancel(self, reason: str) -> None:
         """Abort every call of this hook at once and refuse new ones; safe from any thread or a signal handler.
@@ -250,6 +269,8 @@ class CandelaHttpCore(BaseHook):
         """
         self._cancelled = reason
         self._cancel_event.set()
+        if self._cleanup_until is not None:
+            return  # a cleanup in progress finishes (within its own budget)
         for exchange in list(self._exchanges.values()):
             exchange.abort("cancelled")
 
@@ -259,16 +280,38 @@ class CandelaHttpCore(BaseHook):
         return self._cancelled
 
     def _raise_if_cancelled(self, what: str, progress: str = "") -> None:
-        if self._cancelled is not None:
+        until = self._cleanup_until
+        if until is not None:
+            if time.monotonic() >= until:
+                raise CandelaTimeoutError(f"{what} was abandoned{progress}: the cleanup ran out of time")
+        elif self._cancelled is not None:
             raise CandelaCancelledError(
                 f"{what} was abandoned{progress}: {self._cancelled}. Nothing was retried; a retry of the task "
                 "starts afresh"
             )
 
     def _sleep(self, seconds: float) -> None:
-        """Sleep that a :meth:`cancel` cuts short (then raises :class:`CandelaCancelledError`)."""
-        self._cancel_event.wait(seconds)
+        """Sleep that a :meth:`cancel` cuts short (then raises :class:`CandelaCancelledError`).
+
+        During a cleanup the sleep ends by the cleanup's deadline instead (the hook may be cancelled already).
+        """
+        until = self._cleanup_until
+        if until is None:
+            self._cancel_event.wait(seconds)
+        else:
+            time.sleep(max(min(seconds, until - time.monotonic()), 0.0))
         self._raise_if_cancelled("A wait")
+
+    @contextlib.contextmanager
+    def _cleanup(self, budget: float) -> Iterator[None]:
+        """Calls made inside run even on a cancelled hook, and end within ``budget`` seconds in all."""
+        previous = self._cleanup_until
+        until = time.monotonic() + budget
+        self._cleanup_until = until if previous is None else min(previous, until)
+        try:
+            yield
+        finally:
+            self._cleanup_until = previous
 
     def _http(
         self, method: str, url: str, what: str, *, fix: str, stream: bool = False, **kwargs: Any
@@ -288,7 +331,10 @@ class CandelaHttpCore(BaseHook):
             self.get_conn()
             assert self._sender is not None
         sender = self._sender
-        exchange = Exchange(what, time.monotonic() + connect + read)
+        deadline = time.monotonic() + connect + read
+        if self._cleanup_until is not None:
+            deadline = min(deadline, self._cleanup_until)
+        exchange = Exchange(what, deadline)
         self._exchanges[id(exchange)] = exchange
         try:
             with tracking(exchange):
@@ -362,14 +408,16 @@ class CandelaHttpCore(BaseHook):
     @property
     def _auth(self) -> TokenManager:
         if self._tokens is None:
-            self._tokens = TokenManager(
-                self.config,
-                post=self._post_form,
-                settings=self._retry_settings,
-                register_secret=self._register_secret,
-                scrub=self._scrub,
-                log=self.log,
-            )
+            with self._setup_lock:
+                if self._tokens is None:
+                    self._tokens = TokenManager(
+                        self.config,
+                        post=self._post_form,
+                        settings=self._retry_settings,
+                        register_secret=self._register_secret,
+                        scrub=self._scrub,
+                        log=self.log,
+                    )
         return self._tokens
 
     def _retry_settings(self, deadline: float | None = None) -> RetrySettings:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from pydantic import TypeAdapter
 
@@ -72,12 +73,26 @@ _PIPELINE_ANSWER = TypeAdapter(PipelineAnswer)
 #: Longest a connection test (the UI's "Test" button) may take, retries included.
 TEST_CONNECTION_DEADLINE: Final = 20.0
 
-T = TypeVar("T")
+#: Longest a best-effort stop takes (:meth:`CandelaHook.stop_session_best_effort`), a watch for a late start
+#: included: within the time Airflow leaves a killed task to clean up.
+CLEANUP_BUDGET: Final = 25.0
+#: Seconds between two looks for the session of a start that got no answer.
+LATE_START_POLL: Final = 0.5
 
 #: Clock skew tolerated when looking for a session started by a lost request (server clock known).
 RECONCILE_SKEW: Final = 2.0
 #: Same, when the server sent no ``Date`` header to measure its clock against ours.
 RECONCILE_SKEW_UNKNOWN_CLOCK: Final = 30.0
+
+
+@dataclass(frozen=True)
+class _UnansweredStart:
+    """A start call sent without an answer yet: Candela may still carry it out."""
+
+    what: str
+    began: float
+    matches: Callable[[Session], bool]
+    deadline: float
 
 
 class CandelaHook(CandelaHttpCore):
@@ -100,6 +115,9 @@ class CandelaHook(CandelaHttpCore):
     The class attributes ``retry_wait_base``, ``retry_wait_max``, ``retry_after_cap`` and
     ``retry_deadline`` (seconds) tune the backoff; set them on an instance to change one hook.
     """
+
+    #: The start call of this hook still waiting for its answer (or cut off before it came), if any.
+    _unanswered_start: _UnansweredStart | None = None
 
     # ------------------------------------------------------------------------------------------
     # connection form (Airflow 2.11; Airflow 3.2+ reads get_provider_info's conn-fields instead)
@@ -276,10 +294,21 @@ class CandelaHook(CandelaHttpCore):
         began = time.time()
 
         def attempt() -> ObjectMetadata:
+            connect, read = self.config.timeout
+            # Until Candela answers, the start may still be carried out, even after we stopped waiting.
+            self._unanswered_start = _UnansweredStart(call.what, began, matches, time.monotonic() + connect + read)
             try:
                 resp = self._attempt(call)
-            except _Ambiguous as signal:
+            except (_Ambiguous, Retryable, CandelaApiError) as failure:
+                error = failure if isinstance(failure, CandelaApiError) else failure.error
+                if getattr(error, "status", None) is not None:
+                    self._unanswered_start = None  # Candela answered: what it did is known
+                if not isinstance(failure, _Ambiguous):
+                    raise
+                signal = failure
                 found = self._reconcile_start(call, began, matches, signal.error)
+                if found is not None:
+                    self._unanswered_start = None
                 if found is not None:
                     self.log.warning(
                         "%s: no answer received, but session %s was started by it; using that session",
@@ -289,6 +318,7 @@ class CandelaHook(CandelaHttpCore):
                     return found
                 self.log.info("%s: no session was started by the failed attempt; a retry is safe", call.what)
                 raise Retryable(signal.error, signal.retry_after) from signal.__cause__
+            self._unanswered_start = None
             return self._parse(resp, _OBJECT_METADATA, "an ObjectMetadata object", call)
 
         return call_with_retries(attempt, self._retry_settings, call.what, self.log)
@@ -310,20 +340,7 @@ class CandelaHook(CandelaHttpCore):
     ) -> ObjectMetadata | None:
         """The session a lost start request created, if any (created by us, since ``began``, same app/model)."""
         try:
-            sessions = self.list_sessions()
-            me = self._whoami()
-            if self._server_clock_offset is None:
-                since = began - RECONCILE_SKEW_UNKNOWN_CLOCK
-            else:
-                since = began + self._server_clock_offset - RECONCILE_SKEW
-            candidates = [
-                meta
-                for meta in sessions
-                if (me is None or meta.created_by == me) and _timestamp(meta.created_at) >= since
-            ]
-            for meta in sorted(candidates, key=lambda m: _timestamp(m.created_at), reverse=True):
-                if matches(self.get_session(meta.obj_id)):
-                    return meta
+            return self._started_since(began, matches)
         except CandelaError as exc:
             raise CandelaApiError(
                 f"{str(error).rstrip('.')}. The session may or may not have been started, and checking failed too "
@@ -332,7 +349,91 @@ class CandelaHook(CandelaHttpCore):
                 method=call.method,
                 path=call.path,
             ) from exc
+
+    def _started_since(self, began: float, matches: Callable[[Session], bool]) -> ObjectMetadata | None:
+        """The newest session created by this user since ``began`` (our clock) that ``matches``, if any."""
+        sessions = self.list_sessions()
+        me = self._whoami()
+        if self._server_clock_offset is None:
+            since = began - RECONCILE_SKEW_UNKNOWN_CLOCK
+        else:
+            since = began + self._server_clock_offset - RECONCILE_SKEW
+        candidates = [
+            meta for meta in sessions if (me is None or meta.created_by == me) and _timestamp(meta.created_at) >= since
+        ]
+        for meta in sorted(candidates, key=lambda m: _timestamp(m.created_at), reverse=True):
+            if matches(self.get_session(meta.obj_id)):
+                return meta
         return None
+
+    def stop_session_best_effort(self, reason: str, *, budget: float = CLEANUP_BUDGET) -> bool:
+        """Stop the user's running session within ``budget`` seconds in all; log a failure, never raise.
+
+        Made for cleanups (a one-task session's end, a failed or killed start, a timed-out invocation): it
+        runs on a cancelled hook too, and its own short deadline replaces the hook's retry budget.  When a
+        start call of this hook never got its answer (cut off by a kill, a timeout or a lost connection),
+        Candela may still carry it out after we stopped waiting: the hook then watches for the session that
+        start creates, until the start's own deadline (connect + read timeout after it was sent) or the
+        budget, whichever comes first, and stops it too.
+
+        :param reason: why the session is stopped, for the log (e.g. ``"task 'prompt' was killed"``).
+        :return: whether the session was stopped (False: the failure was logged as a warning).
+        """
+        unanswered, self._unanswered_start = self._unanswered_start, None
+        try:
+            with self._cleanup(budget):
+                self.stop_session()
+                if unanswered is not None:
+                    self._stop_late_start(unanswered, time.monotonic() + budget - min(5.0, budget / 5))
+        except Exception as exc:
+            self.log.warning(
+                "Could not stop the Candela session of connection %r (%s): %s. It may still hold the user's "
+                "slot: the next start with if_session_running='stop', or CandelaStopSessionOperator, stops it.",
+                self.candela_conn_id,
+                reason,
+                self._scrub(str(exc)),
+            )
+            return False
+        self.log.info("Stopped the Candela session of connection %r (%s).", self.candela_conn_id, reason)
+        return True
+
+    def _stop_late_start(self, start: _UnansweredStart, until: float) -> None:
+        """Stop the session ``start`` creates if it appears before its deadline (and before ``until``)."""
+        watch_until = min(start.deadline + RECONCILE_SKEW, until)
+        self.log.info(
+            "%s got no answer: watching for %.0f s for a session it may still start.",
+            start.what,
+            max(watch_until - time.monotonic(), 0.0),
+        )
+        while True:
+            found = self._started_since(start.began, start.matches)
+            if found is not None:
+                self.log.warning("%s was carried out after all: stopping session %s.", start.what, found.obj_id)
+                self.stop_session()
+                return
+            remaining = watch_until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._sleep(min(LATE_START_POLL, remaining))
+
+    def replaced(self, session: ObjectMetadata | ObjectId) -> ObjectMetadata | None:
+        """The session started by this user after ``session`` (which it replaced, Candela running one per user).
+
+        For explaining a failed prompt; None when there is none or when the check itself fails.
+        """
+        try:
+            mine = session if isinstance(session, ObjectMetadata) else self.get_session_metadata(session)
+            oid = mine.obj_id
+            newer = [
+                meta
+                for meta in self.list_sessions()
+                if meta.created_by == mine.created_by
+                and _timestamp(meta.created_at) > _timestamp(mine.created_at)
+                and (meta.obj_id.scope, meta.obj_id.identifier) != (oid.scope, oid.identifier)
+            ]
+        except CandelaError:
+            return None
+        return max(newer, key=lambda m: _timestamp(m.created_at), default=None)
 
     def submit_pipeline_prompt(self, session: SessionRef, prompt: str) -> PipelineAnswer:
         """Send a prompt to a running pipeline session (``POST /session/pipeline_submit``).

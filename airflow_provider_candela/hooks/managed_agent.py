@@ -55,6 +55,7 @@ from airflow_provider_candela.exceptions import (
     CandelaSlotError,
     CandelaTimeoutError,
 )
+from airflow_provider_candela.hooks._lifecycle import owned_session, start_cleanly
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.models import ObjectId
 from airflow_provider_candela.operators._transcript import AgentTranscript
@@ -63,8 +64,6 @@ __all__ = ["CandelaManagedAgentHook"]
 
 #: The options a request's ``vendor_options`` may carry; anything else is refused.
 VENDOR_OPTIONS: Final = ("model", "scope")
-#: Seconds allowed for stopping the session after an invocation that ran out of time or failed.
-STOP_TIMEOUT: Final = 30.0
 
 _CAPABILITIES: Final = ManagedAgentCapabilities(sessions=True, structured_output=True, usage=False, trace=True)
 
@@ -188,25 +187,17 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
         timeout: float | None,
     ) -> ManagedAgentResponse:
         """Start a session of ``app``, prompt it, stop it (also after a failure or a timeout)."""
-        started = False
-        try:
-            with self._bounded(deadline, timeout, f"The Candela agent {app}") as hook:
-                slot_wait = self.slot_ready_timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
-                with _sorted_errors(app, prompting=False):
-                    hook.ensure_slot(timeout=slot_wait)
-                    started = True  # from here on, a session may have been started
-                    try:
-                        metadata = hook.start_session(app, model, scope=scope, if_session_running="stop")
-                    except CandelaApiError as exc:
-                        if exc.status is not None and 400 <= exc.status < 500:
-                            started = False  # Candela answered and refused: nothing was started
-                        raise
-                self.log.info("Started Candela session %s of agent %s with model %s.", metadata.obj_id, app, model)
-                with _sorted_errors(app, prompting=True):
-                    return self._answer(hook, metadata.obj_id, prompt, session_id=None)
-        finally:
-            if started:
-                self._stop_session()
+        owner = f"the Candela agent {app}"
+        with self._bounded(deadline, timeout, f"The Candela agent {app}") as hook:
+            slot_wait = self.slot_ready_timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
+            with _sorted_errors(app, prompting=False):
+                hook.ensure_slot(timeout=slot_wait)
+                metadata = start_cleanly(
+                    hook, lambda: hook.start_session(app, model, scope=scope, if_session_running="stop"), owner=owner
+                )
+            self.log.info("Started Candela session %s of agent %s with model %s.", metadata.obj_id, app, model)
+            with _sorted_errors(app, prompting=True), owned_session(hook, metadata, owner=owner) as session:
+                return self._answer(hook, session, prompt, session_id=None)
 
     def _prompt_running(
         self, app: ObjectId, session: ObjectId, prompt: str, *, deadline: float | None, timeout: float | None
@@ -233,20 +224,6 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
             session_id=session_id,
             trace_ref=str(session),
         )
-
-    def _stop_session(self) -> None:
-        """Stop the user's session, within :data:`STOP_TIMEOUT` seconds; log (never raise) a failure."""
-        try:
-            with self._bounded(time.monotonic() + STOP_TIMEOUT, STOP_TIMEOUT, "Stopping the Candela session") as hook:
-                hook.stop_session()
-            self.log.info("Stopped the Candela session of connection %r.", self.candela_conn_id)
-        except Exception as exc:
-            self.log.warning(
-                "Could not stop the Candela session of connection %r: %s. It may still hold the user's slot: stop "
-                "it with CandelaStopSessionOperator (or GET /session/stop).",
-                self.candela_conn_id,
-                exc,
-            )
 
     @contextlib.contextmanager
     def _bounded(self, deadline: float | None, timeout: float | None, what: str) -> Iterator[CandelaHook]:

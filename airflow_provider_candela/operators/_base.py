@@ -40,10 +40,16 @@ class CandelaOperator(BaseOperator):
             )
         self.candela_conn_id = candela_conn_id
 
+    #: Set by ``on_kill``: why the task was killed (a hook created afterwards starts cancelled).
+    _killed: str | None = None
+
     @cached_property
     def hook(self) -> CandelaHook:
         """The hook used by ``execute`` (created on first use, one per task run)."""
-        return self._new_hook()
+        hook = self._new_hook()
+        if self._killed is not None:
+            hook.cancel(self._killed)
+        return hook
 
     def _new_hook(self) -> CandelaHook:
         from airflow_provider_candela.hooks.candela import CandelaHook
@@ -60,40 +66,34 @@ class CandelaOperator(BaseOperator):
 
     @contextmanager
     def _task_hook(self) -> Iterator[CandelaHook]:
-        """The task's hook for one ``execute``: closed afterwards; a kill meanwhile fails the task.
+        """The task's one hook for this run: nested blocks share it; closed when the outermost block ends.
 
-        ``on_kill`` cancels the hook (a blocked read returns at once and raises); when the work finished
-        anyway, the task still fails: a killed task never ends as a success.
+        ``on_kill`` cancels the hook (a blocked read returns at once and raises; cleanups still run, see
+        :meth:`~airflow_provider_candela.hooks.candela.CandelaHook.stop_session_best_effort`); when the work
+        finished anyway, the task still fails: a killed task never ends as a success.
         """
         hook = self.hook
+        self._hook_users = getattr(self, "_hook_users", 0) + 1
         try:
             yield hook
         finally:
-            self._close_hook()
-        if hook.cancelled is not None:
+            self._hook_users -= 1
+            if not self._hook_users:
+                self._close_hook()
+        if not self._hook_users and hook.cancelled is not None:
             raise CandelaCancelledError(f"Task '{self.task_id}' was killed ({hook.cancelled}); its result is discarded")
 
     def on_kill(self) -> None:
-        """Abort the task's calls in flight at once (``execute`` then raises)."""
+        """Abort the task's calls in flight at once; ``execute`` then cleans up (stops what it started) and raises.
+
+        Only the hook's cancellation runs here (safe in a signal handler): the stop of a session happens in
+        ``execute`` as the error unwinds it, through the task's own hook, within
+        :data:`~airflow_provider_candela.hooks.candela.CLEANUP_BUDGET` seconds.
+        """
+        self._killed = f"task '{self.task_id}' was killed"
         hook = self.__dict__.get("hook")
         if hook is not None:
-            hook.cancel(f"task '{self.task_id}' was killed")
-
-    def _stop_session_best_effort(self, reason: str) -> None:
-        """Stop the running session of the connection's user; log (never raise) on failure.
-
-        A fresh hook is used: ``on_kill`` runs while ``execute`` may be inside a call of the task's hook.
-        """
-        try:
-            hook = self._new_hook()
-            try:
-                hook.stop_session()
-            finally:
-                hook.close()
-        except Exception as err:
-            self.log.warning("Could not stop the Candela session (%s): %s", reason, err)
-        else:
-            self.log.info("Stopped the Candela session (%s).", reason)
+            hook.cancel(self._killed)
 
     def _check_id_now(self, value: Any, argument: str) -> None:
         """Validate an id argument at construction unless it is still a template or an XComArg."""

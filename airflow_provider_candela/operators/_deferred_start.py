@@ -9,7 +9,6 @@ does.  Imported at every DAG parse: the hook and the trigger are imported inside
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
     from airflow_provider_candela.hooks.candela import CandelaHook
-    from airflow_provider_candela.models import ObjectMetadata
 
 __all__ = ["DeferrableStarter"]
 
@@ -50,14 +48,12 @@ class DeferrableStarter(SessionStarter):
             slot_poll_interval, argument="slot_poll_interval", task_id=self.task_id
         )
 
-    def _start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        """As :meth:`SessionStarter._start`, but a slot that is not ready defers the task (``deferrable``)."""
+    def _ready_slot(self, hook: CandelaHook) -> None:
+        """As :meth:`SessionStarter._ready_slot`, but a slot that is not ready defers the task (``deferrable``)."""
         if not (self.deferrable and self.ensure_slot):
-            return super()._start(start)
-        with self._task_hook() as hook:
-            if not self._slot_ready_event:
-                self._defer_unless_slot_ready(hook)
-            return self._start_on_slot(hook, start)
+            super()._ready_slot(hook)
+        elif not self._slot_ready_event:
+            self._defer_unless_slot_ready(hook)
 
     def _defer_unless_slot_ready(self, hook: CandelaHook) -> None:
         """Assign a slot when the user has none and check it once; defer when it is not ready yet."""

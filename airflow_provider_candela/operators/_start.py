@@ -18,7 +18,7 @@ from airflow_provider_candela._validation import (
     coerce_positive_seconds,
     require_flag,
 )
-from airflow_provider_candela.exceptions import CandelaApiError, CandelaCancelledError, CandelaSessionRunningError
+from airflow_provider_candela.exceptions import CandelaSessionRunningError
 from airflow_provider_candela.operators._base import CandelaOperator
 
 if TYPE_CHECKING:
@@ -87,46 +87,52 @@ class SessionStarter(CandelaOperator):
             if value is not None or needed:
                 self._check_id_now(value, argument)
 
-    def _start_app_session(
+    def _app_start(
         self, app: Any, model: Any, circuit_override: Any = None, directive_override: Any = None
-    ) -> dict[str, Any]:
-        """Ensure a slot, stop the user's running session, start the app session; return its metadata."""
+    ) -> Callable[[CandelaHook], ObjectMetadata]:
+        """The start of an app session on the user's ready slot, its arguments checked now (before any request)."""
         app_id = coerce_object_id(app, argument="app", task_id=self.task_id)
         model_id = coerce_object_id(model, argument="model", task_id=self.task_id)
         circuit_id = self._optional_id(circuit_override, "circuit_override")
         directive_id = self._optional_id(directive_override, "directive_override")
         parent_session = self._optional_id(self.parent_session, "parent_session")
         scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=self.task_id)
-        self.log.info("Starting app %s with model %s in scope %s.", app_id, model_id, scope or "default")
-        return self._start(
-            lambda hook: hook.start_session(
-                app_id,
-                model_id,
-                scope=scope,
-                parent_session=parent_session,
-                circuit_override=circuit_id,
-                directive_override=directive_id,
-                if_session_running=self.if_session_running,
-            ),
-        )
 
-    def _start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        """Ensure the slot, then start (``start`` passes ``if_session_running`` to the hook)."""
-        with self._task_hook() as hook:
-            if self.ensure_slot:
-                self._ensure_slot(hook)
-            return self._start_on_slot(hook, start)
+        def start(hook: CandelaHook) -> ObjectMetadata:
+            self.log.info("Starting app %s with model %s in scope %s.", app_id, model_id, scope or "default")
+            return self._start_on_slot(
+                hook,
+                lambda: hook.start_session(
+                    app_id,
+                    model_id,
+                    scope=scope,
+                    parent_session=parent_session,
+                    circuit_override=circuit_id,
+                    directive_override=directive_id,
+                    if_session_running=self.if_session_running,
+                ),
+            )
 
-    def _ensure_slot(self, hook: CandelaHook) -> None:
-        """Assign a slot when the user has none; wait until it is ready (``slot_ready_timeout``)."""
+        return start
+
+    def _ready_slot(self, hook: CandelaHook) -> None:
+        """Make sure the user has a ready slot (unless ``ensure_slot=False``): assign one, wait for it."""
+        if not self.ensure_slot:
+            return
         slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
         slot = hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
         self.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
 
-    def _start_on_slot(self, hook: CandelaHook, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
-        """Start on the user's ready slot; return the new session's metadata as a JSON dict."""
+    def _start_on_slot(self, hook: CandelaHook, start: Callable[[], ObjectMetadata]) -> ObjectMetadata:
+        """``start()`` on the user's ready slot (it passes ``if_session_running`` to the hook).
+
+        A start that fails other than by Candela's refusal stops what it may have started
+        (:func:`~airflow_provider_candela.hooks._lifecycle.start_cleanly`), a kill or a timeout included.
+        """
+        from airflow_provider_candela.hooks._lifecycle import start_cleanly
+
         try:
-            metadata = self._start_once(hook, start)
+            metadata = start_cleanly(hook, start, owner=f"task '{self.task_id}'")
         except CandelaSessionRunningError as err:
             if self.if_session_running == "fail":
                 raise err.amended(
@@ -142,19 +148,4 @@ class SessionStarter(CandelaOperator):
             metadata.created_by,
             metadata.created_at.isoformat(),
         )
-        return metadata.model_dump(mode="json")
-
-    def _start_once(self, hook: CandelaHook, start: Callable[[CandelaHook], ObjectMetadata]) -> ObjectMetadata:
-        try:
-            return start(hook)
-        except CandelaApiError as err:
-            if err.status is not None and 400 <= err.status < 500:
-                raise  # Candela answered and refused: nothing was started
-            self._stop_session_best_effort("the start call failed")
-            raise
-        except CandelaCancelledError:
-            raise  # on_kill stops the session
-        except BaseException:
-            # The start may have happened server-side (lost response): leave nothing running.
-            self._stop_session_best_effort("the start call failed")
-            raise
+        return metadata

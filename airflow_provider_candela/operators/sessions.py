@@ -32,7 +32,7 @@ from airflow_provider_candela._validation import (
     session_ids,
     shorten,
 )
-from airflow_provider_candela.exceptions import CandelaOutputError
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaOutputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
 from airflow_provider_candela.operators._deferred_start import DeferrableStarter
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
     from pydantic import BaseModel
 
-    from airflow_provider_candela.models import PipelineAnswer
+    from airflow_provider_candela.hooks.candela import CandelaHook
+    from airflow_provider_candela.models import ObjectMetadata, PipelineAnswer
 
 __all__ = [
     "CandelaCleanupSessionsOperator",
@@ -108,10 +109,17 @@ class _StartOperatorBase(DeferrableStarter):
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
     """
 
-    def on_kill(self) -> None:
-        """Abort the start and stop the session (best effort): a killed start must not leave a session running."""
-        super().on_kill()
-        self._stop_session_best_effort(f"task '{self.task_id}' was killed")
+    def _run_start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
+        """Ready the slot, ``start(hook)`` on it; the new session's metadata as a JSON dict.
+
+        A task killed once the session started stops it before failing: a killed start leaves nothing running.
+        """
+        with self._task_hook() as hook:
+            self._ready_slot(hook)
+            metadata = start(hook)
+            if hook.cancelled is not None:
+                hook.stop_session_best_effort(f"task '{self.task_id}' was killed after its start")
+            return metadata.model_dump(mode="json")
 
 
 class CandelaStartSessionOperator(_StartOperatorBase):
@@ -151,7 +159,7 @@ class CandelaStartSessionOperator(_StartOperatorBase):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Ensure a slot, stop the user's running session, start the app session; return its metadata."""
-        return self._start_app_session(self.app, self.model, self.circuit_override, self.directive_override)
+        return self._run_start(self._app_start(self.app, self.model, self.circuit_override, self.directive_override))
 
 
 class CandelaStartDevSessionOperator(_StartOperatorBase):
@@ -207,16 +215,19 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
             len(self.circuit.nodes),
             scope or "default",
         )
-        return self._start(
-            lambda hook: hook.start_dev_session(
-                model,
-                self.circuit,
-                self.directive,
-                scope=scope,
-                parent_session=parent_session,
-                tool_module=self.tool_module,
-                if_session_running=self.if_session_running,
-            ),
+        return self._run_start(
+            lambda hook: self._start_on_slot(
+                hook,
+                lambda: hook.start_dev_session(
+                    model,
+                    self.circuit,
+                    self.directive,
+                    scope=scope,
+                    parent_session=parent_session,
+                    tool_module=self.tool_module,
+                    if_session_running=self.if_session_running,
+                ),
+            )
         )
 
 
@@ -294,23 +305,45 @@ class _PromptOperatorBase(DeferrableStarter):
         if not running:
             self._check_app_ids_now(app, model, circuit_override, directive_override)
 
-    def _in_session(self, send: Callable[[ObjectId, str], _R]) -> _R:
-        """``send(session, prompt)`` on the running session, or on a session started and stopped here."""
+    def _in_session(self, send: Callable[[CandelaHook, ObjectId, str], _R]) -> _R:
+        """``send(hook, session, prompt)`` on the running session, or on a session started and stopped here.
+
+        One hook serves the whole run (slot, start, prompt, stop).  A one-task session is stopped however
+        the prompt ends (:func:`~airflow_provider_candela.hooks._lifecycle.owned_session`); once its answer
+        arrived, a failed stop is a warning, so a retry never sends an answered prompt again.
+        """
+        from airflow_provider_candela.hooks._lifecycle import owned_session
+
         prompt = require_prompt(self.prompt, task_id=self.task_id)
         if self.app is None:
             oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
-            return send(oid, prompt)
-        metadata = self._start_app_session(self.app, self.model, self.circuit_override, self.directive_override)
-        oid = coerce_object_id(metadata, argument="session", task_id=self.task_id)
-        try:
-            result = send(oid, prompt)
-        except BaseException:
-            self._stop_session_best_effort(f"task '{self.task_id}' started it; the prompt did not complete")
-            raise
+            with self._task_hook() as hook:
+                return self._on_running(hook, oid, lambda: send(hook, oid, prompt))
+        start = self._app_start(self.app, self.model, self.circuit_override, self.directive_override)
         with self._task_hook() as hook:
-            hook.stop_session()
-        self.log.info("Stopped session %s (this task started it).", oid)
-        return result
+            self._ready_slot(hook)
+            metadata = start(hook)
+            with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
+                return send(hook, session, prompt)
+
+    def _on_running(self, hook: CandelaHook, session: ObjectId, send: Callable[[], _R]) -> _R:
+        """``send()`` to the DAG's running session: left running, unless the task is killed or times out.
+
+        A killed prompt stops the session, or Candela would go on working on the abandoned prompt.
+        """
+        from airflow_provider_candela.hooks._lifecycle import explain_lost_session
+
+        try:
+            return send()
+        except CandelaApiError as err:
+            explained = explain_lost_session(hook, err, session)
+            if explained is err:
+                raise
+            raise explained from err
+        except BaseException as exc:
+            if hook.cancelled is not None or not isinstance(exc, CandelaError):
+                hook.stop_session_best_effort(f"task '{self.task_id}' was stopped during its prompt")
+            raise
 
     def _typed(self, value: Any, *, what: str, answer: Any) -> dict[str, Any]:
         """``value`` validated as ``output_type``; when it does not fit, the raw ``answer`` goes to the log."""
@@ -320,11 +353,6 @@ class _PromptOperatorBase(DeferrableStarter):
         except CandelaOutputError:
             self.log.error("The answer (truncated): %s", shorten(json.dumps(answer, default=str), 2000))
             raise
-
-    def on_kill(self) -> None:
-        """Abort the prompt in flight (``execute`` raises) and stop the session (best effort)."""
-        super().on_kill()
-        self._stop_session_best_effort(f"task '{self.task_id}' was killed")
 
 
 class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
@@ -348,10 +376,9 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
             return xcom
         return self._typed(answer.result, what="the pipeline's `result`", answer=xcom)
 
-    def _submit(self, session: ObjectId, prompt: str) -> PipelineAnswer:
+    def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> PipelineAnswer:
         self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), session)
-        with self._task_hook() as hook:
-            return hook.submit_pipeline_prompt(session, prompt)
+        return hook.submit_pipeline_prompt(session, prompt)
 
 
 class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
@@ -399,14 +426,11 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
             ]
         return summary
 
-    def _submit(self, session: ObjectId, prompt: str) -> dict[str, Any]:
+    def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> dict[str, Any]:
         self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), session)
         transcript = AgentTranscript(self.log.info, keep_events=self.return_events)
         try:
-            with (
-                self._task_hook() as hook,
-                hook.submit_prompt_to_agent(session, prompt) as stream,
-            ):
+            with hook.submit_prompt_to_agent(session, prompt) as stream:
                 transcript.consume(stream)
         finally:
             transcript.flush()

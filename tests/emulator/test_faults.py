@@ -9,9 +9,9 @@ import time
 import pytest
 import requests
 
-from airflow_provider_candela.testing import CandelaEmulator, CandelaEmulatorError
+from airflow_provider_candela.testing import CandelaEmulator, CandelaEmulatorError, wait_until
 
-from ._helpers import AGENT, Api, password_grant
+from ._helpers import AGENT, MODEL, Api, password_grant
 
 EXISTS = {"scope": "default", "identifier": "x"}
 
@@ -74,6 +74,21 @@ def test_delay_fault(emulator: CandelaEmulator, api: Api) -> None:
     with pytest.raises(requests.Timeout):
         emulator.add_fault(match="GET /sessions/list", delay=2)
         api.get("/sessions/list", timeout=0.3)
+
+
+def test_detach_fault_carries_the_request_out_after_the_client_has_gone(emulator: CandelaEmulator, ready: Api) -> None:
+    emulator.add_fault(match="POST /session", delay=1.5, detach=True)
+    with pytest.raises(requests.Timeout):
+        ready.post("/session", json={"app": AGENT, "model_cfg": MODEL}, timeout=0.3)
+    assert emulator.stats()["sessions_started"] == 0, "not yet: the server carries it out after its delay"
+    running = wait_until(lambda: emulator.stats()["running_sessions"]["demo"], timeout=10)
+    assert emulator.stats()["sessions_started"] == 1
+    assert ready.get("/sessions/list").json()[0]["obj_id"] == running
+
+
+def test_detach_fault_needs_a_delay(emulator: CandelaEmulator) -> None:
+    with pytest.raises(CandelaEmulatorError, match="'detach' needs a 'delay'"):
+        emulator.add_fault(match="POST /session", detach=True)
 
 
 def test_drop_fault_resets_the_connection(emulator: CandelaEmulator, api: Api) -> None:

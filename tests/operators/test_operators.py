@@ -8,12 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import DAG
 
-from airflow_provider_candela.exceptions import CandelaInputError
+from airflow_provider_candela.exceptions import CandelaCancelledError, CandelaInputError
 from airflow_provider_candela.models import ObjectId
 from airflow_provider_candela.operators.sessions import (
     AgentTranscript,
@@ -25,7 +26,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitAgentPromptOperator,
     CandelaSubmitPipelinePromptOperator,
 )
-from airflow_provider_candela.testing import run_dag
+from airflow_provider_candela.testing import run_dag, wait_until
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 PIPELINE = "default/demo-pipeline:1.0.0"
@@ -291,30 +292,52 @@ def test_stop_is_idempotent_and_can_dispose_of_the_slot(candela: Any) -> None:
     assert candela.request_count("GET /session/stop", "204") == 2
 
 
-def test_on_kill_stops_the_running_session(candela: Any) -> None:
+def _kill_during(op: Any, busy: Any) -> BaseException:
+    """Run ``op.execute``; another thread calls ``op.on_kill()`` once ``busy()``; the error execute raised.
+
+    (``execute`` runs in the main thread: Airflow 2.11's executor safeguard needs it there.)
+    """
+
+    def kill() -> None:
+        wait_until(busy, timeout=30)
+        op.on_kill()
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    with pytest.raises(BaseException) as raised:
+        op.execute({})
+    killer.join(timeout=30)
+    return raised.value
+
+
+def test_a_killed_prompt_stops_the_running_session(candela: Any) -> None:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
     with CandelaHook() as hook:
         hook.ensure_slot(timeout=10)
         started = hook.start_session(AGENT, "default/demo-model")
     assert _running(candela) == started.obj_id.model_dump(mode="json")
+    candela.configure(event_delay=0.5)
     with _dag("op_kill"):
         op = CandelaSubmitAgentPromptOperator(task_id="prompt", session=started.model_dump(mode="json"), prompt="x")
-    op.on_kill()
+    error = _kill_during(op, lambda: candela.request_count("POST /session/agent_submit", 200))
+    assert isinstance(error, CandelaCancelledError)
     assert _running(candela) is None
 
 
-def test_on_kill_logs_and_does_not_raise_when_candela_is_down(
+def test_a_killed_start_logs_a_failed_stop_and_does_not_hide_the_kill(
     candela: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    candela.add_fault(match="POST /session", delay=30)
     candela.add_fault(match="GET /session/stop", status=400, count=-1)
     with _dag("op_kill_fail"):
         op = CandelaStartSessionOperator(task_id="start", app=PIPELINE, model=MODEL)
     with caplog.at_level(logging.WARNING):
-        op.on_kill()
+        error = _kill_during(op, lambda: candela.request_count("GET /slot/state", 200))
+    assert isinstance(error, CandelaCancelledError)
     captured = capsys.readouterr()  # Airflow 3 logs through structlog to stdout, Airflow 2 through logging
     logged = caplog.text + captured.out + captured.err
-    assert "Could not stop the Candela session (task 'start' was killed)" in logged
+    assert "Could not stop the Candela session of connection 'candela_default'" in logged
     assert "Injected fault" in logged  # the server's message is kept
 
 

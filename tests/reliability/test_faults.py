@@ -14,6 +14,7 @@ shortened (``fast_retries``); ``Retry-After`` is still honoured.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
@@ -451,18 +452,32 @@ def test_a_missing_required_field_fails_clearly(candela: Emulator, run: Any) -> 
 # killed tasks
 
 
-def test_on_kill_during_a_prompt_stops_the_session(candela: Emulator, run: Any) -> None:
+def test_on_kill_during_a_prompt_stops_the_session(
+    candela: Emulator, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_candela.operators.sessions import CandelaSubmitAgentPromptOperator
+
     with TALLY.fault("task killed (on_kill)"):
         candela.configure(event_delay=0.1, agent_chat_events=30)
         dag = session_dag("faults_on_kill", app=AGENT, teardown=False)
         stopped_at: list[float] = []
+        executing: list[Any] = []  # the task object Airflow runs (a copy of the DAG's), as Airflow's kill sees it
+        execute = CandelaSubmitAgentPromptOperator.execute
+
+        def recording_execute(self: Any, context: Any) -> Any:
+            executing.append(self)
+            return execute(self, context)
+
+        monkeypatch.setattr(CandelaSubmitAgentPromptOperator, "execute", recording_execute)
 
         def kill_once_streaming() -> None:
             wait_until(lambda: requests_of(candela.stats(), "POST /session/agent_submit"), timeout=60)
             assert running(candela) is not None
             killed_at = time.time()
-            dag.get_task("prompt").on_kill()  # what Airflow calls when it kills the task
-            if running(candela) is None:
+            executing[-1].on_kill()  # what Airflow calls when it kills the task
+            # the task's execute, its read cut at once, stops the session as it unwinds
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: running(candela) is None, timeout=5)
                 stopped_at.append(killed_at)
 
         helper = threading.Thread(target=kill_once_streaming, daemon=True)
@@ -472,7 +487,7 @@ def test_on_kill_during_a_prompt_stops_the_session(candela: Emulator, run: Any) 
         assert stopped_at, "on_kill did not stop the session"
         # The prompt task was still reading its 3 s answer when on_kill was called: on_kill stopped it.
         assert result.ti("prompt").end_date.timestamp() > stopped_at[0]
-        assert "Stopped the Candela session (task 'prompt' was killed)" in result.log
+        assert "Stopped the Candela session of connection 'candela_default' (task 'prompt'" in result.log
         # ... and the killed task failed at once instead of reading on (or succeeding).
         assert result.states["prompt"] == "failed"
         assert result.ti("prompt").end_date.timestamp() - stopped_at[0] < 2.0
@@ -530,6 +545,6 @@ def test_sigterm_to_the_task_process_stops_its_session(candela: Emulator, airflo
             process.wait(30)
         text = log.read_text()
         assert still_streaming, text[-3000:]
-        assert "Stopped the Candela session (task 'prompt' was killed)" in text
+        assert "Stopped the Candela session of connection 'candela_default' (task 'prompt'" in text
         stats = _clean_end(candela, started=1)
         assert requests_of(stats, "POST /session/agent_submit") == {"200": 1}

@@ -55,11 +55,14 @@ _KILL_DAG = textwrap.dedent(
 
     KIND = sys.argv[1]
     with DAG("kill_" + KIND, schedule=None, start_date=dt.datetime(2024, 1, 1), catchup=False) as dag:
-        app = "default/demo-pipeline" if KIND == "pipeline" else "default/demo-agent"
-        start = CandelaStartSessionOperator(task_id="start", app=app, model="default/demo-model")
+        app = "default/demo-pipeline" if KIND in ("pipeline", "onetask") else "default/demo-agent"
+        if KIND == "onetask":
+            CandelaSubmitPipelinePromptOperator(task_id="prompt", app=app, model="default/demo-model", prompt="Hi")
+        else:
+            start = CandelaStartSessionOperator(task_id="start", app=app, model="default/demo-model")
         if KIND == "pipeline":
             start >> CandelaSubmitPipelinePromptOperator(task_id="prompt", session=start.output, prompt="Slow")
-        elif KIND != "start":
+        elif KIND not in ("start", "onetask"):
             start >> CandelaSubmitAgentPromptOperator(task_id="prompt", session=start.output, prompt="Talk")
 
     if __name__ == "__main__":
@@ -127,7 +130,7 @@ def test_sigterm_during_an_agent_stream_fails_the_task_within_5_s(
         assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
         assert result.pop("failed_after") < 1.0, "the task did not fail at once"
         assert result == {"run": "failed", "tasks": {"start": "success", "prompt": "failed"}}, text[-3000:]
-        assert "Stopped the Candela session (task 'prompt' was killed)" in text
+        assert "Stopped the Candela session of connection 'candela_default' (task 'prompt'" in text
         assert running(candela) is None
 
 
@@ -161,6 +164,22 @@ def test_sigterm_while_waiting_for_a_slot_fails_the_start_within_5_s(
         assert result == {"run": "failed", "tasks": {"start": "failed"}}, text[-3000:]
         stats = candela.stats()
         assert stats["sessions_started"] == 0 and running(candela) is None
+
+
+@pytest.mark.parametrize(("kind", "task"), [("start", "start"), ("onetask", "prompt")])
+def test_sigterm_during_a_start_carried_out_late_leaves_no_session(
+    candela: CandelaEmulator, airflow_db: Path, tmp_path: Path, kind: str, task: str
+) -> None:
+    with TALLY.fault(f"SIGTERM during a start that Candela carries out after the client left ({kind})"):
+        # The server reads the start, and starts the session 3 s later whether or not the client still waits.
+        candela.add_fault(match="POST /session", delay=3, detach=True)
+        exited, result, text = _kill_while(tmp_path, kind, candela, lambda: not candela.faults())
+        assert exited < 30, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
+        assert result["tasks"] == {task: "failed"}, text[-3000:]
+        stats = candela.stats()
+        assert stats["sessions_started"] == 1, "the emulator did not carry out the late start"
+        assert running(candela) is None, text[-3000:]
+        assert "was carried out after all: stopping session" in text
 
 
 def test_cancel_from_another_thread_ends_the_stream_at_once(candela: CandelaEmulator) -> None:
