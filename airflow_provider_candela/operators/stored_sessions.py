@@ -17,12 +17,19 @@ from airflow_provider_candela._validation import (
     coerce_session,
     is_resolved,
 )
-from airflow_provider_candela.exceptions import CandelaCancelledError, CandelaError, CandelaInputError
+from airflow_provider_candela.exceptions import (
+    CandelaApiError,
+    CandelaCancelledError,
+    CandelaError,
+    CandelaInputError,
+)
 from airflow_provider_candela.models import ObjectId, ObjectMetadata
 from airflow_provider_candela.operators._base import CandelaOperator
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+
+    from airflow_provider_candela.hooks.candela import CandelaHook
 
 __all__ = ["CandelaCleanupSessionsOperator", "CandelaDeleteSessionOperator"]
 
@@ -101,7 +108,7 @@ class CandelaDeleteSessionOperator(CandelaOperator):
                 if not hook.session_exists(oid):
                     self.log.warning("Session %s does not exist; nothing to delete.", oid)
                     continue
-                for meta in hook.delete_session(oid):
+                for meta in _delete_present(hook, oid, self.log):
                     _log_deleted(self.log, meta)
                     out.append(meta.model_dump(mode="json"))
         return out
@@ -112,11 +119,13 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
 
     At least one filter is required; ``older_than=0`` matches every session.  Cleanup may delete a
     session another DAG is still using if it matches the filters: narrow them with ``scope``,
-    ``created_by`` or ``identifier_prefix``.  A version that cannot be deleted is logged and the
-    others are still deleted; the task then fails, naming the versions that were left.
+    ``created_by`` or ``identifier_prefix``.  A version that is gone by the time it is deleted (404:
+    an overlapping cleanup deleted it first) is skipped, not counted as deleted.  A version that cannot
+    be deleted is logged and the others are still deleted; the task then fails, naming the versions
+    that were left.
 
-    XCom return value: the list of deleted (with ``dry_run``: that would be deleted) ``ObjectMetadata``
-    dicts.
+    XCom return value: the list of ``ObjectMetadata`` dicts this task deleted (with ``dry_run``: that
+    would be deleted).
 
     :param older_than: sessions created longer ago than this: a ``timedelta``, a number of seconds, or
         ``"7d"``/``"12h"``/``"30m"``/``"45s"`` (templated).
@@ -198,7 +207,7 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
             failures: list[str] = []
             for meta in candidates:
                 try:
-                    deleted = hook.delete_session(meta.obj_id)
+                    deleted = _delete_present(hook, meta.obj_id, self.log)
                 except CandelaCancelledError:
                     raise
                 except CandelaError as err:
@@ -215,6 +224,17 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
                 + (" ..." if len(failures) > 5 else "")
             )
         return out
+
+
+def _delete_present(hook: CandelaHook, oid: ObjectId, log: Any) -> list[ObjectMetadata]:
+    """Delete ``oid``; a 404 means it is already gone (another task deleted it first): nothing deleted."""
+    try:
+        return hook.delete_session(oid)
+    except CandelaApiError as err:
+        if err.status != 404:
+            raise
+        log.info("Session %s is already gone (deleted by another task?); nothing to delete.", oid)
+        return []
 
 
 def _log_deleted(log: Any, meta: ObjectMetadata, *, dry_run: bool = False) -> None:
