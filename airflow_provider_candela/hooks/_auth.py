@@ -1,9 +1,11 @@
 """Bearer tokens for the Candela hook: a personal access token, or the FINBOURNE OAuth2 grants.
 
-Password grant and refresh grant exactly as the FINBOURNE SDKs send them: form-encoded,
-``scope=openid client groups offline_access``; client id/secret in the body for the password grant
-and as HTTP Basic auth for the refresh grant.  Tokens are handed to ``register_secret`` (Airflow's
-``mask_secret``) the moment they arrive and are never put into a message.
+Password grant and refresh grant exactly as the FINBOURNE SDKs send them: an
+``application/x-www-form-urlencoded`` body (every field encoded, so that a ``+``, ``&``, ``%`` or
+non-ASCII character in a credential arrives as it is), ``scope=openid client groups offline_access``;
+client id/secret in the body for the password grant and as HTTP Basic auth for the refresh grant.
+Tokens are handed to ``register_secret`` (Airflow's ``mask_secret``) the moment they arrive and are
+never put into a message.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import requests
 from pydantic import ValidationError
@@ -37,10 +39,6 @@ SCOPE: Final = "openid client groups offline_access"
 #: Refresh this long before ``expires_in`` (60 s, as the SDKs do), or at half the lifetime for short-lived tokens.
 REFRESH_MARGIN: Final = 60.0
 _CREDENTIAL_FIELDS: Final = "login, password and the extras client_id, client_secret and token_url"
-
-
-def _enc(value: str) -> str:
-    return quote(value, safe="")
 
 
 class TokenManager:
@@ -124,9 +122,15 @@ class TokenManager:
     def _password_grant(self) -> None:
         cfg = self._config
         assert cfg.username and cfg.password and cfg.client_id and cfg.client_secret
-        body = (
-            f"grant_type=password&username={cfg.username}&password={_enc(cfg.password)}"
-            f"&scope={SCOPE}&client_id={_enc(cfg.client_id)}&client_secret={_enc(cfg.client_secret)}"
+        body = urlencode(
+            {
+                "grant_type": "password",
+                "username": cfg.username,
+                "password": cfg.password,
+                "scope": SCOPE,
+                "client_id": cfg.client_id,
+                "client_secret": cfg.client_secret,
+            }
         )
         resp = self._post(body, headers={}, grant="password")
         if resp.status_code != 200:
@@ -137,7 +141,7 @@ class TokenManager:
         cfg = self._config
         assert cfg.client_id and cfg.client_secret and self._refresh_token
         basic = base64.b64encode(f"{cfg.client_id}:{cfg.client_secret}".encode()).decode("ascii")
-        body = f"grant_type=refresh_token&scope={SCOPE}&refresh_token={_enc(self._refresh_token)}"
+        body = urlencode({"grant_type": "refresh_token", "scope": SCOPE, "refresh_token": self._refresh_token})
         resp = self._post(body, headers={"Authorization": f"Basic {basic}"}, grant="refresh")
         if resp.status_code == 200:
             self._store(resp, "refresh")

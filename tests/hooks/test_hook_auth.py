@@ -14,7 +14,7 @@ from airflow_provider_candela.exceptions import CandelaAuthError
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.testing import CandelaEmulator
 
-from ._helpers import closed_port, requests_of, wait_until
+from ._helpers import closed_port, fast, requests_of, wait_until
 
 MakeHook = Callable[..., CandelaHook]
 
@@ -125,6 +125,25 @@ def test_invalid_credentials(
     assert requests_of(emulator.stats(), "GET /slot/user_has_slot") == {}
     ok, reason = hook.test_connection()
     assert ok is False and "refused the password grant" in reason and "wrong-" not in reason
+
+
+@pytest.mark.parametrize("char", ["+", "&", "%", "=", "é"], ids=["plus", "ampersand", "percent", "equals", "e-acute"])
+def test_credentials_with_form_metacharacters_authenticate(monkeypatch: pytest.MonkeyPatch, char: str) -> None:
+    # The character in the login, the password, the client id and the client secret; "41" after it, so that
+    # a "%" sent unencoded would arrive as "A".  The shared emulator's client is fixed when it starts: this
+    # test starts its own (the emulator compares credentials as UTF-8 bytes, so non-ASCII ones can match).
+    login, password = f"ops{char}41-airflow@acme.com", f"pass {char}41 word"
+    client_id, client_secret = f"client{char}41", f"secret{char}41"
+    with CandelaEmulator(
+        username=login, password=password, client_id=client_id, client_secret=client_secret, token_ttl=1
+    ) as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_CANDELA_METACHARACTERS", emulator.connection_json())
+        with fast(CandelaHook("candela_metacharacters")) as hook:
+            assert hook.user_has_slot() is False  # password grant: everything in the form body
+            wait_until(hook._auth.needs_renewal, timeout=5)
+            assert hook.user_has_slot() is False  # refresh grant: the client as HTTP Basic auth
+        assert grants(emulator) == {"password": 1, "refresh": 1}
+        assert requests_of(emulator.stats(), "POST /oauth2/token") == {"200": 2}
 
 
 def test_token_endpoint_429_honours_retry_after(hook: CandelaHook, emulator: CandelaEmulator) -> None:

@@ -7,9 +7,11 @@ answer, carrying a real token the emulator issued.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -86,6 +88,55 @@ def test_fifty_threads_with_tokens_living_one_second(candela: CandelaEmulator) -
         # Renewed at half the lifetime: about two grants a second, never one per thread.
         assert grants["password"] == 1
         assert grants["refresh"] <= elapsed / 0.5 + 2, grants
+
+
+def _first_call_together(barrier: threading.Barrier) -> Callable[[CandelaHook], bool]:
+    """``hook.user_has_slot()`` once ``barrier``'s parties are all waiting: the threads make it at the same moment."""
+
+    def call(hook: CandelaHook) -> bool:
+        barrier.wait(timeout=30)
+        return hook.user_has_slot()
+
+    return call
+
+
+def test_fifty_threads_making_the_first_call_of_a_new_hook_make_one_grant(candela: CandelaEmulator) -> None:
+    with TALLY.fault("50 threads making the first call of a new hook"):
+        call = _first_call_together(threading.Barrier(THREADS))
+        with CandelaHook() as hook, ThreadPoolExecutor(THREADS) as pool:
+            answers = list(pool.map(call, [hook] * THREADS))
+        assert answers == [False] * THREADS
+        assert candela.stats()["token_grants"] == {"password": 1, "refresh": 0}
+
+
+def test_fifty_triggers_making_the_first_call_of_the_shared_hook_make_one_grant(
+    candela: CandelaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_candela.hooks._auth import TokenManager
+    from airflow_provider_candela.triggers._shared import HOOKS, with_hook
+
+    # The triggerer's shared hook has read its connection when it is handed out: what the first calls still
+    # create is the token manager, in microseconds.  Slowed down here, so that threads creating it without a
+    # lock would each make one (and a grant each), as they do on a busy triggerer now and then.
+    create = TokenManager.__init__
+
+    def slow_create(self: TokenManager, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)
+        create(self, *args, **kwargs)
+
+    monkeypatch.setattr(TokenManager, "__init__", slow_create)
+    with TALLY.fault("50 trigger calls making the first call of the triggerer's shared hook"):
+        call = _first_call_together(threading.Barrier(THREADS))
+
+        async def fifty() -> list[bool]:
+            # Enough worker threads for all fifty calls at once (the triggers' calls run in the default executor).
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(THREADS))
+            return await asyncio.gather(*(with_hook("candela_default", call) for _ in range(THREADS)))
+
+        answers = asyncio.run(asyncio.wait_for(fifty(), 60))
+        assert answers == [False] * THREADS
+        assert candela.stats()["token_grants"] == {"password": 1, "refresh": 0}
+        assert HOOKS.users("candela_default") == 0
 
 
 def _real_token(emulator: CandelaEmulator) -> str:
