@@ -369,6 +369,9 @@ def coerce_output_type(value: Any, *, task_id: str, argument: str = "output_type
 def coerce_answer(value: Any, output_type: type[M], *, what: str, task_id: str) -> dict[str, Any]:
     """``value`` (a dict, or JSON text) validated as ``output_type``, in its JSON form (for XCom).
 
+    The JSON form is by alias (``model_dump(mode="json", by_alias=True)``), as the answer came: a model
+    with aliases (e.g. ``alias_generator=to_camel``) reads it back with ``output_type.model_validate``.
+
     :param what: what ``value`` is, for the message (e.g. "the pipeline's `result`").
     :raises CandelaOutputError: listing the fields that did not fit.
     """
@@ -384,7 +387,7 @@ def coerce_answer(value: Any, output_type: type[M], *, what: str, task_id: str) 
             f"{validation_problems(err, root=root)}. The answer is in the task log: make `output_type` match it, "
             "or change the prompt or the app."
         ) from None
-    return model.model_dump(mode="json")
+    return model.model_dump(mode="json", by_alias=True)
 
 
 _NAME_HINTS: Final = {
