@@ -39,6 +39,7 @@ from airflow_provider_candela.models import (
 
 __all__ = [
     "IF_SESSION_RUNNING",
+    "LONGEST_LIMIT",
     "check_session_form",
     "coerce_answer",
     "coerce_bool",
@@ -60,6 +61,7 @@ __all__ = [
     "require_unicode",
     "session_ids",
     "shorten",
+    "time_limit",
     "validation_problems",
 ]
 
@@ -76,6 +78,9 @@ _ID_FORMS = (
 _PLAIN = (str, int, float, bool, datetime, timedelta, ObjectId, ObjectMetadata, type(None))
 _DURATION_RE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>d|h|m|s|days?|hours?|minutes?|seconds?)?\s*")
 _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_LONGEST_SECONDS: Final = timedelta.max.total_seconds()
+#: The longest time limit kept as a deadline (about 100 years); a longer one, ``inf`` included, is no limit.
+LONGEST_LIMIT: Final = 100 * 365 * 86400.0
 
 
 def shorten(text: str, limit: int = 120) -> str:
@@ -429,6 +434,15 @@ def coerce_positive_seconds(value: Any, *, argument: str, task_id: str | None = 
     return float(value)
 
 
+def time_limit(seconds: float) -> float | None:
+    """``seconds`` (from :func:`coerce_positive_seconds`) as a deadline: ``None``, no limit, for a wait without end.
+
+    ``float("inf")`` or anything beyond a century (:data:`LONGEST_LIMIT`) waits without a deadline:
+    the locks, timers and datetimes on the way overflow a few centuries on (``threading.TIMEOUT_MAX`` is 292 years).
+    """
+    return seconds if seconds <= LONGEST_LIMIT else None
+
+
 def coerce_optional_name(value: Any, *, argument: str, task_id: str | None = None) -> str | None:
     """An optional scope / user name / identifier prefix: ``None``, or a non-blank string."""
     if value is None or value == "":
@@ -470,25 +484,26 @@ def coerce_older_than(value: Any, *, task_id: str, argument: str = "older_than")
 
     Accepts a ``timedelta``, a number of **seconds**, or a string: a number of seconds (``"3600"``)
     or a number with a unit (``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2 days"``), as a template
-    may render.
+    may render.  A duration beyond ``timedelta.max`` (``float("inf")``, ``"99999999999d"``) is
+    ``timedelta.max``: older than any session, so it matches none.
 
-    :raises CandelaInputError: naming the argument, the task and the accepted forms.
+    :raises CandelaInputError: naming the argument, the task and the accepted forms (also for ``nan``).
     """
     if value is None or value == "":
         return None
+    if isinstance(value, timedelta) and value >= timedelta(0):
+        return value
     seconds: float | None = None
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(max(min(value, _LONGEST_SECONDS), -1.0))  # an int too large for a float is no error
     elif isinstance(value, str):
         match = _DURATION_RE.fullmatch(value.lower())
         if match:
             unit = (match["unit"] or "s")[0]
             seconds = float(match["number"]) * _UNIT_SECONDS[unit]
-    if seconds is None or seconds < 0:
+    if seconds is None or not seconds >= 0:  # nan is not >= 0
         raise CandelaInputError(
             f"{_invalid(argument, task_id)}: {_shown(value)} is not a non-negative duration. "
             "Pass a timedelta, a number of seconds, or a string such as '7d', '12h', '30m' or '3600'."
         )
-    return timedelta(seconds=seconds)
+    return timedelta.max if seconds >= _LONGEST_SECONDS else timedelta(seconds=seconds)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from airflow_provider_candela._validation import parse_bool
+from airflow_provider_candela._validation import parse_bool, shorten
 from airflow_provider_candela.exceptions import CandelaConnectionConfigError
 
 __all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_SLOT_TYPE", "DEFAULT_TIMEOUT", "CandelaConfig", "load_config"]
@@ -217,6 +217,20 @@ def _base_url(conn_id: str, host: str, port: int | None, schema: str | None) -> 
     return host.rstrip("/")
 
 
+def _app_name(conn_id: str, value: str | None) -> str | None:
+    """The extra ``app_name`` when it can be sent as the ``X-LUSID-Application`` header (printable Latin-1)."""
+    for position, char in enumerate(value or ""):
+        if not (" " <= char <= "~" or "\xa0" <= char <= "\xff"):
+            what = "a character outside Latin-1" if char > "\xff" else "a line break or another control character"
+            raise _err(
+                conn_id,
+                f"has app_name={shorten(str(value), 80)!r}, which holds {what} ({char!r} at position {position}) "
+                "and cannot be sent as the X-LUSID-Application header: set the extra app_name to one line of "
+                "plain text such as 'airflow-prod' (letters, digits, spaces, '-', '_', '.')",
+            )
+    return value
+
+
 def _verify(conn_id: str, value: Any) -> bool | str:
     if value is None or isinstance(value, bool):
         return True if value is None else value
@@ -357,7 +371,7 @@ def load_config(
         client_id=client_id,
         client_secret=client_secret,
         access_token=access_token,
-        app_name=_text(values["app_name"]),
+        app_name=_app_name(conn_id, _text(values["app_name"])),
         verify=_verify(conn_id, values["verify"]),
         proxy=proxy,
         timeout=_timeout(conn_id, timeout if timeout is not None else values["timeout"]),

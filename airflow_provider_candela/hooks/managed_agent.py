@@ -46,6 +46,7 @@ from airflow_provider_candela._validation import (
     coerce_session,
     require_prompt,
     session_ids,
+    time_limit,
 )
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
@@ -148,9 +149,9 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
             app = coerce_object_id(agent, argument="agent")
             options = _vendor_options(request.vendor_options)
             session = None if request.session_id is None else _session(request.session_id)
-            timeout = None
+            timeout = None  # None: no limit (float("inf") too, see time_limit)
             if request.timeout is not None:
-                timeout = coerce_positive_seconds(request.timeout, argument="ManagedAgentRequest.timeout")
+                timeout = time_limit(coerce_positive_seconds(request.timeout, argument="ManagedAgentRequest.timeout"))
         except CandelaInputError as exc:
             raise ManagedAgentInvocationError(str(exc)) from exc
         try:

@@ -5,6 +5,7 @@ Imported at every DAG parse: the hook (and ``requests``) are imported inside met
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -128,7 +129,8 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
     would be deleted).
 
     :param older_than: sessions created longer ago than this: a ``timedelta``, a number of seconds, or
-        ``"7d"``/``"12h"``/``"30m"``/``"45s"`` (templated).
+        ``"7d"``/``"12h"``/``"30m"``/``"45s"`` (templated); beyond ``timedelta.max`` (``float("inf")``)
+        it is ``timedelta.max``, which no session is older than.
     :param scope: sessions in this scope (templated).
     :param created_by: sessions created by this user (templated).
     :param identifier_prefix: sessions whose identifier starts with this (templated).
@@ -157,7 +159,8 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.older_than = older_than
+        # inf is timedelta.max (see coerce_older_than); as given, it is no JSON for Airflow's rendered fields
+        self.older_than = timedelta.max if older_than == math.inf else older_than
         self.scope = scope
         self.created_by = created_by
         self.identifier_prefix = identifier_prefix

@@ -9,6 +9,7 @@ running sessions, or slots.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from airflow_provider_candela.operators.sessions import (
 from airflow_provider_candela.sensors.sessions import CandelaSessionExistsSensor
 from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
-from ._support import MODEL, PIPELINE, START, TALLY, state_of
+from ._support import AGENT, MODEL, PIPELINE, START, TALLY, running, state_of
 
 CIRCUIT = {"first": "answer", "nodes": {"answer": {"type": "response", "node_id": "answer", "template": "hi"}}}
 DIRECTIVE = {"identity": "an analyst", "purpose": "summarise"}
@@ -297,6 +298,20 @@ TABLE: list[Bad] = [
     Bad(
         "cleanup: older_than not a duration",
         lambda e: _op(lambda: CandelaCleanupSessionsOperator(task_id="cleanup", older_than="soon")),
+        IN,
+        "`older_than`",
+        "such as '7d'",
+    ),
+    Bad(
+        "cleanup: older_than nan",
+        lambda e: _op(lambda: CandelaCleanupSessionsOperator(task_id="cleanup", older_than=float("nan"))),
+        IN,
+        "`older_than`",
+        "such as '7d'",
+    ),
+    Bad(
+        "cleanup: older_than -inf",
+        lambda e: _op(lambda: CandelaCleanupSessionsOperator(task_id="cleanup", older_than=float("-inf"))),
         IN,
         "`older_than`",
         "such as '7d'",
@@ -707,6 +722,20 @@ TABLE: list[Bad] = [
         "path of a CA bundle file that exists",
     ),
     Bad(
+        "connection: app_name with CR/LF (a header injection)",
+        lambda e: e.broken(extra={"app_name": "airflow\r\nX-Injected: yes"}).config,
+        CONN,
+        "'candela_broken' has app_name='airflow\\r\\nX-Injected: yes', which holds a line break",
+        "set the extra app_name to one line of plain text",
+    ),
+    Bad(
+        "connection: app_name outside Latin-1",
+        lambda e: e.broken(extra={"app_name": "análisis ✓"}).config,
+        CONN,
+        "app_name='análisis ✓', which holds a character outside Latin-1 ('✓' at position 9)",
+        "set the extra app_name to one line of plain text",
+    ),
+    Bad(
         "connection: proxy not a URL",
         lambda e: e.broken(extra={"proxy": "proxy:3128:x"}).config,
         CONN,
@@ -810,6 +839,46 @@ def test_rendered_bad_input_fails_the_task_before_any_request(
         assert f"CandelaInputError: {case.expected}" in log
         assert env.emulator.stats()["requests_total"] == 0
         assert state_of(env.emulator)["sessions_stored"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# values without end that are legitimate: they work as asked, with no overflow on the way
+
+BEYOND_ANY_AGE = {"inf": float("inf"), "days": "99999999999d", "max": dt.timedelta.max, "int": 10**400}
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_an_older_than_beyond_any_age_matches_no_session(env: Env) -> None:
+    with TALLY.bad_input("cleanup: older_than beyond any age (inf, timedelta.max, '99999999999d', 10**400)"):
+        env.ready_slot()
+        with CandelaHook() as hook:
+            hook.start_session(PIPELINE, MODEL)
+            hook.stop_session()
+        with DAG("bad_input_older_than_without_end", schedule=None, start_date=START, catchup=False) as dag:
+            for name, value in BEYOND_ANY_AGE.items():
+                CandelaCleanupSessionsOperator(task_id=f"older_than_{name}", older_than=value)
+        dr = run_dag(dag)
+        assert dr.states == {f"older_than_{name}": "success" for name in BEYOND_ANY_AGE}
+        assert all(dr.xcom(f"older_than_{name}") == [] for name in BEYOND_ANY_AGE), "each deleted nothing"
+        assert state_of(env.emulator)["sessions_stored"] == 1, "no session is older than that"
+
+
+def test_a_managed_agent_timeout_without_end_is_no_limit(env: Env) -> None:
+    pytest.importorskip("airflow.providers.common.ai.toolsets.managed_agent", reason="common-ai is not installed")
+    from airflow.providers.common.ai.toolsets import ManagedAgentToolset
+    from pydantic_ai import Agent
+    from pydantic_ai.models.test import TestModel
+
+    from airflow_provider_candela.hooks.managed_agent import CandelaManagedAgentHook
+
+    with TALLY.bad_input("managed agent: ManagedAgentToolset(timeout=inf or 1e15)"):
+        with CandelaManagedAgentHook(env.conn("candela_agents", extra={"model": MODEL})) as hook:
+            for timeout in (float("inf"), 1e15):
+                toolset = ManagedAgentToolset(hook.agent(AGENT), tool_name="ask_analyst", timeout=timeout)
+                result = Agent(TestModel(), toolsets=[toolset]).run_sync("Which fund had the largest drawdown?")
+                assert "You asked:" in result.output, result.output
+        assert env.emulator.stats()["sessions_started"] == 2
+        assert running(env.emulator) is None, "each call's session was stopped"
 
 
 # ------------------------------------------------------------------------------------------------
