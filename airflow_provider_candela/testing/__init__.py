@@ -131,7 +131,12 @@ class CandelaEmulator:
         self._catalog_file: Path | None = None  # a dict catalogue, written for the subprocess; removed in stop()
 
     # ------------------------------------------------------------------ lifecycle
-    def _command(self, port: int) -> list[str]:
+    def command(self, port: int) -> list[str]:
+        """The command line :meth:`start` runs: the emulator with this object's flags, on ``port``.
+
+        For a caller that runs the process under its own supervisor (log file, process group) and then
+        sets :attr:`url` and :attr:`token_url` itself, e.g. the deployment test.
+        """
         cmd = [sys.executable, "-m", "airflow_provider_candela.emulator"]
         for name, value in self.flags.items():
             if name == "port" or value is None or value is False:
@@ -169,7 +174,7 @@ class CandelaEmulator:
         self._stderr = tempfile.TemporaryFile("w+", prefix="candela-emulator-stderr-")  # noqa: SIM115 (closed in stop)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._process = subprocess.Popen(
-            self._command(self.port if self.port is not None else 0),
+            self.command(self.port if self.port is not None else 0),
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
