@@ -38,12 +38,15 @@ from airflow_provider_candela.models import (
 )
 
 __all__ = [
+    "DEFAULT_CONN_ID",
     "IF_SESSION_RUNNING",
     "LONGEST_LIMIT",
     "check_session_form",
     "coerce_answer",
     "coerce_bool",
     "coerce_choice",
+    "coerce_conn_id",
+    "coerce_flag",
     "coerce_model",
     "coerce_name",
     "coerce_object_id",
@@ -51,15 +54,14 @@ __all__ = [
     "coerce_optional_name",
     "coerce_output_type",
     "coerce_positive_seconds",
+    "coerce_prompt",
+    "coerce_returned_prompt",
     "coerce_session",
+    "coerce_text",
+    "coerce_unicode",
+    "id_json",
     "is_resolved",
     "parse_bool",
-    "require_flag",
-    "require_prompt",
-    "require_returned_prompt",
-    "require_text",
-    "require_unicode",
-    "session_ids",
     "shorten",
     "time_limit",
     "validation_problems",
@@ -81,6 +83,20 @@ _UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _LONGEST_SECONDS: Final = timedelta.max.total_seconds()
 #: The longest time limit kept as a deadline (about 100 years); a longer one, ``inf`` included, is no limit.
 LONGEST_LIMIT: Final = 100 * 365 * 86400.0
+
+
+#: The connection id every hook, operator, sensor and trigger uses unless given another.
+DEFAULT_CONN_ID: Final = "candela_default"
+
+
+def coerce_conn_id(value: Any, *, task_id: str | None = None) -> str:
+    """``candela_conn_id``: a non-blank string (a template is rendered before the hook reads it)."""
+    if not isinstance(value, str) or not value.strip():
+        raise CandelaInputError(
+            f"{_invalid('candela_conn_id', task_id)}: expected a connection id such as {DEFAULT_CONN_ID!r}, "
+            f"got {_shown(value)}."
+        )
+    return value
 
 
 def shorten(text: str, limit: int = 120) -> str:
@@ -222,17 +238,34 @@ def coerce_session(
     *,
     session_id: str | None = None,
     scope: str | None = None,
+    version: str | None = None,
     task_id: str | None = None,
     argument: str = "session",
 ) -> ObjectId:
     """The session a prompt/stop/delete/sensor task works on.
 
     Either ``session`` (any form accepted by :func:`coerce_object_id`, typically ``start.output``)
-    or ``session_id`` (the session identifier) plus an optional ``scope`` (default ``"default"``).
+    or ``session_id`` (the session identifier) plus an optional ``scope`` (default ``"default"``);
+    ``version`` (optional, already checked with :func:`coerce_name`) narrows either to one version.
 
-    :raises CandelaInputError: when neither or both are given, or a value is malformed.
+    :raises CandelaInputError: when neither or both are given, or a value is malformed or contradicts another.
     """
-    who = f"Task '{task_id}'" if task_id is not None else "The call"
+    oid = _session(session, session_id=session_id, scope=scope, task_id=task_id, argument=argument)
+    if not version:
+        return oid
+    if oid.version and oid.version != version:
+        raise CandelaInputError(
+            f"{_who(task_id)}: `version`={version!r} contradicts the version of `{argument}` ({oid.version!r})."
+        )
+    return ObjectId.checked(oid.scope, oid.identifier, version)
+
+
+def _who(task_id: str | None) -> str:
+    return f"Task '{task_id}'" if task_id is not None else "The call"
+
+
+def _session(session: Any, *, session_id: Any, scope: str | None, task_id: str | None, argument: str) -> ObjectId:
+    who = _who(task_id)
     if session is not None and session_id:
         raise CandelaInputError(
             f"{who} got both `{argument}` and `session_id`: pass one of them "
@@ -263,12 +296,12 @@ def coerce_session(
     )
 
 
-def session_ids(oid: ObjectId) -> dict[str, Any]:
+def id_json(oid: ObjectId) -> dict[str, Any]:
     """The JSON form of a session id, as put in XCom and events."""
     return oid.model_dump(mode="json")
 
 
-def require_unicode(value: str, *, argument: str, task_id: str | None = None) -> str:
+def coerce_unicode(value: str, *, argument: str, task_id: str | None = None) -> str:
     """``value``, when it is Unicode text (a string with a lone surrogate cannot be sent or logged).
 
     :raises CandelaInputError: naming the argument, the task, the position of the bad character and the fix.
@@ -279,7 +312,7 @@ def require_unicode(value: str, *, argument: str, task_id: str | None = None) ->
     return value
 
 
-def require_text(value: Any, *, argument: str, task_id: str | None = None) -> str:
+def coerce_text(value: Any, *, argument: str, task_id: str | None = None) -> str:
     """A non-empty string argument of Unicode text (e.g. ``prompt``).
 
     :param task_id: the task, for the message; ``None`` when a hook method is called directly.
@@ -290,17 +323,17 @@ def require_text(value: Any, *, argument: str, task_id: str | None = None) -> st
         raise CandelaInputError(f"{where}: expected a string, got {type(value).__name__} ({_shown(value)}).")
     if not value.strip():
         raise CandelaInputError(f"{where}: it is empty. Pass a non-empty string.")
-    return require_unicode(value, argument=argument, task_id=task_id)
+    return coerce_unicode(value, argument=argument, task_id=task_id)
 
 
-def require_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = MAX_PROMPT_BYTES) -> str:
+def coerce_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = MAX_PROMPT_BYTES) -> str:
     """A prompt: a non-empty string of Unicode text of at most ``max_bytes`` (UTF-8).
 
     The one check of a prompt, for the operators and the hook (``task_id=None``).
 
     :raises CandelaInputError: naming the task and the fix.
     """
-    text = require_text(value, argument="prompt", task_id=task_id)
+    text = coerce_text(value, argument="prompt", task_id=task_id)
     size = len(text.encode("utf-8"))
     if size > max_bytes:
         raise CandelaInputError(
@@ -310,7 +343,7 @@ def require_prompt(value: Any, *, task_id: str | None = None, max_bytes: int = M
     return text
 
 
-def require_returned_prompt(value: Any, *, decorator: str, task_id: str) -> str:
+def coerce_returned_prompt(value: Any, *, decorator: str, task_id: str) -> str:
     """The prompt a decorated function returned: a string (then checked as any prompt).
 
     :raises CandelaInputError: naming the decorator, the task and what the function returned.
@@ -320,7 +353,7 @@ def require_returned_prompt(value: Any, *, decorator: str, task_id: str) -> str:
             f"The function of {decorator} task '{task_id}' must return the prompt as a string, "
             f"got {type(value).__name__} ({_shown(value)}). Return the prompt text, e.g. f'Summarise {{ds}}'."
         )
-    return require_prompt(value, task_id=task_id)
+    return coerce_prompt(value, task_id=task_id)
 
 
 def check_session_form(
@@ -410,7 +443,7 @@ def coerce_name(
     """
     if value is None or value == "":
         return None
-    name = require_text(value, argument=argument, task_id=task_id)
+    name = coerce_text(value, argument=argument, task_id=task_id)
     if name_problem(kind, name) is not None:  # checked as given: "default\n" is not "default"
         raise CandelaInputError(f"{_invalid(argument, task_id)}: {name!r} is not a valid {kind}. {_NAME_HINTS[kind]}")
     return name
@@ -451,10 +484,10 @@ def coerce_optional_name(value: Any, *, argument: str, task_id: str | None = Non
         raise CandelaInputError(
             f"{_invalid(argument, task_id)}: expected a string, got {type(value).__name__} ({_shown(value)})."
         )
-    return require_unicode(value.strip(), argument=argument, task_id=task_id)
+    return coerce_unicode(value.strip(), argument=argument, task_id=task_id)
 
 
-def require_flag(value: Any, *, argument: str, task_id: str | None = None) -> bool:
+def coerce_flag(value: Any, *, argument: str, task_id: str | None = None) -> bool:
     """A flag that is not templated: ``True`` or ``False`` only."""
     if not isinstance(value, bool):
         raise CandelaInputError(f"{_invalid(argument, task_id)}: expected True or False, got {_shown(value)}.")

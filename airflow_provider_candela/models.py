@@ -13,7 +13,9 @@ This module must not import Airflow: the emulator uses it without Airflow instal
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from enum import IntEnum
@@ -24,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "EVENT_TYPES",
+    "AgentAnswer",
     "CircuitDTO",
     "DevSessionStartRequest",
     "Directive",
@@ -329,6 +332,54 @@ class Event(_Wire):
     content: str
 
 
+class AgentAnswer:
+    """What an agent answered, summed up as its events arrive: counts, the chat text, the decoded results.
+
+    The XCom of the agent prompt operator and the answer of the managed agent are made of it; the
+    operator's log lines are cut from the same events by its transcript.
+
+    :param keep_events: also keep every event (``return_events=True``).
+    """
+
+    def __init__(self, *, keep_events: bool = False) -> None:
+        self.keep_events = keep_events
+        self.counts: Counter[str] = Counter()
+        self.events: list[dict[str, str]] = []
+        #: One entry per ``result`` event: its content decoded from JSON (the raw text when it is not JSON).
+        self.results: list[Any] = []
+        self._chat: list[str] = []
+
+    def add(self, event_type: str, content: str) -> None:
+        """Count one event; keep its chat text or decode its result."""
+        self.counts[event_type] += 1
+        if self.keep_events:
+            self.events.append({"event_type": event_type, "content": content})
+        if event_type == "chat":
+            self._chat.append(content)
+        elif event_type == "result":
+            try:
+                self.results.append(json.loads(content))
+            except ValueError:
+                self.results.append(content)
+
+    @property
+    def response(self) -> str:
+        """The chat fragments joined: the agent's reply."""
+        return "".join(self._chat)
+
+    def summary(self, session: dict[str, Any]) -> dict[str, Any]:
+        """``{"session", "response", "results", "event_counts"}`` (+ ``"events"`` when kept)."""
+        out: dict[str, Any] = {
+            "session": session,
+            "response": self.response,
+            "results": self.results,
+            "event_counts": dict(self.counts),
+        }
+        if self.keep_events:
+            out["events"] = self.events
+        return out
+
+
 class SlotState(IntEnum):
     """Lifecycle of a user's slot (``GET /slot/state``); sessions run only on HOST_READY."""
 
@@ -351,6 +402,16 @@ class SlotState(IntEnum):
     def failed(self) -> bool:
         """Whether a slot in this state never becomes ready (``ERRORED``, ``HOST_GONE``)."""
         return self in (SlotState.ERRORED, SlotState.HOST_GONE)
+
+    def failure(self, slot_id: str) -> str | None:
+        """What to tell the user when slot ``slot_id`` is in this state and it :attr:`failed`, else None."""
+        if not self.failed:
+            return None
+        return (
+            f"The Candela slot {slot_id} went to {self.label} while starting: dispose of it "
+            "(CandelaStopSessionOperator(dispose_slot=True) or CandelaHook.dispose_slot()) and run the task again "
+            "to get a new slot, or ask FINBOURNE support if it keeps failing"
+        )
 
 
 class SlotData(_Wire):

@@ -16,7 +16,7 @@ from airflow.providers.common.compat.sdk import (
     determine_kwargs,
 )
 
-from airflow_provider_candela._validation import require_returned_prompt
+from airflow_provider_candela._validation import coerce_returned_prompt
 from airflow_provider_candela.operators.sessions import (
     CandelaSubmitAgentPromptOperator,
     CandelaSubmitPipelinePromptOperator,
@@ -54,12 +54,16 @@ class _PromptFunction(DecoratedOperator):
             **kwargs,
         )
 
-    def _returned_prompt(self, context: Context) -> str:
-        """Call the function with its TaskFlow arguments; its return value is the prompt."""
+    def _prompt_text(self, context: Context) -> str:
+        """Call the function with its TaskFlow arguments; its return value is the prompt.
+
+        Called once per task run: before any request, or, for a one-task session that may defer, once the
+        slot is ready (after the resume), so the function runs once even when the task defers.
+        """
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         value = self.python_callable(*self.op_args, **kwargs)
-        return require_returned_prompt(value, decorator=self.custom_operator_name, task_id=self.task_id)
+        return coerce_returned_prompt(value, decorator=self.custom_operator_name, task_id=self.task_id)
 
 
 class CandelaPipelineDecoratedOperator(_PromptFunction, CandelaSubmitPipelinePromptOperator):
@@ -72,11 +76,6 @@ class CandelaPipelineDecoratedOperator(_PromptFunction, CandelaSubmitPipelinePro
     }
     custom_operator_name: str = "@task.candela_pipeline"
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Call the function for the prompt, then submit it as the pipeline operator does."""
-        self.prompt = self._returned_prompt(context)
-        return CandelaSubmitPipelinePromptOperator.execute(self, context)
-
 
 class CandelaAgentDecoratedOperator(_PromptFunction, CandelaSubmitAgentPromptOperator):
     """The operator behind ``@task.candela_agent``."""
@@ -87,8 +86,3 @@ class CandelaAgentDecoratedOperator(_PromptFunction, CandelaSubmitAgentPromptOpe
         **CandelaSubmitAgentPromptOperator.template_fields_renderers,
     }
     custom_operator_name: str = "@task.candela_agent"
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Call the function for the prompt, then submit it as the agent operator does."""
-        self.prompt = self._returned_prompt(context)
-        return CandelaSubmitAgentPromptOperator.execute(self, context)

@@ -21,7 +21,7 @@ import requests
 from pydantic import ValidationError
 
 from airflow_provider_candela._validation import validation_problems
-from airflow_provider_candela.exceptions import CandelaAuthError
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaAuthError, CandelaRejectedError
 from airflow_provider_candela.hooks._config import CandelaConfig
 from airflow_provider_candela.hooks._retry import (
     RETRY_STATUSES,
@@ -179,7 +179,7 @@ class TokenManager:
                 ) from exc
             except requests.RequestException as exc:
                 raise Retryable(
-                    CandelaAuthError(
+                    CandelaApiError(
                         f"Could not reach the Candela token endpoint {url} ({type(exc).__name__}): check the extra "
                         f"token_url (and proxy) of connection {cfg.conn_id!r} and that the identity provider is up",
                         method="POST",
@@ -236,7 +236,8 @@ class TokenManager:
         parts = [str(data[k]) for k in ("error", "error_description", "errorSummary", "detail") if data.get(k)]
         return self._scrub(": ".join(parts)[:300])
 
-    def _rejected(self, resp: requests.Response, grant: str) -> CandelaAuthError:
+    def _rejected(self, resp: requests.Response, grant: str) -> CandelaApiError:
+        """The error of a refused grant: :class:`CandelaAuthError` when final, else retryable (429, 5xx)."""
         cfg = self._config
         detail = self._oauth_error(resp)
         status = resp.status_code
@@ -249,12 +250,12 @@ class TokenManager:
         else:
             hint = f"check the extra token_url of connection {cfg.conn_id!r}"
         said = (detail or "no detail").rstrip(".")
-        return CandelaAuthError(
+        cls = CandelaAuthError if CandelaApiError.class_for(status) is CandelaRejectedError else CandelaApiError
+        return cls(
             f"The token endpoint {cfg.token_url} refused the {grant} grant ({status}): {said}. "
             f"{hint[0].upper()}{hint[1:]}.",
             status=status,
             method="POST",
             path=cfg.token_url or "",
             detail=detail,
-            hint=hint,
         )

@@ -13,15 +13,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from airflow_provider_candela._validation import parse_bool, shorten
 from airflow_provider_candela.exceptions import CandelaConnectionConfigError
 
-__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_SLOT_TYPE", "DEFAULT_TIMEOUT", "CandelaConfig", "load_config"]
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_SLOT_TYPE",
+    "DEFAULT_TIMEOUT",
+    "CandelaConfig",
+    "load_config",
+    "parse_max_retries",
+    "parse_timeout",
+]
 
 DEFAULT_TIMEOUT: Final = (10.0, 300.0)
 DEFAULT_MAX_RETRIES: Final = 5
@@ -29,6 +37,8 @@ DEFAULT_STREAM_TIMEOUT: Final = 3600.0
 DEFAULT_SLOT_TYPE: Final = "gpu-medium"
 EXTRA_PREFIX: Final = "extra__candela__"
 HOST_EXAMPLE: Final = "https://<domain>.lusid.com/candela"
+
+T = TypeVar("T")
 
 #: Extra keys this provider reads; anything else in the extra is ignored (and logged by the hook).
 KNOWN_EXTRAS: Final = (
@@ -249,7 +259,11 @@ def _verify(conn_id: str, value: Any) -> bool | str:
     return path
 
 
-def _timeout(conn_id: str, value: Any) -> tuple[float, float]:
+def parse_timeout(value: Any) -> tuple[float, float]:
+    """``timeout`` (connection extra, hook argument or ``hook_params``) as ``(connect, read)`` seconds.
+
+    :raises ValueError: saying what is expected.
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_TIMEOUT
     parts: list[Any]
@@ -266,10 +280,7 @@ def _timeout(conn_id: str, value: Any) -> tuple[float, float]:
     except (TypeError, ValueError):
         numbers = []
     if len(numbers) not in (1, 2) or not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise _err(
-            conn_id,
-            f"has timeout={value!r}: expected one positive number of seconds or 'connect,read' such as '10,300'",
-        )
+        raise ValueError("expected one positive number of seconds or 'connect,read' such as '10,300'")
     return (numbers[0], numbers[-1])
 
 
@@ -285,7 +296,11 @@ def _stream_timeout(conn_id: str, value: Any) -> float:
     return number
 
 
-def _max_retries(conn_id: str, value: Any) -> int:
+def parse_max_retries(value: Any) -> int:
+    """``max_retries`` (connection extra, hook argument or ``hook_params``): a whole number >= 0.
+
+    :raises ValueError: saying what is expected.
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_MAX_RETRIES
     try:
@@ -293,8 +308,15 @@ def _max_retries(conn_id: str, value: Any) -> int:
     except ValueError:
         number = -1
     if isinstance(value, bool) or number < 0:
-        raise _err(conn_id, f"has max_retries={value!r}: expected a whole number >= 0 such as 5")
+        raise ValueError("expected a whole number >= 0 such as 5")
     return number
+
+
+def _parsed(conn_id: str, name: str, value: Any, parse: Callable[[Any], T]) -> T:
+    try:
+        return parse(value)
+    except ValueError as err:
+        raise _err(conn_id, f"has {name}={value!r}: {err}") from None
 
 
 def load_config(
@@ -374,9 +396,11 @@ def load_config(
         app_name=_app_name(conn_id, _text(values["app_name"])),
         verify=_verify(conn_id, values["verify"]),
         proxy=proxy,
-        timeout=_timeout(conn_id, timeout if timeout is not None else values["timeout"]),
+        timeout=_parsed(conn_id, "timeout", timeout if timeout is not None else values["timeout"], parse_timeout),
         stream_timeout=_stream_timeout(conn_id, values["stream_timeout"]),
-        max_retries=_max_retries(conn_id, max_retries if max_retries is not None else values["max_retries"]),
+        max_retries=_parsed(
+            conn_id, "max_retries", max_retries if max_retries is not None else values["max_retries"], parse_max_retries
+        ),
         slot_type=slot_type,
         secrets_file=secrets_file,
         model=_text(values["model"]),

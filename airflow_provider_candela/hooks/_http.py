@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 from urllib.request import getproxies
@@ -30,8 +31,9 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException, BaseHo
 from pydantic import TypeAdapter, ValidationError
 
 from airflow_provider_candela import __version__
-from airflow_provider_candela._validation import validation_problems
+from airflow_provider_candela._validation import DEFAULT_CONN_ID, validation_problems
 from airflow_provider_candela.exceptions import (
+    CandelaAmbiguousError,
     CandelaApiError,
     CandelaAuthError,
     CandelaCancelledError,
@@ -50,7 +52,7 @@ from airflow_provider_candela.hooks._retry import (
     failed_before_sending,
     parse_retry_after,
 )
-from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, Sender, tracking
+from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, tracking
 from airflow_provider_candela.models import (
     HTTPValidationError,
 )
@@ -61,6 +63,11 @@ T = TypeVar("T")
 _Kind = Literal["idempotent", "start", "submit"]
 
 USER_AGENT: Final = f"airflow-provider-candela/{__version__}"
+#: Said of a prompt whose call failed after it was sent (the server may or may not have acted on it).
+PROMPT_MAY_HAVE_RUN: Final = (
+    "The prompt may or may not have run; it is not resubmitted automatically. Check the session's output "
+    "before submitting it again"
+)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,7 @@ class CandelaHttpCore(BaseHook):
     """
 
     conn_name_attr = "candela_conn_id"
-    default_conn_name = "candela_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "candela"
     hook_name = "Candela"
 
@@ -161,7 +168,6 @@ class CandelaHttpCore(BaseHook):
         self._max_retries_override = max_retries
         self._config: CandelaConfig | None = None
         self._session: requests.Session | None = None
-        self._sender: Sender | None = None
         self._tokens: TokenManager | None = None
         # Held only while the connection, the session or the token manager is created (double-checked: a call
         # that finds them made takes no lock), so that threads making the first call together make one grant.
@@ -235,7 +241,7 @@ class CandelaHttpCore(BaseHook):
         return self._session
 
     def _new_session(self) -> requests.Session:
-        """A session for this connection, with its :class:`Sender` (set first: ``_http`` checks ``_sender``)."""
+        """A session for this connection: its adapter, headers, TLS and proxy settings; no cookies kept."""
         cfg = self.config
         session = requests.Session()
         adapter = CandelaAdapter()
@@ -256,7 +262,7 @@ class CandelaHttpCore(BaseHook):
             session.trust_env = False
         if cfg.verify is True:  # what requests takes from the environment on every call, taken once
             session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self._sender = Sender(session)
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # an API client: no state between calls
         return session
 
     def cancel(self, reason: str) -> None:
@@ -314,23 +320,22 @@ class CandelaHttpCore(BaseHook):
             self._cleanup_until = previous
 
     def _http(
-        self, method: str, url: str, what: str, *, fix: str, stream: bool = False, **kwargs: Any
+        self, method: str, url: str, path: str, *, fix: str, stream: bool = False, **kwargs: Any
     ) -> requests.Response:
         """Send one request: redirects refused, the whole answer bounded by connect + read timeout, cancellable.
 
         For ``stream=True`` the exchange stays open (see :meth:`_release`) until the stream is closed.
 
+        :param path: the API path of ``url`` (the whole URL for the token endpoint), for messages.
         :param fix: the connection setting to check when the answer is a redirect (e.g. ``"host"``).
-        :param kwargs: ``params``, ``headers``, ``json`` or ``data`` of :meth:`Sender.request`.
+        :param kwargs: ``params``, ``headers``, ``json`` or ``data`` of ``requests.Session.request``.
         :raises _DeadlinePassed: the answer did not complete within connect + read timeout.
         :raises CandelaCancelledError: the hook was cancelled meanwhile.
         """
+        what = f"{method} {path}"
         self._raise_if_cancelled(what)
         timeout = connect, read = self.config.timeout
-        if self._sender is None:
-            self.get_conn()
-            assert self._sender is not None
-        sender = self._sender
+        session = self.get_conn()
         deadline = time.monotonic() + connect + read
         if self._cleanup_until is not None:
             deadline = min(deadline, self._cleanup_until)
@@ -338,7 +343,7 @@ class CandelaHttpCore(BaseHook):
         self._exchanges[id(exchange)] = exchange
         try:
             with tracking(exchange):
-                resp = sender.request(method, url, timeout=timeout, stream=stream, **kwargs)
+                resp = session.request(method, url, timeout=timeout, stream=stream, allow_redirects=False, **kwargs)
             if exchange.aborted is not None:
                 resp.close()
                 raise requests.ConnectionError("aborted")
@@ -363,7 +368,7 @@ class CandelaHttpCore(BaseHook):
                 f"connection {self.candela_conn_id!r} to the right URL",
                 status=resp.status_code,
                 method=method,
-                path=what.split(" ", 1)[-1],
+                path=path,
                 detail=location,
             )
         if stream and resp.ok:
@@ -388,14 +393,13 @@ class CandelaHttpCore(BaseHook):
 
     def _post_form(self, url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
         """The token endpoint's POST (for :class:`TokenManager`), through the same HTTP core."""
-        return self._http("POST", url, f"POST {url}", fix="extra token_url", data=body, headers=headers)
+        return self._http("POST", url, url, fix="extra token_url", data=body, headers=headers)
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections).  The hook stays usable."""
         if self._session is not None:
             self._session.close()
             self._session = None
-            self._sender = None
 
     def __enter__(self) -> Self:
         return self
@@ -464,7 +468,7 @@ class CandelaHttpCore(BaseHook):
         resp = self._http(
             call.method,
             self.config.base_url + call.path,
-            call.what,
+            call.path,
             fix="host",
             params=call.params,
             json=call.body,
@@ -528,10 +532,7 @@ class CandelaHttpCore(BaseHook):
             raise Retryable(error, retry_after)
         if call.kind == "start":
             raise _Ambiguous(error, retry_after)
-        raise error.amended(
-            "The prompt may or may not have run; it is not resubmitted automatically. Check the session's "
-            "output before submitting it again"
-        )
+        raise error.amended(PROMPT_MAY_HAVE_RUN, CandelaAmbiguousError)
 
     def _transport_failure(self, call: _Call, exc: requests.RequestException) -> Exception:
         cfg = self.config
@@ -555,10 +556,9 @@ class CandelaHttpCore(BaseHook):
             return Retryable(error)
         if call.kind == "start":
             return _Ambiguous(error)
-        return CandelaApiError(
+        return CandelaAmbiguousError(
             f"{call.what} failed after the prompt was sent ({type(exc).__name__}: {self._scrub(str(exc))[:300]}). "
-            "The prompt may or may not have run; it is not resubmitted automatically. Check the session's "
-            "output before submitting it again",
+            f"{PROMPT_MAY_HAVE_RUN}",
             method=call.method,
             path=call.path,
             detail=self._scrub(str(exc)),
@@ -622,7 +622,7 @@ class CandelaHttpCore(BaseHook):
         detail = self._detail(resp)
         conn = self.candela_conn_id
         verb = "rejected" if status < 500 else "failed"
-        cls: type[CandelaApiError] = CandelaApiError
+        cls = CandelaApiError.class_for(status)
         if status == 401:
             cls = CandelaAuthError
             if self.config.uses_pat:
@@ -651,7 +651,7 @@ class CandelaHttpCore(BaseHook):
         message = f"Candela {verb} {call.what} ({status}): {detail}"
         if hint:
             message = f"{message.rstrip('.')}. {hint}"
-        return cls(message, status=status, method=call.method, path=call.path, detail=detail, hint=hint)
+        return cls(message, status=status, method=call.method, path=call.path, detail=detail)
 
     def _parse(self, resp: requests.Response, adapter: TypeAdapter[T], expected: str, call: _Call) -> T:
         try:

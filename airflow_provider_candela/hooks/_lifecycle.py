@@ -25,7 +25,7 @@ __all__ = ["explain_lost_session", "nothing_started", "owned_session", "start_cl
 
 def nothing_started(error: BaseException) -> bool:
     """Whether a failed start certainly started nothing: Candela answered it with a 4xx (it refused it)."""
-    return isinstance(error, CandelaApiError) and error.status is not None and 400 <= error.status < 500
+    return isinstance(error, CandelaApiError) and error.refused
 
 
 def start_cleanly(hook: CandelaHook, start: Callable[[], ObjectMetadata], *, owner: str) -> ObjectMetadata:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from airflow_provider_candela._validation import validation_problems
 from airflow_provider_candela.exceptions import (
-    CandelaApiError,
+    CandelaAmbiguousError,
     CandelaCancelledError,
     CandelaResponseError,
     CandelaTimeoutError,
@@ -54,7 +54,8 @@ class CandelaEventStream(Iterator[Event]):
         self,
         response: requests.Response,
         *,
-        what: str,
+        method: str,
+        path: str,
         scrub: Callable[[str], str],
         chunk_size: int = 8192,
         exchange: Exchange | None = None,
@@ -64,7 +65,8 @@ class CandelaEventStream(Iterator[Event]):
         cancelled: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._response = response
-        self._what = what
+        self._path = path
+        self._what = f"{method} {path}"
         self._scrub = scrub
         self._chunk_size = chunk_size
         self._exchange = exchange
@@ -172,7 +174,7 @@ class CandelaEventStream(Iterator[Event]):
                         f"Candela streamed a line longer than {MAX_LINE_BYTES} bytes from {self._what}",
                         status=self._response.status_code,
                         method="POST",
-                        path=self._what.split(" ", 1)[-1],
+                        path=self._path,
                     )
             interrupted = self._interrupted()
             if interrupted is not None:
@@ -188,18 +190,18 @@ class CandelaEventStream(Iterator[Event]):
                     "agent session and that nothing between this worker and Candela empties the body",
                     status=self._response.status_code,
                     method="POST",
-                    path=self._what.split(" ", 1)[-1],
+                    path=self._path,
                 )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             interrupted = self._interrupted()
             if interrupted is not None:
                 raise interrupted from exc
-            raise CandelaApiError(
+            raise CandelaAmbiguousError(
                 f"The agent answer from {self._what} broke off after {self.count} events "
                 f"({type(exc).__name__}: {self._scrub(str(exc))[:200]}): the answer is incomplete. The prompt "
                 "was not resubmitted; submit it again if the agent's partial answer is not enough",
                 method="POST",
-                path=self._what.split(" ", 1)[-1],
+                path=self._path,
                 detail=self._scrub(str(exc)),
             ) from exc
         finally:
@@ -210,7 +212,7 @@ class CandelaEventStream(Iterator[Event]):
         line = line.strip()
         if not line:
             return None
-        path = self._what.split(" ", 1)[-1]
+        path = self._path
         try:
             data = json.loads(line)
         except ValueError:

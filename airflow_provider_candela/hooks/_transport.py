@@ -1,4 +1,4 @@
-"""What the Candela hook adds under ``requests``: deadlines per exchange, cancellation, a pool sized to its users.
+"""What the Candela hook adds under ``requests``: a deadline per exchange, cancellation, a pool sized to its users.
 
 A socket timeout bounds each ``recv`` only: a server that sends one byte a second never trips it.
 Every HTTP exchange of the hook is therefore an :class:`Exchange` with an absolute deadline, watched
@@ -6,15 +6,21 @@ by one process-wide :class:`_Watchdog` thread.  When the deadline passes (or the
 e.g. by a task's ``on_kill``), the watchdog shuts the exchange's socket down: the blocked read
 returns at once, and the hook turns what it sees into an error naming the deadline (or the kill).
 
-The socket is found through the connection classes of :class:`CandelaAdapter`: a connection that
-sends a request records itself on the exchange the calling thread registered (:func:`tracking`).
+The hook sends with ``requests.Session.request``; the socket is found through the connection classes
+of :class:`CandelaAdapter`: a connection that sends a request records itself on the exchange the
+calling thread registered (:func:`tracking`).  The adapter's pools keep up to :data:`POOL_SIZE`
+connections, so that threads sharing a hook reuse theirs instead of discarding (and logging) every
+connection beyond urllib3's default of 10: connections <= concurrent callers.
 
-The adapter's pools also grow to the number of threads that use them at once, instead of
-discarding (and logging) every connection beyond a fixed size: connections <= concurrent callers.
+Only public APIs of ``requests`` and ``urllib3`` are used, so that an upgrade of either does not break
+the hook:
 
-:class:`Sender` sends through the adapters of a ``requests.Session`` without ``Session.request``:
-an API client has no use for what that adds to every call (cookie jars, response hooks, redirect
-resolution, merging the environment's settings), and it costs more than the rest of the call.
+* ``requests.adapters.HTTPAdapter(pool_maxsize=..., pool_block=False)`` and its overridable
+  ``init_poolmanager`` and ``proxy_manager_for`` (requests' "Transport Adapters");
+* ``urllib3.PoolManager.pool_classes_by_scheme`` (the pool class per scheme, as urllib3's own
+  ``contrib.socks`` sets it) and ``HTTPConnectionPool.ConnectionCls`` (the connection class of a pool);
+* ``urllib3.connection.HTTPConnection.request`` (what a pool calls to send a request) and its ``sock``;
+* from the standard library: ``socket.shutdown`` and ``os.register_at_fork``.
 """
 
 from __future__ import annotations
@@ -25,20 +31,19 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
 from contextlib import suppress
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Final
 
-import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers, get_environ_proxies
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.poolmanager import PoolManager
+from urllib3.poolmanager import PoolManager, ProxyManager
 
-__all__ = ["CandelaAdapter", "Exchange", "Sender", "tracking"]
+__all__ = ["POOL_SIZE", "CandelaAdapter", "Exchange", "tracking", "watch"]
+
+#: Connections a pool keeps for reuse: threads beyond this many on one hook at once still work, but
+#: urllib3 discards (and logs) their connections as they return them.
+POOL_SIZE: Final = 100
 
 _local = threading.local()
 
@@ -175,173 +180,55 @@ def watch(exchange: Exchange) -> None:
     _WATCHDOG.watch(exchange)
 
 
-def _send_tracked(conn: HTTPConnection, send: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    exchange: Exchange | None = getattr(_local, "exchange", None)
-    if exchange is None:
-        send(*args, **kwargs)
-        return
-    exchange.attach(conn)
-    send(*args, **kwargs)
-    exchange.attach_socket(conn.sock)
+class _Tracked:
+    """Mixin of a urllib3 connection: the exchange of the sending thread learns its connection and socket."""
 
+    sock: socket.socket | None
 
-class _TrackedHTTPConnection(HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _send_tracked(self, super().request, *args, **kwargs)
+        exchange: Exchange | None = getattr(_local, "exchange", None)
+        if exchange is not None:
+            exchange.attach(self)  # type: ignore[arg-type]  # always mixed into an HTTPConnection
+        super().request(*args, **kwargs)  # type: ignore[misc]  # HTTPConnection.request
+        if exchange is not None:
+            exchange.attach_socket(self.sock)
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _send_tracked(self, super().request, *args, **kwargs)
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
 
 
-class _Growing(HTTPConnectionPool):
-    """A pool that keeps every connection its concurrent users return (never "pool is full, discarding")."""
-
-    def _put_conn(self, conn: Any) -> None:
-        pool = self.pool
-        if pool is not None and conn is not None:
-            with pool.mutex:
-                if pool.maxsize and pool._qsize() >= pool.maxsize:
-                    pool.maxsize += 1
-        super()._put_conn(conn)
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
 
 
-class _GrowingPool(_Growing):
+class _TrackedPool(HTTPConnectionPool):
     ConnectionCls = _TrackedHTTPConnection
 
 
-class _GrowingHTTPSPool(_Growing, HTTPSConnectionPool):
+class _TrackedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _TrackedHTTPSConnection
 
 
-_POOL_CLASSES = {"http": _GrowingPool, "https": _GrowingHTTPSPool}
+_POOL_CLASSES = {"http": _TrackedPool, "https": _TrackedHTTPSPool}
 
 
 class CandelaAdapter(HTTPAdapter):
-    """``requests`` adapter with tracked connections and pools that grow to their concurrency.
+    """``requests`` adapter whose connections attach to the sending thread's :class:`Exchange`.
 
-    The connection pool of a request is remembered per origin (scheme, host and port), TLS settings
-    and proxies, instead of being looked up again on every request.  Its responses carry no cookies:
-    the hook sends none (see :class:`Sender`), and reading them from every answer would cost about a
-    tenth of a call.
+    Its pools (direct and through an HTTP proxy) keep :data:`POOL_SIZE` connections and never block a
+    caller (a caller waiting for a free connection would be outside any exchange's deadline).
     """
+
+    def __init__(self) -> None:
+        super().__init__(pool_maxsize=POOL_SIZE, pool_block=False)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
-        self._pools: dict[tuple[Any, ...], HTTPConnectionPool] = {}
-        self._most_pools = connections  # the pool manager keeps this many pools; so do we
-
-    def get_connection_with_tls_context(
-        self,
-        request: requests.PreparedRequest,
-        verify: bool | str | None,
-        proxies: Mapping[str, str] | None = None,
-        cert: Any = None,
-    ) -> HTTPConnectionPool:
-        url = request.url
-        assert isinstance(url, str)
-        end = url.find("/", url.find("//") + 2)  # a prepared URL has a path: its origin ends there
-        key = (url[:end] if end > 0 else url, verify, cert, *(proxies or {}).items())
-        pool = self._pools.get(key)
-        if pool is None or pool.pool is None:  # pool.pool None: closed (evicted by its manager, or the adapter closed)
-            fresh = super().get_connection_with_tls_context(request, verify, dict(proxies or {}), cert)
-            assert isinstance(fresh, HTTPConnectionPool)
-            if len(self._pools) >= self._most_pools:
-                self._pools.clear()
-            pool = self._pools[key] = fresh
-        return pool
-
-    def close(self) -> None:
-        super().close()
-        self._pools.clear()
-
-    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
-        response = requests.Response()
-        response.status_code = resp.status
-        response.headers = CaseInsensitiveDict(resp.headers)
-        response.encoding = get_encoding_from_headers(response.headers)
-        response.raw = resp
-        response.reason = resp.reason
-        response.url = req.url.decode("utf-8") if isinstance(req.url, bytes) else (req.url or "")
-        response.request = req
-        response.connection = self
-        return response
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
         manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOL_CLASSES
+        if isinstance(manager, ProxyManager):  # an HTTP(S) proxy; a SOCKS proxy keeps its own pool classes
+            manager.pool_classes_by_scheme = _POOL_CLASSES
         return manager
-
-
-class Sender:
-    """Prepares and sends requests with a ``requests.Session``'s settings, straight through its adapters.
-
-    What is taken from the session, on every call: its headers (a request's own headers win), the
-    adapter mounted for the URL, ``verify`` and ``cert``.  Once per URL: the URL prepared as
-    ``requests`` prepares it, and the proxies (the session's, overridden by the environment's when
-    ``trust_env`` is set, as ``requests`` does).  Never used: cookies, response hooks, ``auth``
-    (so never ``~/.netrc``) and redirects (a 3xx answer is returned as it is).  Without ``stream`` the
-    body is read before returning, as ``requests`` does.
-
-    :param session: the configured session; it stays the place to change headers or mount adapters.
-    """
-
-    def __init__(self, session: requests.Session) -> None:
-        self.session = session
-        self._urls: dict[str, tuple[str, dict[str, str]]] = {}
-
-    def _url(self, url: str) -> tuple[str, dict[str, str]]:
-        known = self._urls.get(url)
-        if known is None:
-            prepared = requests.PreparedRequest()
-            prepared.prepare_url(url, None)
-            assert prepared.url is not None
-            proxies = dict(self.session.proxies)
-            if self.session.trust_env:
-                proxies.update(get_environ_proxies(prepared.url, no_proxy=None))
-            if len(self._urls) >= 64:  # the API's paths and the token URL: a handful
-                self._urls.clear()
-            known = self._urls[url] = (prepared.url, {k: v for k, v in proxies.items() if v is not None})
-        return known
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        timeout: tuple[float, float],
-        stream: bool = False,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: bytes | None = None,
-    ) -> requests.Response:
-        """Send one request; the response of a 3xx is returned, not followed."""
-        session = self.session
-        prepared_url, proxies = self._url(url)
-        request = requests.PreparedRequest()
-        request.method = method.upper()
-        if params and "#" not in prepared_url:
-            prepared_url = f"{prepared_url}{'&' if '?' in prepared_url else '?'}{urlencode(params)}"
-        elif params:
-            request.prepare_url(url, params)
-            assert request.url is not None
-            prepared_url = request.url
-        request.url = prepared_url
-        request.headers = CaseInsensitiveDict(session.headers)  # type: ignore[arg-type]  # values may be bytes
-        if headers:
-            request.headers.update(headers)
-        request.prepare_body(data, None, json)
-        response = session.get_adapter(prepared_url).send(
-            request,
-            stream=stream,
-            timeout=timeout,
-            verify=True if session.verify is None else session.verify,
-            cert=session.cert,
-            proxies=proxies,
-        )
-        if not stream:
-            response.content  # noqa: B018 (read the body now: the caller's deadline covers it)
-        return response

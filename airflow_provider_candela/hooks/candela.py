@@ -25,7 +25,7 @@ from airflow_provider_candela._validation import (
     coerce_name,
     coerce_object_id,
     coerce_positive_seconds,
-    require_prompt,
+    coerce_prompt,
 )
 from airflow_provider_candela.connection_form import form_widgets, ui_field_behaviour
 from airflow_provider_candela.exceptions import (
@@ -161,9 +161,10 @@ class CandelaHook(CandelaHttpCore):
 
     @staticmethod
     def _prompt(session: SessionRef, prompt: Any) -> SubmitPrompt:
-        """The body of a prompt call, every argument checked before any request."""
+        """The body of a prompt call, every argument checked (once) before any request."""
         oid = coerce_object_id(session, argument="session")
-        return SubmitPrompt(prompt=require_prompt(prompt), session_id=oid.identifier, scope=oid.scope)
+        # Checked above: the model is built without validating the (up to 1 MiB) prompt a second time.
+        return SubmitPrompt.model_construct(prompt=coerce_prompt(prompt), session_id=oid.identifier, scope=oid.scope)
 
     # ------------------------------------------------------------------------------------------
     # sessions
@@ -465,7 +466,8 @@ class CandelaHook(CandelaHttpCore):
         exchange: Exchange = resp.candela_exchange  # type: ignore[attr-defined]
         return CandelaEventStream(
             resp,
-            what=call.what,
+            method=call.method,
+            path=call.path,
             scrub=self._scrub,
             exchange=exchange,
             event_gap=self.config.timeout[1],
@@ -599,10 +601,7 @@ class CandelaHook(CandelaHttpCore):
                 slot_id = "?"
                 with contextlib.suppress(CandelaError):
                     slot_id = self.get_slot_metadata().slot_id
-                raise CandelaSlotError(
-                    f"The Candela slot {slot_id} went to {state.label} while waiting for HOST_READY: "
-                    "dispose it (dispose_slot) and assign a new one, or ask FINBOURNE support if it keeps failing"
-                )
+                raise CandelaSlotError(state.failure(slot_id))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CandelaTimeoutError(

@@ -43,23 +43,22 @@ from airflow_provider_candela._validation import (
     coerce_name,
     coerce_object_id,
     coerce_positive_seconds,
+    coerce_prompt,
     coerce_session,
-    require_prompt,
-    session_ids,
     time_limit,
 )
 from airflow_provider_candela.exceptions import (
     CandelaApiError,
     CandelaCancelledError,
     CandelaInputError,
+    CandelaRejectedError,
     CandelaSessionRunningError,
     CandelaSlotError,
     CandelaTimeoutError,
 )
 from airflow_provider_candela.hooks._lifecycle import owned_session, start_cleanly
 from airflow_provider_candela.hooks.candela import CandelaHook
-from airflow_provider_candela.models import ObjectId
-from airflow_provider_candela.operators._transcript import AgentTranscript
+from airflow_provider_candela.models import AgentAnswer, ObjectId
 
 __all__ = ["CandelaManagedAgentHook"]
 
@@ -118,7 +117,7 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
         super().__init__(candela_conn_id, timeout=timeout, max_retries=max_retries)
         self.model = None if model is None else coerce_object_id(model, argument="model")
         self.slot_ready_timeout = coerce_positive_seconds(slot_ready_timeout, argument="slot_ready_timeout")
-        self._worker: CandelaHook | None = None
+        self._invocation_hook: CandelaHook | None = None
 
     # ------------------------------------------------------------------------------------------
     # the contract
@@ -155,7 +154,7 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
         except CandelaInputError as exc:
             raise ManagedAgentInvocationError(str(exc)) from exc
         try:
-            prompt = require_prompt(_prompt_text(request))
+            prompt = coerce_prompt(_prompt_text(request))
         except CandelaInputError as exc:
             raise ManagedAgentRejected(str(exc)) from exc
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -213,15 +212,14 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
     def _answer(
         self, hook: CandelaHook, session: ObjectId, prompt: str, session_id: str | None
     ) -> ManagedAgentResponse:
-        transcript = AgentTranscript(_discard, keep_events=True)
+        answer = AgentAnswer(keep_events=True)
         with hook.submit_prompt_to_agent(session, prompt) as stream:
-            transcript.consume(stream)
-        transcript.flush()
-        summary = transcript.summary(session_ids(session))
+            for event in stream:
+                answer.add(event.event_type, event.content)
         return ManagedAgentResponse(
-            text=summary["response"],
-            raw=summary["events"],
-            structured=summary["results"] or None,
+            text=answer.response,
+            raw=answer.events,
+            structured=answer.results or None,
             session_id=session_id,
             trace_ref=str(session),
         )
@@ -233,11 +231,11 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
         The calls go through a hook of their own (kept for the next invocation unless it was
         cancelled: a cancelled hook stays cancelled), so ``cancel`` cuts a blocked read at once.
         """
-        hook = self._worker
+        hook = self._invocation_hook
         if hook is None or hook.cancelled is not None:
             if hook is not None:
                 hook.close()
-            hook = self._worker = self._new_hook()
+            hook = self._invocation_hook = self._new_hook()
         timer = None
         if deadline is not None:
             reason = f"{what} did not answer within {timeout:g} s"
@@ -265,9 +263,9 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
 
     def close(self) -> None:
         """Close this hook and the hook its invocations use."""
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        if self._invocation_hook is not None:
+            self._invocation_hook.close()
+            self._invocation_hook = None
         super().close()
 
     def _model(self, options: Mapping[str, Any]) -> ObjectId:
@@ -302,10 +300,6 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
 
 # ----------------------------------------------------------------------------------------------
 # request parts and error sorting
-
-
-def _discard(*args: Any) -> None:
-    """The transcript's writer: the answer is returned, not logged."""
 
 
 def _prompt_text(request: ManagedAgentRequest) -> Any:
@@ -357,9 +351,9 @@ def _sorted_errors(app: ObjectId, *, prompting: bool, session: ObjectId | None =
     except (CandelaSessionRunningError, CandelaTimeoutError, CandelaCancelledError):
         raise
     except CandelaApiError as exc:
-        status = exc.status
-        if status is None or not 400 <= status < 500 or status in (408, 429):
+        if not isinstance(exc, CandelaRejectedError):
             raise
+        status = exc.status
         if prompting and status in (413, 422):
             raise ManagedAgentRejected(str(exc)) from exc
         advice = ""

@@ -12,33 +12,63 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_candela._validation import coerce_object_id, is_resolved
+from airflow_provider_candela._validation import DEFAULT_CONN_ID, coerce_conn_id, coerce_object_id, is_resolved
 from airflow_provider_candela.exceptions import CandelaCancelledError, CandelaInputError
 
 if TYPE_CHECKING:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
-__all__ = ["DEFAULT_CONN_ID", "CandelaOperator"]
+__all__ = ["CandelaOperator", "coerce_hook_params"]
 
-DEFAULT_CONN_ID = "candela_default"
+
+def coerce_hook_params(value: Any, *, task_id: str) -> dict[str, Any]:
+    """``hook_params`` checked at parse: only ``timeout`` and ``max_retries``, each well formed.
+
+    :raises CandelaInputError: naming the key and what it takes.
+    """
+    from airflow_provider_candela.hooks._config import parse_max_retries, parse_timeout
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CandelaInputError(
+            f"Invalid `hook_params` for task '{task_id}': expected a dict with `timeout` and/or `max_retries`, "
+            f"got {type(value).__name__}."
+        )
+    parsers = {"timeout": parse_timeout, "max_retries": parse_max_retries}
+    unknown = sorted(set(value) - set(parsers), key=str)
+    if unknown:
+        raise CandelaInputError(
+            f"Invalid `hook_params` for task '{task_id}': unknown key(s) {', '.join(map(repr, unknown))}; "
+            "it takes `timeout` and `max_retries` (other settings belong to the connection)."
+        )
+    for key, item in value.items():
+        try:
+            parsers[key](item)
+        except ValueError as err:
+            raise CandelaInputError(
+                f"Invalid `hook_params['{key}']` for task '{task_id}': {err}, got {item!r}."
+            ) from None
+    return dict(value)
 
 
 class CandelaOperator(BaseOperator):
-    """Common plumbing: the connection id, a lazily created hook, best-effort session stop.
+    """Common plumbing: the connection id, the task's one hook, kill handling, checks at parse.
 
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use.
+    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
 
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, candela_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+    def __init__(
+        self, *, candela_conn_id: str = DEFAULT_CONN_ID, hook_params: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(candela_conn_id, str) or not candela_conn_id.strip():
-            raise CandelaInputError(
-                f"Invalid `candela_conn_id` for task '{self.task_id}': expected a connection id such as "
-                f"'candela_default', got {candela_conn_id!r}."
-            )
         self.candela_conn_id = candela_conn_id
+        self._check_now(candela_conn_id, lambda v: coerce_conn_id(v, task_id=self.task_id))
+        self.hook_params = coerce_hook_params(hook_params, task_id=self.task_id)
 
     #: Set by ``on_kill``: why the task was killed (a hook created afterwards starts cancelled).
     _killed: str | None = None
@@ -54,7 +84,8 @@ class CandelaOperator(BaseOperator):
     def _new_hook(self) -> CandelaHook:
         from airflow_provider_candela.hooks.candela import CandelaHook
 
-        return CandelaHook(candela_conn_id=self.candela_conn_id)
+        conn_id = coerce_conn_id(self.candela_conn_id, task_id=self.task_id)  # as rendered
+        return CandelaHook(conn_id, **self.hook_params)
 
     def _close_hook(self) -> None:
         hook = self.__dict__.pop("hook", None)

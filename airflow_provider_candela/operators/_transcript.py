@@ -1,6 +1,6 @@
-"""The agent transcript: a stream of agent events as readable log lines and a compact summary.
+"""The agent transcript: a stream of agent events as readable log lines (the summary is :class:`AgentAnswer`).
 
-Imported by the agent prompt operator at every DAG parse, so it imports only the standard library.
+Imported by the agent prompt operator at every DAG parse: the standard library and the models only.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import csv
 import io
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_candela._validation import shorten
+from airflow_provider_candela.models import AgentAnswer
 
 if TYPE_CHECKING:
     from airflow_provider_candela.models import Event
@@ -26,7 +26,7 @@ _STREAMED_TYPES = ("chat", "intent")
 
 
 class AgentTranscript:
-    """Turns a stream of agent events into readable log lines and a compact summary.
+    """Writes a stream of agent events as readable log lines, and sums it up in :attr:`answer`.
 
     Chat (and intent) fragments are buffered and written as whole lines: at each ``\\n``, at a
     sentence end once the line is ``soft_limit`` characters long, or at a word boundary when it
@@ -35,7 +35,7 @@ class AgentTranscript:
     and the time taken grows linearly with the text, however it is split into events.
 
     :param write: where lines go (e.g. ``self.log.info``); called as ``write("%s", line)``.
-    :param keep_events: keep every event for :meth:`summary` (``return_events=True``).
+    :param keep_events: keep every event in :attr:`answer` (``return_events=True``).
     :param soft_limit: line length after which a sentence end flushes the line.
     :param hard_limit: line length at which the line is flushed at the last space.
     """
@@ -49,13 +49,10 @@ class AgentTranscript:
         hard_limit: int = 300,
     ) -> None:
         self._write = write
-        self._keep_events = keep_events
         self._soft_limit = soft_limit
         self._hard_limit = hard_limit
-        self.counts: Counter[str] = Counter()
-        self.events: list[dict[str, str]] = []
-        self.results: list[Any] = []
-        self._chat: list[str] = []
+        #: The answer summed up (counts, chat text, results): the operator's XCom.
+        self.answer = AgentAnswer(keep_events=keep_events)
         self._buffer = ""
         self._buffer_type: str | None = None
 
@@ -66,23 +63,17 @@ class AgentTranscript:
 
     def add(self, event_type: str, content: str) -> None:
         """Handle one event."""
-        self.counts[event_type] += 1
-        if self._keep_events:
-            self.events.append({"event_type": event_type, "content": content})
+        self.answer.add(event_type, content)
         if event_type in _STREAMED_TYPES:
             if self._buffer_type != event_type:
                 self.flush()
                 self._buffer_type = event_type
-            if event_type == "chat":
-                self._chat.append(content)
             self._buffer += content
             self._drain(final=False)
             return
         self.flush()
         if event_type == "result":
-            parsed = _parse_result(content)
-            self.results.append(parsed)
-            self._emit("result", _describe_result(parsed))
+            self._emit("result", _describe_result(self.answer.results[-1]))
         elif event_type == "user":
             self._emit("user", _one_line(content, 200))
         else:
@@ -108,18 +99,6 @@ class AgentTranscript:
             if line:
                 self._emit(self._label(), line)
         self._buffer = self._buffer[consumed:]
-
-    def summary(self, session: dict[str, Any]) -> dict[str, Any]:
-        """The operator's XCom value."""
-        out: dict[str, Any] = {
-            "session": session,
-            "response": "".join(self._chat),
-            "results": self.results,
-            "event_counts": dict(self.counts),
-        }
-        if self._keep_events:
-            out["events"] = self.events
-        return out
 
 
 def _lines(text: str, soft_limit: int, hard_limit: int, *, final: bool) -> Iterator[tuple[str, int]]:
@@ -168,14 +147,6 @@ def _cut(text: str, start: int, soft_limit: int, hard_limit: int) -> int | None:
 
 def _one_line(text: str, limit: int) -> str:
     return shorten(" ".join(text.split()), limit)
-
-
-def _parse_result(content: str) -> Any:
-    """A result event's content is a JSON string ``{"content_type": ..., "content": ...}``."""
-    try:
-        return json.loads(content)
-    except ValueError:
-        return content
 
 
 def _describe_result(parsed: Any) -> str:

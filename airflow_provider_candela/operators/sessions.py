@@ -21,22 +21,34 @@ from airflow.providers.common.compat.sdk import TriggerRule
 from airflow_provider_candela._validation import (
     check_session_form,
     coerce_answer,
+    coerce_flag,
     coerce_model,
     coerce_name,
     coerce_object_id,
     coerce_output_type,
+    coerce_prompt,
     coerce_session,
+    id_json,
     is_resolved,
-    require_flag,
-    require_prompt,
-    session_ids,
     shorten,
 )
 from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaOutputError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._base import CandelaOperator
-from airflow_provider_candela.operators._deferred_start import DeferrableStarter
-from airflow_provider_candela.operators._start import START_OPTIONS
+from airflow_provider_candela.operators._session_start import (
+    START_OPTION_DOCS,
+    START_OPTIONS,
+    StartOptions,
+    app_start,
+    check_app_ids_now,
+    may_defer,
+    optional_id,
+    pop_start_options,
+    ready_slot,
+    resume,
+    set_start_options,
+    start_on_slot,
+)
 from airflow_provider_candela.operators._transcript import AgentTranscript
 from airflow_provider_candela.operators.stored_sessions import (
     CandelaCleanupSessionsOperator,
@@ -72,42 +84,13 @@ _APP_START_RENDERERS = {
 # Start
 
 
-class _StartOperatorBase(DeferrableStarter):
-    """Slot handling, retry safety and ``on_kill`` shared by the two start operators.
+class _StartOperatorBase(StartOptions, CandelaOperator):
+    """The start options, the slot (deferred or not), the start and its XCom, shared by the two start operators."""
 
-    Retry safety: Candela runs at most one session per user.  The operator starts; when Candela
-    answers that a session already runs (perhaps one an earlier try left), ``if_session_running="stop"``
-    (the default) stops it and starts again, so a retried start never leaves a second session
-    running, while ``"fail"`` never stops a session it did not start (the task fails saying so; with
-    ``retries`` it waits for the slot).  A refused app or model stops nothing.  If the start call itself
-    fails ambiguously, the operator stops whatever that call may have started before re-raising.
-    The start itself is :class:`~airflow_provider_candela.operators._start.SessionStarter`'s, shared with
-    the prompt operators' one-task sessions.
-
-    Deferrable (``deferrable=True``): bringing a slot up can take minutes.  The task assigns the slot
-    when the user has none and checks it once; when it is not ready, the task defers to
-    :class:`~airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger` and frees its worker slot
-    while the triggerer polls the slot's state (every ``slot_poll_interval`` s, until ``slot_ready_timeout``
-    after the deferral, a deadline kept across triggerer restarts).  Once the slot is ready the task
-    resumes and starts the session exactly as without deferral (same XCom).  ``ERRORED`` (or
-    ``HOST_GONE``), the deadline and failing checks fail the task naming the slot and its last state.
-    A retried task reuses the user's slot (it never assigns a second one).  Killing the deferred task
-    (mark failed / clear) on Airflow 3.3+ disposes of the slot if the task assigned it and it is still
-    starting; Airflow 2 does not tell triggers about kills, so the slot keeps starting there.
-
-    :param scope: scope of the new session (Candela's default is ``"default"``).
-    :param parent_session: the session this one continues, if any.
-    :param ensure_slot: assign a slot when the user has none and wait until it is ready.
-    :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``).
-    :param slot_ready_timeout: seconds to wait for the slot to become ready.
-    :param if_session_running: when Candela answers that the user already runs a session: ``"stop"``
-        it and start again (default; makes retries safe, but stops another DAG run's session if it
-        uses the same Candela user) or ``"fail"`` (never stop a session this task did not start).
-    :param deferrable: wait for the slot in the triggerer instead of a worker (default: the
-        ``[operators] default_deferrable`` option); needs ``ensure_slot``.
-    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state.
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
-    """
+    def __init__(self, **kwargs: Any) -> None:
+        options = pop_start_options(kwargs)
+        super().__init__(**kwargs)
+        set_start_options(self, options)
 
     def _run_start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
         """Ready the slot, ``start(hook)`` on it; the new session's metadata as a JSON dict.
@@ -115,11 +98,31 @@ class _StartOperatorBase(DeferrableStarter):
         A task killed once the session started stops it before failing: a killed start leaves nothing running.
         """
         with self._task_hook() as hook:
-            self._ready_slot(hook)
+            ready_slot(self, hook)
             metadata = start(hook)
             if hook.cancelled is not None:
                 hook.stop_session_best_effort(f"task '{self.task_id}' was killed after its start")
             return metadata.model_dump(mode="json")
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the slot trigger fired: start on the ready slot, or fail naming the slot's state."""
+        return resume(self, context, event)
+
+
+_START_BEHAVIOUR = """
+    Before starting, the task makes sure the user has a ready slot (``ensure_slot``).  Candela runs at
+    most one session per user: when it answers that a session already runs (perhaps one an earlier try
+    left), ``if_session_running="stop"`` (the default) stops it and starts again, so a retried start never
+    leaves a second session running; ``"fail"`` never stops a session it did not start.  A start Candela
+    refused (a mistyped app) stops nothing; a start that failed otherwise (a lost answer, a kill, a
+    timeout) stops whatever it may have started, also a session Candela starts after the task stopped
+    waiting.  With ``deferrable=True`` the wait for the slot runs in the triggerer; a retried task reuses
+    the user's slot, and killing the deferred task on Airflow 3.3 disposes of a slot it assigned that is
+    still starting.
+
+    XCom return value: the new session's ``ObjectMetadata`` as a JSON dict,
+    ``{"obj_id": {"scope", "identifier", "version"}, "domain", "created_by", "created_at", "description"}``.
+"""
 
 
 class CandelaStartSessionOperator(_StartOperatorBase):
@@ -127,22 +130,18 @@ class CandelaStartSessionOperator(_StartOperatorBase):
 
     Ids (``app``, ``model``, overrides, ``parent_session``) accept an ``ObjectId``, a dict
     ``{"scope", "identifier", "version"}``, an ``ObjectMetadata`` dict, or the short form
-    ``"scope/identifier:version"`` (version optional = latest).  Before starting, the operator makes
-    sure the user has a ready slot (``ensure_slot``) and stops the user's running session, if any:
-    Candela runs one session per user, and this makes a retried start safe.
+    ``"scope/identifier:version"`` (version optional = latest).
 
-    XCom return value: the new session's ``ObjectMetadata`` as a JSON dict,
-    ``{"obj_id": {"scope", "identifier", "version"}, "domain", "created_by", "created_at", "description"}``.
-
-    :param app: the app to run (agent or pipeline).
-    :param model: the model configuration to run it with.
-    :param circuit_override: a circuit to use instead of the app's (same scope as the app).
-    :param directive_override: a directive to use instead of the app's (same scope as the app).
-
-    The slot, retry, deferral and connection arguments (``scope``, ``parent_session``, ``ensure_slot``,
-    ``slot_type``, ``slot_ready_timeout``, ``if_session_running``, ``deferrable``, ``slot_poll_interval``,
-    ``candela_conn_id``) are those of :class:`_StartOperatorBase`.
+    :param app: the app to run (agent or pipeline) (templated).
+    :param model: the model configuration to run it with (templated).
+    :param circuit_override: a circuit to use instead of the app's (same scope as the app) (templated).
+    :param directive_override: a directive to use instead of the app's (same scope as the app) (templated).
+    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
+
+    __doc__ = (__doc__ or "") + START_OPTION_DOCS + _START_BEHAVIOUR
 
     template_fields: Sequence[str] = ("candela_conn_id", *_APP_START_FIELDS)
     template_fields_renderers: ClassVar[dict[str, str]] = dict(_APP_START_RENDERERS)
@@ -155,28 +154,31 @@ class CandelaStartSessionOperator(_StartOperatorBase):
         self.model = model
         self.circuit_override = circuit_override
         self.directive_override = directive_override
-        self._check_app_ids_now(app, model, circuit_override, directive_override)
+        check_app_ids_now(self, app, model, circuit_override, directive_override)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Ensure a slot, stop the user's running session, start the app session; return its metadata."""
-        return self._run_start(self._app_start(self.app, self.model, self.circuit_override, self.directive_override))
+        """Ready the slot, start the app session (stopping a running one if asked); return its metadata."""
+        return self._run_start(app_start(self, self.app, self.model, self.circuit_override, self.directive_override))
 
 
 class CandelaStartDevSessionOperator(_StartOperatorBase):
     """Start a Candela dev session from an inline circuit and directive; push its ``ObjectMetadata``.
 
-    Same slot handling, retry safety and XCom value as :class:`CandelaStartSessionOperator`.
-    ``circuit``, ``directive`` and ``tool_module`` are structures, not templated (a circuit's
-    templates must reach Candela untouched); they are validated when the DAG is parsed.
+    ``circuit``, ``directive`` and ``tool_module`` are structures, not templated (a circuit's templates
+    must reach Candela untouched); they are validated when the DAG is parsed.
 
-    :param model: the model configuration to run with (ObjectId, dict or ``"scope/identifier:version"``).
+    :param model: the model configuration to run with (ObjectId, dict or ``"scope/identifier:version"``)
+        (templated).
     :param circuit: the circuit, a ``CircuitDTO`` or a dict ``{"first": node_id, "nodes": {...}}``.
     :param directive: the directive, a ``Directive`` or a dict (``identity``, ``purpose``, ``style``, ...).
     :param tool_module: optional tool classes: a ``ToolModule``, a dict ``{"content": source}`` or the
         Python source as a string.
-
-    The slot, retry, deferral and connection arguments are those of :class:`_StartOperatorBase`.
+    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
+
+    __doc__ = (__doc__ or "") + START_OPTION_DOCS + _START_BEHAVIOUR
 
     template_fields: Sequence[str] = ("candela_conn_id", "model", "scope", "parent_session", "slot_type")
     template_fields_renderers: ClassVar[dict[str, str]] = {"model": "json", "parent_session": "json"}
@@ -192,7 +194,7 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
     ) -> None:
         super().__init__(**kwargs)
         self.model = model
-        self._check_now(model, lambda v: coerce_object_id(v, argument="model", task_id=self.task_id))
+        self._check_id_now(model, "model")
         tid = self.task_id
         example = "{'first': 'n1', 'nodes': {'n1': {...}}}"
         self.circuit = coerce_model(circuit, CircuitDTO, argument="circuit", task_id=tid, example=example)
@@ -204,19 +206,21 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
             self.tool_module = coerce_model(source, ToolModule, argument="tool_module", task_id=tid)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Ensure a slot, stop the user's running session, start the dev session; return its metadata."""
+        """Ready the slot, start the dev session (stopping a running one if asked); return its metadata."""
         model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
-        parent_session = self._optional_id(self.parent_session, "parent_session")
+        parent_session = optional_id(self, self.parent_session, "parent_session")
         scope = coerce_name(self.scope, kind="scope", argument="scope", task_id=self.task_id)
-        self.log.info(
-            "Starting a dev session with model %s (circuit entry %r, %d nodes) in scope %s.",
-            model,
-            self.circuit.first,
-            len(self.circuit.nodes),
-            scope or "default",
-        )
-        return self._run_start(
-            lambda hook: self._start_on_slot(
+
+        def start(hook: CandelaHook) -> ObjectMetadata:
+            self.log.info(
+                "Starting a dev session with model %s (circuit entry %r, %d nodes) in scope %s.",
+                model,
+                self.circuit.first,
+                len(self.circuit.nodes),
+                scope or "default",
+            )
+            return start_on_slot(
+                self,
                 hook,
                 lambda: hook.start_dev_session(
                     model,
@@ -228,45 +232,44 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
                     if_session_running=self.if_session_running,
                 ),
             )
-        )
+
+        return self._run_start(start)
 
 
 # --------------------------------------------------------------------------------------------------
 # Prompts
 
-
-class _PromptOperatorBase(DeferrableStarter):
-    """The session, the prompt and the typed answer of the prompt operators.
-
+_PROMPT_ARGUMENT_DOCS = """
     The session comes in one of two forms (anything else fails when the DAG is parsed):
 
-    * a running session: ``session`` (e.g. ``start.output``), or ``session_id`` + ``scope``;
-    * a one-task session: ``app`` + ``model`` (and the start options): the task starts the session
-      as :class:`CandelaStartSessionOperator` does, sends the prompt and stops the session before it
-      returns, whether the prompt succeeded, failed or timed out, or the task was killed.  Nothing is
-      left running, and a retry starts afresh.  With ``deferrable=True`` the wait for the slot runs in
-      the triggerer, as for the start operators; the task resumes, starts the session and prompts it
-      (``deferrable`` and ``slot_poll_interval`` are ignored with a running session: there is no wait).
+    * a running session: ``session`` (e.g. ``start.output``), or ``session_id`` + ``scope``; it is left
+      running (the DAG's stop teardown stops it), unless the task is killed or times out mid-prompt;
+    * a one-task session: ``app`` + ``model`` (and the start options): the task waits for the slot (in
+      the triggerer with ``deferrable=True``), starts the session, sends the prompt and stops the
+      session, whether the prompt succeeded, failed or timed out, or the task was killed.  Once the
+      answer arrived, a failed stop is a warning: a retry never sends an answered prompt again.
 
     :param prompt: the prompt text (templated).
     :param session: the session: ``start.output`` (an ``ObjectMetadata`` dict), an ``ObjectId``, a dict
         or ``"scope/identifier"`` (templated).
     :param session_id: instead of ``session``: the session identifier (templated).
-    :param scope: with ``session_id``: the session scope, default ``"default"``; with ``app``: the
-        scope of the new session (templated).
     :param app: instead of ``session``: the app of a one-task session (templated).
     :param model: with ``app``: the model configuration to run it with (templated).
     :param circuit_override: with ``app``: a circuit to use instead of the app's (templated).
     :param directive_override: with ``app``: a directive to use instead of the app's (templated).
-    :param output_type: a pydantic model class: the answer is validated into it and its JSON form
-        (``model_dump(mode="json")``) is returned; an answer that does not fit fails the task, listing
-        the fields that did not fit (the answer itself goes to the task log, truncated).
+    :param output_type: a pydantic model class: the answer is validated into it and its JSON form (by
+        alias) is returned; an answer that does not fit fails the task at once (no retry), listing the
+        fields that did not fit (the answer itself goes to the task log, truncated).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
+    :param scope: with ``session_id``: the session's scope (default ``"default"``); with ``app``: the
+        scope of the new session (templated).
+""" + START_OPTION_DOCS.split("\n", 2)[2]
 
-    The start options of a one-task session (``parent_session``, ``ensure_slot``, ``slot_type``,
-    ``slot_ready_timeout``, ``if_session_running``, ``deferrable``, ``slot_poll_interval``) are those of
-    :class:`_StartOperatorBase`.
-    """
+
+class _PromptOperatorBase(StartOptions, CandelaOperator):
+    """The session (running, or one of the task's own), the prompt and the typed answer of the prompt operators."""
 
     template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "prompt", *_APP_START_FIELDS)
     template_fields_renderers: ClassVar[dict[str, str]] = {"session": "json", **_APP_START_RENDERERS}
@@ -287,7 +290,12 @@ class _PromptOperatorBase(DeferrableStarter):
         start_options: list[str] = [name for name in START_OPTIONS if name in kwargs]
         overrides = {"circuit_override": circuit_override, "directive_override": directive_override}
         start_options += [name for name, value in overrides.items() if value is not None]
+        running = session is not None or bool(session_id)
+        if running:
+            kwargs.pop("deferrable", None)  # ignored with a running session (e.g. from default_args)
+        options = pop_start_options(kwargs)
         super().__init__(**kwargs)
+        set_start_options(self, options)
         self.prompt = prompt
         self.session = session
         self.session_id = session_id
@@ -297,31 +305,48 @@ class _PromptOperatorBase(DeferrableStarter):
         self.directive_override = directive_override
         tid = self.task_id
         self.output_type = coerce_output_type(output_type, task_id=tid)
-        self._check_now(prompt, lambda v: require_prompt(v, task_id=self.task_id))
-        running = session is not None or bool(session_id)
-        check_session_form(running=running, app=app, model=model, start_options=start_options, task_id=tid)
+        self._check_now(prompt, lambda v: coerce_prompt(v, task_id=self.task_id))
+        check_session_form(
+            running=running,
+            app=app,
+            model=model,
+            start_options=[name for name in start_options if name != "deferrable"],
+            task_id=tid,
+        )
         if running and all(is_resolved(v) for v in (session, session_id, self.scope)):
             coerce_session(session, session_id=session_id, scope=self.scope, task_id=tid)
         if not running:
-            self._check_app_ids_now(app, model, circuit_override, directive_override)
+            check_app_ids_now(self, app, model, circuit_override, directive_override)
 
-    def _in_session(self, send: Callable[[CandelaHook, ObjectId, str], _R]) -> _R:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the slot trigger fired: start the one-task session and prompt it, or fail."""
+        return resume(self, context, event)
+
+    def _prompt_text(self, context: Context) -> str:
+        """The prompt to send (the decorators' function returns it instead)."""
+        return coerce_prompt(self.prompt, task_id=self.task_id)
+
+    def _in_session(self, context: Context, send: Callable[[CandelaHook, ObjectId, str], _R]) -> _R:
         """``send(hook, session, prompt)`` on the running session, or on a session started and stopped here.
 
         One hook serves the whole run (slot, start, prompt, stop).  A one-task session is stopped however
         the prompt ends (:func:`~airflow_provider_candela.hooks._lifecycle.owned_session`); once its answer
-        arrived, a failed stop is a warning, so a retry never sends an answered prompt again.
+        arrived, a failed stop is a warning, so a retry never sends an answered prompt again.  The prompt is
+        taken before any request, except by a task that may still defer: it takes it once, after resuming.
         """
         from airflow_provider_candela.hooks._lifecycle import owned_session
 
-        prompt = require_prompt(self.prompt, task_id=self.task_id)
         if self.app is None:
+            prompt = self._prompt_text(context)
             oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
             with self._task_hook() as hook:
                 return self._on_running(hook, oid, lambda: send(hook, oid, prompt))
-        start = self._app_start(self.app, self.model, self.circuit_override, self.directive_override)
+        deferring = may_defer(self)
+        early = None if deferring else self._prompt_text(context)
+        start = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)
         with self._task_hook() as hook:
-            self._ready_slot(hook)
+            ready_slot(self, hook)
+            prompt = early if early is not None else self._prompt_text(context)
             metadata = start(hook)
             with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
                 return send(hook, session, prompt)
@@ -360,21 +385,24 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
 
     XCom return value: the JSON object Candela returns, e.g.
     ``{"metadata": {"request_id": ...}, "result": {...}}``; with ``output_type``, the answer's
-    ``result`` validated into that model, in its JSON form.
-
-    The arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, or ``app`` + ``model`` and the
-    start options for a one-task session, ``output_type``, ``candela_conn_id``) are those of
-    :class:`_PromptOperatorBase`.
+    ``result`` validated into that model, in its JSON form (by alias), and the request id under the
+    XCom key ``request_id``.
     """
+
+    __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the prompt (in a session of its own with ``app``); return the answer."""
-        answer = self._in_session(self._submit)
+        answer = self._in_session(context, self._submit)
         xcom = answer.to_xcom()
         self.log.info("Pipeline answered (request id %s, keys %s).", answer.request_id, sorted(xcom))
         if self.output_type is None:
             return xcom
-        return self._typed(answer.result, what="the pipeline's `result`", answer=xcom)
+        typed = self._typed(answer.result, what="the pipeline's `result`", answer=xcom)
+        ti = context.get("ti")
+        if ti is not None:
+            ti.xcom_push(key="request_id", value=answer.request_id)
+        return typed
 
     def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> PipelineAnswer:
         self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), session)
@@ -401,19 +429,17 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
     event fails the task.
 
     :param return_events: also return the full event list (can be large: XCom lives in the metadata DB).
-
-    The other arguments (``prompt``, ``session`` or ``session_id`` + ``scope``, or ``app`` + ``model``
-    and the start options for a one-task session, ``output_type``, ``candela_conn_id``) are those of
-    :class:`_PromptOperatorBase`.
     """
+
+    __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
 
     def __init__(self, *, return_events: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.return_events = require_flag(return_events, argument="return_events", task_id=self.task_id)
+        self.return_events = coerce_flag(return_events, argument="return_events", task_id=self.task_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the prompt (in a session of its own with ``app``), log each event; return the summary."""
-        summary = self._in_session(self._submit)
+        summary = self._in_session(context, self._submit)
         if self.output_type is not None:
             if not summary["results"]:
                 raise CandelaOutputError(
@@ -434,7 +460,7 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
                 transcript.consume(stream)
         finally:
             transcript.flush()
-        summary = transcript.summary(session_ids(session))
+        summary = transcript.answer.summary(id_json(session))
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary["event_counts"].items())) or "none"
         self.log.info(
             "Agent stream ended: %d events (%s), %d characters of response, %d result(s).",
@@ -466,6 +492,8 @@ class CandelaStopSessionOperator(CandelaOperator):
         tie the task to the start task's XCom (templated).
     :param dispose_slot: also give the user's slot back (the next start will wait for a new slot).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
 
     template_fields: Sequence[str] = ("candela_conn_id", "session")
@@ -475,7 +503,7 @@ class CandelaStopSessionOperator(CandelaOperator):
         kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
         super().__init__(**kwargs)
         self.session = session
-        self.dispose_slot = require_flag(dispose_slot, argument="dispose_slot", task_id=self.task_id)
+        self.dispose_slot = coerce_flag(dispose_slot, argument="dispose_slot", task_id=self.task_id)
         if session is not None:
             self._check_id_now(session, "session")
 

@@ -49,6 +49,8 @@ class CandelaDeleteSessionOperator(CandelaOperator):
         ``"default"`` (templated).
     :param version: with ``session_id``: only this version (default: every version) (templated).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
 
     template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "scope", "version")
@@ -91,14 +93,7 @@ class CandelaDeleteSessionOperator(CandelaOperator):
                 coerce_session(item, session_id=None, scope=scope, task_id=tid, argument=f"session[{i}]")
                 for i, item in enumerate(session)
             ]
-        oid = coerce_session(session, session_id=self.session_id, scope=scope, task_id=tid)
-        if version:
-            if oid.version and oid.version != version:
-                raise CandelaInputError(
-                    f"Task '{tid}': `version`={version!r} contradicts the version of `session` ({oid.version!r})."
-                )
-            oid = ObjectId.checked(oid.scope, oid.identifier, version)
-        return [oid]
+        return [coerce_session(session, session_id=self.session_id, scope=scope, version=version, task_id=tid)]
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Delete the given sessions; return the deleted versions' metadata."""
@@ -137,6 +132,8 @@ class CandelaCleanupSessionsOperator(CandelaOperator):
     :param dry_run: only list (and log) what would be deleted: a bool, or ``"true"``/``"false"`` from a
         template (templated, as the attribute ``dry_run_flag``: ``BaseOperator.dry_run`` is a method).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
+    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
+        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     """
 
     template_fields: Sequence[str] = (

@@ -7,12 +7,13 @@ and the timing are serialized; never credentials.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_candela._deferral import end_time as deadline
+from airflow_provider_candela._validation import DEFAULT_CONN_ID
 from airflow_provider_candela.models import ObjectId
 from airflow_provider_candela.triggers._shared import event, poll_until
 
@@ -36,7 +37,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
     :param version: version of the awaited session (``None``: any version).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     :param poll_interval: seconds between two checks.
-    :param timeout: seconds to wait before firing a ``timeout`` event (``None``: no limit).  Turned
+    :param timeout: seconds to wait before firing a ``timeout`` event (``None`` or ``float("inf")``: no limit).  Turned
         into an absolute ``end_time`` so that a trigger moved to another triggerer keeps its deadline.
     :param end_time: absolute deadline (seconds since the epoch); wins over ``timeout``.
     """
@@ -47,7 +48,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         identifier: str,
         version: str | None = None,
         *,
-        candela_conn_id: str = "candela_default",
+        candela_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 60.0,
         timeout: float | None = None,
         end_time: float | None = None,
@@ -58,9 +59,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         self.version = version
         self.candela_conn_id = candela_conn_id
         self.poll_interval = float(poll_interval)
-        if end_time is None and timeout is not None:
-            end_time = time.time() + float(timeout)
-        self.end_time = end_time
+        self.end_time = deadline(timeout, end_time)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and JSON-safe kwargs: ids, conn id and timing only (no credentials)."""

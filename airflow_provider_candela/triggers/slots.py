@@ -9,30 +9,20 @@ flag, the connection id and the timing are serialized; never credentials.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_candela._deferral import end_time as deadline
+from airflow_provider_candela._validation import DEFAULT_CONN_ID
 from airflow_provider_candela.models import SlotState
 from airflow_provider_candela.triggers._shared import event, poll_until, with_hook
 
 if TYPE_CHECKING:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
-__all__ = ["CandelaSlotReadyTrigger", "slot_failure"]
-
-
-def slot_failure(slot_id: str, state: SlotState) -> str | None:
-    """What to tell the user when slot ``slot_id`` is in a state it never leaves for HOST_READY, else None."""
-    if not state.failed:
-        return None
-    return (
-        f"The Candela slot {slot_id} went to {state.label} while starting: dispose of it "
-        "(CandelaStopSessionOperator(dispose_slot=True) or CandelaHook.dispose_slot()) and run the task again "
-        "to get a new slot, or ask FINBOURNE support if it keeps failing"
-    )
+__all__ = ["CandelaSlotReadyTrigger"]
 
 
 class CandelaSlotReadyTrigger(BaseTrigger):
@@ -54,8 +44,9 @@ class CandelaSlotReadyTrigger(BaseTrigger):
     :param assigned: whether the deferring task assigned the slot (``on_kill`` disposes of only such a slot).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
     :param poll_interval: seconds between two state checks.
-    :param timeout: seconds to wait before firing a ``timeout`` event (``None``: no limit).  Turned
-        into an absolute ``end_time`` so that a trigger moved to another triggerer keeps its deadline.
+    :param timeout: seconds to wait before firing a ``timeout`` event (``None``, ``float("inf")`` or beyond
+        a century: no limit).  Turned into an absolute ``end_time`` so that a trigger moved to another
+        triggerer keeps its deadline.
     :param end_time: absolute deadline (seconds since the epoch); wins over ``timeout``.
     """
 
@@ -64,7 +55,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         slot_id: str,
         *,
         assigned: bool = False,
-        candela_conn_id: str = "candela_default",
+        candela_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 5.0,
         timeout: float | None = None,
         end_time: float | None = None,
@@ -74,9 +65,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         self.assigned = bool(assigned)
         self.candela_conn_id = candela_conn_id
         self.poll_interval = float(poll_interval)
-        if end_time is None and timeout is not None:
-            end_time = time.time() + float(timeout)
-        self.end_time = end_time
+        self.end_time = deadline(timeout, end_time)
         self._last: SlotState | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -108,7 +97,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
             self._last = state
         if state == SlotState.HOST_READY:
             return self._payload("success", f"The Candela slot {self.slot_id} is ready (check {checks}).")
-        failure = slot_failure(self.slot_id, state)
+        failure = state.failure(self.slot_id)
         return None if failure is None else self._payload("failed", failure)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

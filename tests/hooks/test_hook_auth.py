@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from airflow.providers.common.compat.sdk import redact
+from airflow.providers.common.compat.sdk import AirflowFailException, redact
 
-from airflow_provider_candela.exceptions import CandelaAuthError
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaAuthError
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.testing import CandelaEmulator
 
@@ -173,8 +173,9 @@ def test_token_endpoint_5xx_is_retried_with_backoff(hook: CandelaHook, emulator:
 def test_token_endpoint_failing_until_max_retries(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
     hook = make_hook(extra={"max_retries": 2})
     emulator.add_fault(match="POST /oauth2/token", status=503, count=-1)
-    with pytest.raises(CandelaAuthError) as info:
+    with pytest.raises(CandelaApiError) as info:
         hook.user_has_slot()
+    assert not isinstance(info.value, CandelaAuthError | AirflowFailException), "a failing IdP is worth a task retry"
     assert "refused the password grant (503)" in str(info.value)
     assert "gave up after 3 attempts" in str(info.value)
     assert requests_of(emulator.stats(), "POST /oauth2/token") == {"503": 3}
@@ -183,8 +184,9 @@ def test_token_endpoint_failing_until_max_retries(make_hook: MakeHook, emulator:
 def test_token_endpoint_down(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
     token_url = f"http://127.0.0.1:{closed_port()}/oauth2/token"
     hook = make_hook(extra={"token_url": token_url, "max_retries": 1})
-    with pytest.raises(CandelaAuthError) as info:
+    with pytest.raises(CandelaApiError) as info:
         hook.user_has_slot()
+    assert not isinstance(info.value, CandelaAuthError | AirflowFailException), "an unreachable IdP is transient"
     message = str(info.value)
     assert f"Could not reach the Candela token endpoint {token_url}" in message
     assert "check the extra token_url (and proxy)" in message

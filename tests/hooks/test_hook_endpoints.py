@@ -88,7 +88,7 @@ def test_ensure_slot_fails_on_a_broken_slot(hook: CandelaHook, emulator: Candela
     with pytest.raises(CandelaSlotError) as info:
         hook.ensure_slot(poll_interval=0.01)
     assert f"went to {state.name} ({int(state)})" in str(info.value)
-    assert "dispose it" in str(info.value)
+    assert "dispose of it" in str(info.value)
 
 
 def test_unknown_slot_state_is_a_response_error(hook: CandelaHook, emulator: CandelaEmulator) -> None:

@@ -130,12 +130,12 @@ def _response(body: bytes, chunk: int = 7) -> requests.Response:
 
 def test_blank_lines_are_skipped_and_the_last_line_needs_no_newline() -> None:
     body = b'\n{"event_type":"user","content":"hi"}\r\n\n  \n{"event_type":"chat","content":"a\\nb"}'
-    stream = CandelaEventStream(_response(body), what="POST /session/agent_submit", scrub=str, chunk_size=5)
+    stream = CandelaEventStream(_response(body), method="POST", path="/session/agent_submit", scrub=str, chunk_size=5)
     assert [(e.event_type, e.content) for e in stream] == [("user", "hi"), ("chat", "a\nb")]
     assert stream.count == 2
 
 
 def test_a_list_is_not_an_event() -> None:
-    stream = CandelaEventStream(_response(b"[1, 2]\n"), what="POST /session/agent_submit", scrub=str)
+    stream = CandelaEventStream(_response(b"[1, 2]\n"), method="POST", path="/session/agent_submit", scrub=str)
     with pytest.raises(CandelaResponseError, match="expected an object with event_type and content, got list"):
         next(stream)

@@ -18,9 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
-from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, Sender, tracking
+from airflow_provider_candela.hooks._transport import Exchange, tracking
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.testing import CandelaEmulator, wait_until
 
@@ -33,6 +32,8 @@ class _Proxy(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Relay)
         self.seen: list[tuple[str, dict[str, str]]] = []
+        #: A ``Set-Cookie`` value added to every answer relayed, when set.
+        self.set_cookie: str | None = None
 
     @property
     def url(self) -> str:
@@ -58,6 +59,8 @@ class _Relay(BaseHTTPRequestHandler):
         for name, value in answer.getheaders():
             if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
                 self.send_header(name, value)
+        if self.server.set_cookie:
+            self.send_header("Set-Cookie", self.server.set_cookie)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -121,19 +124,30 @@ def test_environment_proxies_apply_unless_no_proxy_names_the_host(
     assert len(proxy.seen) == 1, "NO_PROXY names the host: the call must not go through the proxy"
 
 
-def test_a_closed_pool_is_replaced_and_a_live_one_reused(emulator: CandelaEmulator) -> None:
-    session = requests.Session()
-    session.mount("http://", CandelaAdapter())
-    sender = Sender(session)
+def test_cookies_set_by_the_server_are_not_sent_back(
+    make_hook: MakeHook, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clear_proxy_environment(monkeypatch)
+    proxy.set_cookie = "AWSALB=sticky; Path=/"
+    hook = make_hook(pat=True, extra={"proxy": proxy.url})
+    assert hook.user_has_slot() is False
+    assert hook.user_has_slot() is False
+    assert len(proxy.seen) == 2
+    assert [headers.get("Cookie") for _, headers in proxy.seen] == [None, None]
+
+
+def test_one_connection_serves_every_call_until_the_hook_is_closed(
+    make_hook: MakeHook, emulator: CandelaEmulator
+) -> None:
+    hook = make_hook(pat=True)
+    before = emulator.stats()["tcp_connections"]
     connections = []
     for close_first in (False, False, True, False):
         if close_first:
-            session.close()  # closes the adapter's pools; the session stays usable, as with requests
-        resp = sender.request("GET", f"{emulator.url}/slot/user_has_slot", timeout=(5, 5))
-        assert resp.status_code == 401, resp.text  # no token: the emulator answered, which is all this needs
-        connections.append(emulator.stats()["tcp_connections"])
-    session.close()
-    assert connections == [1, 1, 2, 2], "one connection per pool, reused until the pool is closed"
+            hook.close()  # closes the session's pooled connections; the hook stays usable
+        assert hook.user_has_slot() is False
+        connections.append(emulator.stats()["tcp_connections"] - before)
+    assert connections == [1, 1, 2, 2], "one keep-alive connection, reused until the hook is closed"
 
 
 def _read_until_aborted(deadline_in: float) -> Exchange:

@@ -204,20 +204,22 @@ def test_deferrable_arguments_are_validated() -> None:
 
 
 def test_deferrable_defaults_to_the_operators_default_deferrable_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    import airflow_provider_candela.operators._deferred_start as module
-
     with _dag("deferred_start_default"):
         assert CandelaStartSessionOperator(task_id="off", app=PIPELINE, model=MODEL).deferrable is False
     monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
-    try:
-        importlib.reload(module)  # the default is read when the module is imported, as Airflow's own operators do
-        with _dag("deferred_start_default_on"):
-            assert module.DeferrableStarter(task_id="on").deferrable is True
-    finally:
-        monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE")
-        importlib.reload(module)
+    with _dag("deferred_start_default_on"):  # read when the task is made, as Airflow's own operators do
+        assert CandelaStartSessionOperator(task_id="on", app=PIPELINE, model=MODEL).deferrable is True
+        # the default does not apply where a task cannot defer
+        no_slot = CandelaStartSessionOperator(task_id="no_slot", app=PIPELINE, model=MODEL, ensure_slot=False)
+        assert no_slot.deferrable is False
+
+
+def test_deferrable_without_ensure_slot_is_an_error_at_parse() -> None:
+    with (
+        _dag("deferred_without_slot"),
+        pytest.raises(CandelaInputError, match=r"deferrable=True and ensure_slot=False"),
+    ):
+        CandelaStartSessionOperator(task_id="t", app=PIPELINE, model=MODEL, deferrable=True, ensure_slot=False)
 
 
 @pytest.mark.usefixtures("airflow_db")

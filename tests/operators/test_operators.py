@@ -151,7 +151,7 @@ def test_transcript_joins_chat_fragments_into_lines_and_labels_other_events() ->
         "x" * 60,
         "x" * 10 + " tail",
     ]
-    summary = transcript.summary({"scope": "s", "identifier": "i", "version": None})
+    summary = transcript.answer.summary({"scope": "s", "identifier": "i", "version": None})
     assert summary["response"] == "Here is the summary. Line two\nand three" + "x" * 70 + " tail"
     assert summary["results"] == [{"content_type": "table", "content": {"data": "a,b\n1,2\n3,4\n5,6\n"}}]
     assert summary["event_counts"] == {"user": 1, "chat": 8, "info": 1, "result": 1}

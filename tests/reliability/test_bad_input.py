@@ -347,33 +347,33 @@ TABLE: list[Bad] = [
         ID_FIX,
     ),
     # --- the sensor ---
-    Bad("sensor: no session", lambda e: _op(lambda: W(session=None)), IN, "`session=`", "or `identifier=`"),
+    Bad("sensor: no session", lambda e: _op(lambda: W(session=None)), IN, "`session=", "or `session_id="),
     Bad(
         "sensor: malformed version",
-        lambda e: _op(lambda: W(session=None, identifier="s1", version="not a version!")),
+        lambda e: _op(lambda: W(session=None, session_id="s1", version="not a version!")),
         IN,
         "`version`",
         "semver-like string such as '1.0.0'",
     ),
     Bad(
         "sensor: malformed scope",
-        lambda e: _op(lambda: W(session=None, identifier="s1", scope="team a")),
+        lambda e: _op(lambda: W(session=None, session_id="s1", scope="team a")),
         IN,
         "`scope`",
         "Use letters, digits",
     ),
     Bad(
-        "sensor: session and identifier",
-        lambda e: _op(lambda: W(identifier="s2")),
+        "sensor: session and session_id",
+        lambda e: _op(lambda: W(session_id="s2")),
         IN,
-        "`identifier`",
+        "`session_id`",
         "pass one of them",
     ),
     Bad(
-        "sensor: whitespace identifier",
-        lambda e: _op(lambda: W(session=None, identifier="  ")),
+        "sensor: whitespace session_id",
+        lambda e: _op(lambda: W(session=None, session_id="  ")),
         IN,
-        "`identifier`",
+        "`session_id`",
         "use letters",
     ),
     Bad(
@@ -616,10 +616,10 @@ TABLE: list[Bad] = [
         ID_FIX,
     ),
     Bad(
-        "sensor: identifier with a trailing newline",
-        lambda e: _op(lambda: W(session=None, identifier="s1\n")),
+        "sensor: session with a trailing newline",
+        lambda e: _op(lambda: W(session="default/s1\n")),
         IN,
-        "`identifier`",
+        "`session`",
         ID_FIX,
     ),
     Bad(
@@ -879,6 +879,46 @@ def test_a_managed_agent_timeout_without_end_is_no_limit(env: Env) -> None:
                 assert "You asked:" in result.output, result.output
         assert env.emulator.stats()["sessions_started"] == 2
         assert running(env.emulator) is None, "each call's session was stopped"
+
+
+WITHOUT_END = {"inf": float("inf"), "1e15": 1e15}
+
+
+@pytest.mark.parametrize("one_task_prompt", [False, True], ids=["start", "one-task prompt"])
+@pytest.mark.parametrize("timeout", list(WITHOUT_END.values()), ids=list(WITHOUT_END))
+@pytest.mark.usefixtures("airflow_db")
+def test_a_deferred_slot_wait_without_end_waits_for_the_slot(
+    env: Env, monkeypatch: pytest.MonkeyPatch, timeout: float, one_task_prompt: bool
+) -> None:
+    from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger
+
+    name = f"{'one-task prompt' if one_task_prompt else 'start'}: deferrable, slot_ready_timeout={timeout:g}"
+    with TALLY.bad_input(name):
+        deadlines: list[Any] = []
+        serialize = CandelaSlotReadyTrigger.serialize
+
+        def recording(self: CandelaSlotReadyTrigger) -> tuple[str, dict[str, Any]]:
+            classpath, kwargs = serialize(self)
+            deadlines.append(kwargs["end_time"])
+            return classpath, kwargs
+
+        monkeypatch.setattr(CandelaSlotReadyTrigger, "serialize", recording)
+        env.emulator.configure(slot_startup_seconds=1.5)  # not ready at the first check: the task defers
+        options = {"deferrable": True, "slot_poll_interval": 0.1, "slot_ready_timeout": timeout}
+        with DAG(f"bad_input_slot_wait_{next(_dag_ids)}", schedule=None, start_date=START, catchup=False) as dag:
+            if one_task_prompt:
+                P(session_id=None, app=PIPELINE, model=MODEL, prompt="Count my words", **options)
+            else:
+                S(**options)
+        dr = run_dag(dag)
+        assert set(dr.states.values()) == {"success"}, dr.states
+        assert deadlines and set(deadlines) == {None}, "the trigger waits without a deadline (nothing to overflow)"
+        if one_task_prompt:
+            assert dr.xcom("ask")["result"]["word_count"] == 3
+            assert running(env.emulator) is None, "the one-task session was stopped"
+        else:
+            assert running(env.emulator) is not None
+        assert env.emulator.stats()["sessions_started"] == 1
 
 
 # ------------------------------------------------------------------------------------------------

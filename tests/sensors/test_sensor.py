@@ -87,7 +87,7 @@ def test_reschedule_mode_waits_for_the_session_to_appear(candela: Any) -> None:
         CandelaSessionExistsSensor(
             task_id="wait",
             scope="{{ params.scope }}",
-            identifier=parent.identifier,
+            session_id=parent.identifier,
             version="1.1.0",
             params={"scope": parent.scope},
             mode="reschedule",
@@ -162,10 +162,10 @@ def test_deferrable_mode_does_not_defer_when_the_session_already_exists(
 def test_deferrable_mode_times_out_cleanly(candela: Any, trigger_runs: list[dict[str, Any]]) -> None:
     with _dag("sensor_deferrable_timeout") as dag:
         hard = CandelaSessionExistsSensor(
-            task_id="hard", identifier="never", deferrable=True, poke_interval=0.2, timeout=1
+            task_id="hard", session_id="never", deferrable=True, poke_interval=0.2, timeout=1
         )
         soft = CandelaSessionExistsSensor(
-            task_id="soft", identifier="never", deferrable=True, poke_interval=0.2, timeout=1, soft_fail=True
+            task_id="soft", session_id="never", deferrable=True, poke_interval=0.2, timeout=1, soft_fail=True
         )
         hard >> soft
         soft.trigger_rule = "all_done"  # type: ignore[assignment]
@@ -177,7 +177,7 @@ def test_deferrable_mode_times_out_cleanly(candela: Any, trigger_runs: list[dict
 
 def test_execute_complete_validates_the_event() -> None:
     with _dag("sensor_events"):
-        sensor = CandelaSessionExistsSensor(task_id="wait", identifier="s1")
+        sensor = CandelaSessionExistsSensor(task_id="wait", session_id="s1")
     session = {"obj_id": {"scope": "default", "identifier": "s1", "version": "1.0.0"}}
     assert sensor.execute_complete({}, {"status": "success", "message": "ok", "session": session}) == session
     with pytest.raises(AirflowSensorTimeout, match="timed out waiting for the Candela session: late"):
@@ -195,11 +195,38 @@ def test_execute_complete_validates_the_event() -> None:
 
 def test_sensor_arguments_are_validated() -> None:
     with _dag("sensor_args"):
-        with pytest.raises(CandelaInputError, match="needs a session to wait for"):
+        with pytest.raises(CandelaInputError, match="needs a session"):
             CandelaSessionExistsSensor(task_id="a")
-        with pytest.raises(CandelaInputError, match="both `session` and `identifier`"):
-            CandelaSessionExistsSensor(task_id="b", session="default/x", identifier="x")
-        with pytest.raises(CandelaInputError, match="Invalid `identifier` for task 'c'"):
-            CandelaSessionExistsSensor(task_id="c", identifier="bad id")
-        templated = CandelaSessionExistsSensor(task_id="d", session="{{ ti.xcom_pull('start') }}")
-    assert templated.template_fields == ("session", "scope", "identifier", "version")
+        with pytest.raises(CandelaInputError, match="both `session` and `session_id`"):
+            CandelaSessionExistsSensor(task_id="b", session="default/x", session_id="x")
+        with pytest.raises(CandelaInputError, match="Invalid `session_id` for task 'c'"):
+            CandelaSessionExistsSensor(task_id="c", session_id="bad id")
+        with pytest.raises(CandelaInputError, match=r"`version`='2\.0\.0' contradicts the version of `session`"):
+            CandelaSessionExistsSensor(task_id="v", session="default/x:1.0.0", version="2.0.0")
+        with pytest.raises(CandelaInputError, match="Invalid `candela_conn_id` for task 'e'"):
+            CandelaSessionExistsSensor(task_id="e", session_id="x", candela_conn_id=" ")
+        with pytest.raises(CandelaInputError, match=r"Invalid `hook_params\['max_retries'\]` for task 'f'"):
+            CandelaSessionExistsSensor(task_id="f", session_id="x", hook_params={"max_retries": -1})
+        templated = CandelaSessionExistsSensor(
+            task_id="d", session="{{ ti.xcom_pull('start') }}", candela_conn_id="{{ params.conn }}"
+        )
+    assert templated.template_fields == ("candela_conn_id", "session", "session_id", "scope", "version")
+
+
+def test_identifier_is_a_deprecated_alias_of_session_id() -> None:
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    with _dag("sensor_identifier"):
+        with pytest.warns(
+            AirflowProviderDeprecationWarning, match="`identifier=` .* is deprecated; pass `session_id=`"
+        ):
+            old = CandelaSessionExistsSensor(task_id="old", identifier="s1", scope="team")
+        with (
+            pytest.raises(CandelaInputError, match="both `session_id` and its deprecated alias `identifier`"),
+            pytest.warns(AirflowProviderDeprecationWarning),
+        ):
+            CandelaSessionExistsSensor(task_id="both", identifier="s1", session_id="s1")
+    assert old.session_id == old.identifier == "s1"
+    assert str(old._session_id()) == str(
+        CandelaSessionExistsSensor(task_id="new", session_id="s1", scope="team")._session_id()
+    )
