@@ -43,7 +43,7 @@ AF3_REQS := "apache-airflow==3.3.*" $(COMPAT_REQ)
 # Airflow 2.11 (latest 2.11.x), second environment for the operator, hook and example-DAG tests.
 AF2_REQS := "apache-airflow==2.11.*" $(COMPAT_REQ)
 
-PYTEST_AF2_DIRS := tests/operators tests/decorators tests/sensors tests/triggers tests/e2e tests/hooks tests/compat tests/managed_agent tests/reliability/test_cleanup.py
+PYTEST_AF2_DIRS := tests/operators tests/batch tests/decorators tests/sensors tests/triggers tests/e2e tests/hooks tests/compat tests/managed_agent tests/reliability/test_cleanup.py
 
 STAMP_KEY := $(shell (cat pyproject.toml; echo 'uv-bin compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)

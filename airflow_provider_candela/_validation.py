@@ -43,9 +43,11 @@ __all__ = [
     "LONGEST_LIMIT",
     "check_session_form",
     "coerce_answer",
+    "coerce_batch_inputs",
     "coerce_bool",
     "coerce_choice",
     "coerce_conn_id",
+    "coerce_conn_ids",
     "coerce_flag",
     "coerce_model",
     "coerce_name",
@@ -159,7 +161,7 @@ def is_resolved(value: Any) -> bool:
 
 
 def _parse_structured_text(text: str) -> Any:
-    """A dict rendered by Jinja (``"{'scope': ...}"``) or JSON text back into a dict."""
+    """A dict or list rendered by Jinja (``"{'scope': ...}"``) or JSON text back into a dict or list."""
     try:
         return json.loads(text)
     except ValueError:
@@ -354,6 +356,75 @@ def coerce_returned_prompt(value: Any, *, decorator: str, task_id: str) -> str:
             f"got {type(value).__name__} ({_shown(value)}). Return the prompt text, e.g. f'Summarise {{ds}}'."
         )
     return coerce_prompt(value, task_id=task_id)
+
+
+def coerce_batch_inputs(value: Any, *, task_id: str, argument: str = "prompts") -> list[tuple[str, str]]:
+    """The inputs of a batch task as ``(key, prompt)`` pairs, in order; every prompt checked.
+
+    An input is a prompt string, or a dict ``{"prompt": str, "key": str}`` (``key`` defaults to the input's
+    index, as a string, and must be unique).  A tuple is taken as a list.
+
+    :raises CandelaInputError: naming the argument, the input (its index) and the fix.
+    """
+    where = _invalid(argument, task_id)
+    if isinstance(value, str) and value.strip().startswith("["):  # a list rendered by Jinja, or JSON text
+        try:
+            value = _parse_structured_text(value.strip())
+        except ValueError:
+            raise CandelaInputError(f"{where}: {shorten(value)!r} looks like a list but could not be parsed.") from None
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, list | tuple):
+        raise CandelaInputError(
+            f"{where}: expected a list of prompts (strings, or dicts {{'prompt': ..., 'key': ...}}), "
+            f"got {type(value).__name__} ({_shown(value)})."
+        )
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(value):
+        here = f"{argument}[{index}]"
+        key: Any = str(index)
+        text: Any = item
+        if isinstance(item, Mapping):
+            unknown = sorted(set(map(str, item)) - {"prompt", "key"})
+            if "prompt" not in item or unknown:
+                problem = "has no 'prompt'" if "prompt" not in item else f"has unknown keys {unknown}"
+                raise CandelaInputError(
+                    f"{_invalid(here, task_id)}: the dict {problem}; an input is a prompt string or "
+                    "{'prompt': '...', 'key': '...'}."
+                )
+            key = item.get("key", key)
+            if not isinstance(key, str) or not key.strip():
+                raise CandelaInputError(
+                    f"{_invalid(here, task_id)}: its 'key' must be a non-empty string, got {_shown(key)}."
+                )
+            text = item["prompt"]
+        try:
+            prompt = coerce_prompt(text, task_id=task_id)
+        except CandelaInputError as err:
+            raise CandelaInputError(str(err).replace("`prompt`", f"`{here}`", 1)) from None
+        if key in seen:
+            raise CandelaInputError(
+                f"{_invalid(here, task_id)}: key {key!r} is also the key of input {seen[key]}; keys must be unique."
+            )
+        seen[key] = index
+        pairs.append((key, prompt))
+    return pairs
+
+
+def coerce_conn_ids(value: Any, *, task_id: str) -> list[str]:
+    """``candela_conn_ids``: a non-empty list of distinct connection ids (one Candela user each)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise CandelaInputError(
+            f"{_invalid('candela_conn_ids', task_id)}: expected a non-empty list of connection ids such as "
+            f"['candela_u1', 'candela_u2'], got {_shown(value)}."
+        )
+    ids = [coerce_conn_id(item, task_id=task_id) for item in value]
+    twice = sorted({item for item in ids if ids.count(item) > 1})
+    if twice:
+        raise CandelaInputError(
+            f"{_invalid('candela_conn_ids', task_id)}: {', '.join(map(repr, twice))} appears more than once; "
+            "each connection (Candela user) runs one session, so list each once."
+        )
+    return ids
 
 
 def check_session_form(

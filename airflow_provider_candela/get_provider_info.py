@@ -35,6 +35,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "Candela",
                 "python-modules": [
+                    "airflow_provider_candela.operators.batch",
                     "airflow_provider_candela.operators.sessions",
                     "airflow_provider_candela.operators.stored_sessions",
                 ],
@@ -69,6 +70,14 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "name": "candela_agent",
                 "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_task",
+            },
+            {
+                "name": "candela_pipeline_batch",
+                "class-name": "airflow_provider_candela.decorators.sessions.candela_pipeline_batch_task",
+            },
+            {
+                "name": "candela_agent_batch",
+                "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_batch_task",
             },
         ],
         "connection-types": [

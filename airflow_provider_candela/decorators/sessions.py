@@ -1,4 +1,9 @@
-"""``@task.candela_pipeline`` and ``@task.candela_agent``: a function returns the prompt, Candela answers.
+"""``@task.candela_pipeline`` and ``@task.candela_agent`` (a function returns the prompt) and their batches.
+
+``@task.candela_pipeline_batch`` and ``@task.candela_agent_batch``: the function returns the inputs of
+:class:`~airflow_provider_candela.operators.batch.CandelaPipelineBatchOperator` /
+:class:`~airflow_provider_candela.operators.batch.CandelaAgentBatchOperator`.
+
 
 The decorated function is an ordinary TaskFlow function (its arguments are XCom values and context
 variables); it runs when the task runs and returns the prompt, which is sent as returned (it is not
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import TaskDecorator
 
-__all__ = ["candela_agent_task", "candela_pipeline_task"]
+__all__ = ["candela_agent_batch_task", "candela_agent_task", "candela_pipeline_batch_task", "candela_pipeline_task"]
 
 
 def candela_pipeline_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
@@ -58,6 +63,32 @@ def candela_agent_task(python_callable: Callable[..., Any] | None = None, **kwar
         (``prompt`` aside) and of ``BaseOperator``.
     """
     return _decorator("CandelaAgentDecoratedOperator", python_callable, kwargs)
+
+
+def candela_pipeline_batch_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
+    """``@task.candela_pipeline_batch``: the function returns the inputs; the task returns one record per input.
+
+    ::
+
+        @task.candela_pipeline_batch(app="default/demo-pipeline", model="default/demo-model", output_type=Verdict)
+        def classify(breaks: list[dict]):
+            return [{"key": b["id"], "prompt": f"Classify this trade break: {b}"} for b in breaks]
+
+    :param python_callable: the decorated function.
+    :param kwargs: the arguments of :class:`~airflow_provider_candela.operators.batch.CandelaPipelineBatchOperator`
+        (``prompts`` aside) and of ``BaseOperator``.
+    """
+    return _decorator("CandelaPipelineBatchDecoratedOperator", python_callable, kwargs)
+
+
+def candela_agent_batch_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
+    """``@task.candela_agent_batch``: the function returns the inputs; the task returns one summary per input.
+
+    :param python_callable: the decorated function.
+    :param kwargs: the arguments of :class:`~airflow_provider_candela.operators.batch.CandelaAgentBatchOperator`
+        (``prompts`` aside) and of ``BaseOperator``.
+    """
+    return _decorator("CandelaAgentBatchDecoratedOperator", python_callable, kwargs)
 
 
 def _decorator(operator: str, python_callable: Callable[..., Any] | None, kwargs: dict[str, Any]) -> TaskDecorator:

@@ -33,6 +33,7 @@ _FAULT_KEYS: Final = frozenset(
     {
         "match",
         "count",
+        "skip",
         "status",
         "retry_after",
         "body",
@@ -69,6 +70,8 @@ class Fault:
     path: str | None
     remaining: int
     spec: dict[str, Any]
+    #: Matching requests still to let through before the fault applies.
+    skip: int = 0
 
     @property
     def status(self) -> int | None:
@@ -111,7 +114,7 @@ class Fault:
         return (self.method is None or self.method == method) and (self.path is None or self.path == path)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.fault_id, **self.spec, "remaining": self.remaining}
+        return {"id": self.fault_id, **self.spec, "remaining": self.remaining, "skip": self.skip}
 
 
 def parse_fault(raw: Any, fault_id: int) -> Fault:
@@ -146,6 +149,9 @@ def parse_fault(raw: Any, fault_id: int) -> Fault:
     count = raw.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or count == 0 or count < -1:
         raise ValueError("'count' must be a positive integer, or -1 for 'until cleared'")
+    skip = raw.get("skip", 0)
+    if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
+        raise ValueError("'skip' must be a non-negative integer: matching requests let through first")
     status = raw.get("status")
     if status is not None and (not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599):
         raise ValueError(f"'status' must be an HTTP status code (100-599), got {status!r}")
@@ -164,8 +170,8 @@ def parse_fault(raw: Any, fault_id: int) -> Fault:
     missing = raw.get("missing_field")
     if missing is not None and (not isinstance(missing, str) or not missing):
         raise ValueError("'missing_field' must be the name of a JSON field, e.g. 'obj_id'")
-    spec = {key: value for key, value in raw.items() if key not in ("count",)}
-    return Fault(fault_id=fault_id, method=method, path=path, remaining=count, spec=spec)
+    spec = {key: value for key, value in raw.items() if key not in ("count", "skip")}
+    return Fault(fault_id=fault_id, method=method, path=path, remaining=count, spec=spec, skip=skip)
 
 
 def _format_retry_after(value: str | int | float) -> str:
@@ -282,6 +288,9 @@ class EmulatorState:
         """The first fault matching this request (its count is used up), or None."""
         for fault in self.faults:
             if fault.matches(method, path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 if fault.remaining > 0:
                     fault.remaining -= 1
                     if fault.remaining == 0:

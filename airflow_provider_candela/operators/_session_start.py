@@ -10,6 +10,7 @@ imported inside functions only.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -18,11 +19,14 @@ from airflow.providers.common.compat.sdk import conf
 from airflow_provider_candela._deferral import backstop, trigger_event
 from airflow_provider_candela._validation import (
     IF_SESSION_RUNNING,
+    check_session_form,
     coerce_choice,
     coerce_flag,
     coerce_name,
     coerce_object_id,
     coerce_positive_seconds,
+    coerce_session,
+    is_resolved,
 )
 from airflow_provider_candela.exceptions import (
     CandelaError,
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = [
     "START_OPTIONS",
     "START_OPTION_DOCS",
+    "SessionArguments",
+    "SessionForm",
+    "SessionTask",
     "StartOptions",
     "app_start",
     "check_app_ids_now",
@@ -70,6 +77,17 @@ class StartOptions:
     slot_ready: bool
 
 
+class SessionArguments:
+    """The session arguments as attributes of a prompt or batch operator (declarations; see :class:`SessionForm`)."""
+
+    session: Any
+    session_id: Any
+    app: Any
+    model: Any
+    circuit_override: Any
+    directive_override: Any
+
+
 class StartingOperator(Protocol):
     """What the functions below need of an operator: ours (``CandelaOperator``), with the start options."""
 
@@ -95,6 +113,17 @@ class StartingOperator(Protocol):
     def _check_now(self, value: Any, check: Callable[[Any], object]) -> None: ...
 
     def _check_id_now(self, value: Any, argument: str) -> None: ...
+
+
+class SessionTask(StartingOperator, Protocol):
+    """A task on a running session (``session`` / ``session_id``) or a session of its own (``app`` + ``model``)."""
+
+    session: Any
+    session_id: Any
+    app: Any
+    model: Any
+    circuit_override: Any
+    directive_override: Any
 
 
 #: The start options and their defaults (``deferrable``'s is read from the configuration when the task is made).
@@ -140,6 +169,66 @@ def pop_start_options(kwargs: dict[str, Any]) -> dict[str, Any]:
             "operators", "default_deferrable", fallback=False
         )
     return options
+
+
+@dataclass
+class SessionForm:
+    """The session arguments of a prompt or batch task: a running session, or ``app`` + ``model`` of its own.
+
+    Taken out of the operator's keyword arguments by :meth:`take` (before ``BaseOperator.__init__``: the start
+    options leave them; ``deferrable`` is dropped with a running session, which cannot defer, e.g. when it came
+    from ``default_args``), then set on the operator and checked by :meth:`apply`.
+    """
+
+    arguments: dict[str, Any]
+    options: dict[str, Any]
+    #: The start options given (they apply only to a session of the task's own).
+    given: list[str]
+
+    @property
+    def running(self) -> bool:
+        return self.arguments["session"] is not None or bool(self.arguments["session_id"])
+
+    @classmethod
+    def take(
+        cls,
+        kwargs: dict[str, Any],
+        *,
+        session: Any,
+        session_id: Any,
+        app: Any,
+        model: Any,
+        circuit_override: Any,
+        directive_override: Any,
+    ) -> SessionForm:
+        arguments = {
+            "session": session,
+            "session_id": session_id,
+            "app": app,
+            "model": model,
+            "circuit_override": circuit_override,
+            "directive_override": directive_override,
+        }
+        given = [name for name in START_OPTIONS if name in kwargs and name != "deferrable"]
+        given += [name for name in ("circuit_override", "directive_override") if arguments[name] is not None]
+        if session is not None or session_id:
+            kwargs.pop("deferrable", None)
+        return cls(arguments, pop_start_options(kwargs), given)
+
+    def apply(self, op: SessionTask, *, argument: str = "session") -> None:
+        """Set the session arguments and the start options on ``op``; check the form (templated values later)."""
+        for name, value in self.arguments.items():
+            setattr(op, name, value)
+        set_start_options(op, self.options)
+        tid = op.task_id
+        running = self.running
+        check_session_form(
+            running=running, app=op.app, model=op.model, start_options=self.given, task_id=tid, argument=argument
+        )
+        if running and all(is_resolved(v) for v in (op.session, op.session_id, op.scope)):
+            coerce_session(op.session, session_id=op.session_id, scope=op.scope, task_id=tid)
+        if not running:
+            check_app_ids_now(op, op.app, op.model, op.circuit_override, op.directive_override)
 
 
 def set_start_options(op: StartingOperator, options: Mapping[str, Any]) -> None:

@@ -12,15 +12,12 @@ methods only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow.providers.common.compat.sdk import TriggerRule
 
 from airflow_provider_candela._validation import (
-    check_session_form,
-    coerce_answer,
     coerce_flag,
     coerce_model,
     coerce_name,
@@ -29,15 +26,15 @@ from airflow_provider_candela._validation import (
     coerce_prompt,
     coerce_session,
     id_json,
-    is_resolved,
-    shorten,
 )
-from airflow_provider_candela.exceptions import CandelaApiError, CandelaError, CandelaOutputError
+from airflow_provider_candela.exceptions import CandelaApiError, CandelaError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
+from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
 from airflow_provider_candela.operators._session_start import (
     START_OPTION_DOCS,
-    START_OPTIONS,
+    SessionArguments,
+    SessionForm,
     StartOptions,
     app_start,
     check_app_ids_now,
@@ -268,7 +265,7 @@ _PROMPT_ARGUMENT_DOCS = """
 """ + START_OPTION_DOCS.split("\n", 2)[2]
 
 
-class _PromptOperatorBase(StartOptions, CandelaOperator):
+class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
     """The session (running, or one of the task's own), the prompt and the typed answer of the prompt operators."""
 
     template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "prompt", *_APP_START_FIELDS)
@@ -287,36 +284,24 @@ class _PromptOperatorBase(StartOptions, CandelaOperator):
         output_type: type[BaseModel] | None = None,
         **kwargs: Any,
     ) -> None:
-        start_options: list[str] = [name for name in START_OPTIONS if name in kwargs]
-        overrides = {"circuit_override": circuit_override, "directive_override": directive_override}
-        start_options += [name for name, value in overrides.items() if value is not None]
-        running = session is not None or bool(session_id)
-        if running:
-            kwargs.pop("deferrable", None)  # ignored with a running session (e.g. from default_args)
-        options = pop_start_options(kwargs)
+        form = SessionForm.take(
+            kwargs,
+            session=session,
+            session_id=session_id,
+            app=app,
+            model=model,
+            circuit_override=circuit_override,
+            directive_override=directive_override,
+        )
         super().__init__(**kwargs)
-        set_start_options(self, options)
         self.prompt = prompt
-        self.session = session
-        self.session_id = session_id
         self.app = app
         self.model = model
         self.circuit_override = circuit_override
         self.directive_override = directive_override
-        tid = self.task_id
-        self.output_type = coerce_output_type(output_type, task_id=tid)
+        self.output_type = coerce_output_type(output_type, task_id=self.task_id)
         self._check_now(prompt, lambda v: coerce_prompt(v, task_id=self.task_id))
-        check_session_form(
-            running=running,
-            app=app,
-            model=model,
-            start_options=[name for name in start_options if name != "deferrable"],
-            task_id=tid,
-        )
-        if running and all(is_resolved(v) for v in (session, session_id, self.scope)):
-            coerce_session(session, session_id=session_id, scope=self.scope, task_id=tid)
-        if not running:
-            check_app_ids_now(self, app, model, circuit_override, directive_override)
+        form.apply(self)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the slot trigger fired: start the one-task session and prompt it, or fail."""
@@ -370,15 +355,6 @@ class _PromptOperatorBase(StartOptions, CandelaOperator):
                 hook.stop_session_best_effort(f"task '{self.task_id}' was stopped during its prompt")
             raise
 
-    def _typed(self, value: Any, *, what: str, answer: Any) -> dict[str, Any]:
-        """``value`` validated as ``output_type``; when it does not fit, the raw ``answer`` goes to the log."""
-        assert self.output_type is not None
-        try:
-            return coerce_answer(value, self.output_type, what=what, task_id=self.task_id)
-        except CandelaOutputError:
-            self.log.error("The answer (truncated): %s", shorten(json.dumps(answer, default=str), 2000))
-            raise
-
 
 class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
     """Submit a prompt to a pipeline session and return the server's JSON answer.
@@ -398,11 +374,18 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
         self.log.info("Pipeline answered (request id %s, keys %s).", answer.request_id, sorted(xcom))
         if self.output_type is None:
             return xcom
-        typed = self._typed(answer.result, what="the pipeline's `result`", answer=xcom)
+        value = typed(
+            answer.result,
+            self.output_type,
+            what="the pipeline's `result`",
+            answer=xcom,
+            task_id=self.task_id,
+            log=self.log,
+        )
         ti = context.get("ti")
         if ti is not None:
             ti.xcom_push(key="request_id", value=answer.request_id)
-        return typed
+        return value
 
     def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> PipelineAnswer:
         self.log.info("Submitting a pipeline prompt (%d characters) to session %s.", len(prompt), session)
@@ -441,15 +424,7 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         """Submit the prompt (in a session of its own with ``app``), log each event; return the summary."""
         summary = self._in_session(context, self._submit)
         if self.output_type is not None:
-            if not summary["results"]:
-                raise CandelaOutputError(
-                    f"Task '{self.task_id}': the agent sent no `result` event to validate as `output_type` "
-                    f"{self.output_type.__name__}. Ask for a result in the prompt, or drop `output_type`."
-                )
-            summary["results"] = [
-                self._typed(result, what=f"`result` event {i} of the agent", answer=result)
-                for i, result in enumerate(summary["results"], 1)
-            ]
+            return typed_results(summary, self.output_type, task_id=self.task_id, log=self.log)
         return summary
 
     def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> dict[str, Any]:

@@ -182,7 +182,7 @@ def test_output_type_that_does_not_fit_fails_the_task_listing_the_fields(
     assert dr.states == {"bill": "failed"}
     logged = _logged(caplog, capsys)
     assert "does not fit `output_type` Invoice: missing field 'invoice_id'; missing field 'total'" in logged
-    assert "The answer (truncated):" in logged and "Processed 3 words" in logged
+    assert "The answer that did not fit (truncated):" in logged and "Processed 3 words" in logged
     assert _running(candela) is None, "the session is stopped although the answer did not fit"
     assert candela.stats()["sessions_started"] == 1
 

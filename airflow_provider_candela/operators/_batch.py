@@ -1,0 +1,545 @@
+"""The batch engine: many prompts in one session per Candela user, each input's outcome kept, resumable.
+
+Imported when a batch task runs (not at DAG parse).  The pieces:
+
+* :class:`BatchInput` and :func:`fingerprint`: the inputs, checked, and what identifies them across tries;
+* the state (:func:`open_state`): what each input came to, kept as each one ends, so that a retried task
+  sends only what did not succeed.  Beside the results with ``result_path`` (any Airflow version), else in
+  Airflow 3.3's task state store, else nowhere (a retry starts over).  An input is marked ``sending``
+  before it is sent: one found so after a kill is ``ambiguous`` (Candela may have acted on it);
+* :class:`Progress`: the task log, a line every few seconds, never a line per input of a large batch;
+* :func:`run_batch`: one worker per connection (a session each), all taking inputs from one queue; a
+  connection that cannot work (credentials, slot, its session replaced) drops out and its input goes back
+  to the queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+from urllib.parse import quote
+
+from airflow_provider_candela.exceptions import (
+    CandelaAmbiguousError,
+    CandelaApiError,
+    CandelaAuthError,
+    CandelaCancelledError,
+    CandelaConnectionConfigError,
+    CandelaError,
+    CandelaInputError,
+    CandelaOutputError,
+    CandelaResponseError,
+    CandelaSlotError,
+    CandelaTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_candela.hooks.candela import CandelaHook
+    from airflow_provider_candela.models import ObjectId
+
+__all__ = [
+    "MAX_INLINE_BYTES",
+    "MAX_INLINE_INPUTS",
+    "STATUSES",
+    "BatchInput",
+    "BatchState",
+    "Progress",
+    "Worker",
+    "check_writable",
+    "fingerprint",
+    "open_state",
+    "run_batch",
+]
+
+#: What an input comes to.  ``ambiguous``: sent, but the answer was lost (Candela may have acted on it).
+STATUSES: Final = ("succeeded", "failed", "invalid_output", "ambiguous")
+#: Most inputs whose records go to XCom; beyond, ``result_path`` is required.
+MAX_INLINE_INPUTS: Final = 1000
+#: Most bytes of records (as JSON) that go to XCom; beyond, ``result_path`` is required.
+MAX_INLINE_BYTES: Final = 4 * 1024 * 1024
+_STATE_KEY: Final = "candela_batch"
+_SENDING: Final = "sending"
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One input: its position, its key (unique) and its prompt."""
+
+    index: int
+    key: str
+    prompt: str
+
+
+def fingerprint(inputs: Sequence[BatchInput]) -> str:
+    """What identifies the inputs across tries: a SHA-256 of their keys and prompts, in order."""
+    digest = hashlib.sha256()
+    for item in inputs:
+        digest.update(json.dumps([item.key, item.prompt]).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def record(
+    item: BatchInput, status: str, *, answer: Any = None, error: str | None = None, request_id: Any = None
+) -> dict[str, Any]:
+    """The outcome of one input, as XCom and the result file hold it."""
+    return {
+        "index": item.index,
+        "key": item.key,
+        "status": status,
+        "answer": answer,
+        "error": error,
+        "request_id": None if request_id is None else str(request_id),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# state
+
+
+class BatchState(Protocol):
+    """What each input came to, kept across the tries of one task instance."""
+
+    #: Where it is kept, for the log.
+    where: str
+
+    def load(self, inputs: int) -> dict[int, dict[str, Any]]:
+        """Every input's last record (``{"status": "sending"}`` for one sent whose outcome is unknown)."""
+
+    def sending(self, index: int) -> None:
+        """Mark input ``index`` as sent (before the request goes out)."""
+
+    def forget(self, index: int) -> None:
+        """Input ``index`` was certainly not acted on (Candela refused it before running it): unmark it."""
+
+    def save(self, outcome: dict[str, Any]) -> None:
+        """Keep the record of one input."""
+
+
+class _Memory:
+    """No state across tries: a retry starts over (2.11 without ``result_path``)."""
+
+    where = "nowhere (a retry of the task starts over: give it result_path to resume instead)"
+
+    def load(self, inputs: int) -> dict[int, dict[str, Any]]:
+        return {}
+
+    def sending(self, index: int) -> None:
+        pass
+
+    def forget(self, index: int) -> None:
+        pass
+
+    def save(self, outcome: dict[str, Any]) -> None:
+        pass
+
+
+class _TaskStateStore:
+    """Airflow 3.3's task state store (``context["task_state_store"]``): a key per input, one for the inputs."""
+
+    where = "Airflow's task state store"
+
+    def __init__(self, store: Any, digest: str, *, restart: bool, task_id: str) -> None:
+        self._store = store
+        meta = store.get(_STATE_KEY)
+        if isinstance(meta, Mapping) and meta.get("fingerprint") != digest:
+            if not restart:
+                raise _changed(task_id)
+            store.clear()
+            meta = None
+        if not isinstance(meta, Mapping):
+            store.set(_STATE_KEY, {"fingerprint": digest})
+
+    def load(self, inputs: int) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for index in range(inputs):
+            value = self._store.get(f"{_STATE_KEY}:{index}")
+            if isinstance(value, Mapping):
+                found[index] = dict(value)
+        return found
+
+    def sending(self, index: int) -> None:
+        self._store.set(f"{_STATE_KEY}:{index}", {"status": _SENDING})
+
+    def forget(self, index: int) -> None:
+        self._store.delete(f"{_STATE_KEY}:{index}")
+
+    def save(self, outcome: dict[str, Any]) -> None:
+        self._store.set(f"{_STATE_KEY}:{outcome['index']}", outcome)
+
+
+class _BesideResults:
+    """A folder beside ``result_path``, per task instance: ``inputs.json``, and a file per input."""
+
+    def __init__(self, folder: Any, digest: str, *, restart: bool, task_id: str) -> None:
+        self._folder = folder
+        self.where = str(folder)
+        meta = folder / "inputs.json"
+        if meta.exists() and json.loads(meta.read_text()).get("fingerprint") != digest:
+            if not restart:
+                raise _changed(task_id)
+            for path in folder.iterdir():
+                path.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"fingerprint": digest}))
+
+    def load(self, inputs: int) -> dict[int, dict[str, Any]]:
+        found: dict[int, dict[str, Any]] = {}
+        for path in self._folder.iterdir():
+            stem, _, suffix = path.name.partition(".")
+            if not stem.isdigit() or int(stem) >= inputs:
+                continue
+            if suffix == _SENDING:
+                found.setdefault(int(stem), {"status": _SENDING})
+            elif suffix == "json":
+                found[int(stem)] = json.loads(path.read_text())
+        return found
+
+    def sending(self, index: int) -> None:
+        (self._folder / f"{index}.{_SENDING}").write_text("")
+
+    def forget(self, index: int) -> None:
+        (self._folder / f"{index}.{_SENDING}").unlink(missing_ok=True)
+
+    def save(self, outcome: dict[str, Any]) -> None:
+        index = outcome["index"]
+        (self._folder / f"{index}.json").write_text(json.dumps(outcome, default=str))
+        (self._folder / f"{index}.{_SENDING}").unlink(missing_ok=True)
+
+    def record(self, index: int) -> dict[str, Any] | None:
+        path = self._folder / f"{index}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _changed(task_id: str) -> CandelaInputError:
+    return CandelaInputError(
+        f"Task '{task_id}': its inputs changed since an earlier try of this task instance (other keys or "
+        "prompts), so what that try answered cannot be matched to them. Restore the inputs, or pass "
+        "on_changed_inputs='restart' to start the batch over (inputs already sent are sent again)."
+    )
+
+
+def state_folder(result_path: Any, ti: Any) -> Any:
+    """Where task instance ``ti`` keeps its state: ``<result_path>.state/<dag>/<run>/<task>/<map index>``."""
+    parts = (ti.dag_id, ti.run_id, ti.task_id, str(getattr(ti, "map_index", -1)))
+    folder = result_path.parent / f"{result_path.name}.state"
+    for part in parts:
+        folder = folder / quote(str(part), safe="")
+    return folder
+
+
+def check_writable(result_path: Any, ti: Any, *, task_id: str) -> None:
+    """Make sure the results and the state can be written beside ``result_path`` (before any request).
+
+    :raises CandelaInputError: naming ``result_path``, the error and the fix.
+    """
+    folder = state_folder(result_path, ti)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-check"
+        probe.write_text("")
+        probe.unlink()
+    except Exception as err:  # any storage backend's error: the location cannot be used
+        raise CandelaInputError(
+            f"Invalid `result_path` for task '{task_id}': {result_path} cannot be written ({folder}: "
+            f"{type(err).__name__}: {err}). Use a location this worker can write."
+        ) from err
+
+
+def open_state(context: Mapping[str, Any], result_path: Any, digest: str, *, restart: bool, task_id: str) -> BatchState:
+    """The state of this task instance's batch: beside ``result_path``, else the task state store, else none.
+
+    :raises CandelaInputError: the inputs changed since an earlier try (unless ``restart``).
+    """
+    if result_path is not None:
+        return _BesideResults(state_folder(result_path, context["ti"]), digest, restart=restart, task_id=task_id)
+    store = context.get("task_state_store")
+    if store is not None:
+        return _TaskStateStore(store, digest, restart=restart, task_id=task_id)
+    return _Memory()
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """The batch's task log: a summary line at most every ``interval`` seconds, and at the end.
+
+    ``12/100 answered: 11 succeeded, 1 failed; 4.1 per minute; about 21 min left (last: input 11 'k', 0.4 s)``
+    """
+
+    def __init__(self, total: int, log: Callable[..., Any], *, interval: float = 5.0, done: int = 0) -> None:
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self._log = log
+        self._interval = interval
+        self._started = time.monotonic()
+        self._last_line = self._started
+        self._already = done
+        self._lock = threading.Lock()
+
+    @property
+    def answered(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, outcome: Mapping[str, Any], seconds: float) -> None:
+        """Count one input's outcome; write the summary line when ``interval`` has passed."""
+        with self._lock:
+            self.counts[outcome["status"]] += 1
+            now = time.monotonic()
+            if now - self._last_line < self._interval and self._already + self.answered < self.total:
+                return
+            self._last_line = now
+            last = f"last: input {outcome['index']} {outcome['key']!r}, {outcome['status']}, {seconds:.1f} s"
+            self._log("%s (%s)", self.summary(now), last)
+
+    def summary(self, now: float | None = None) -> str:
+        elapsed = max((now or time.monotonic()) - self._started, 1e-9)
+        answered = self.answered
+        done = self._already + answered
+        counts = ", ".join(f"{self.counts[s]} {s}" for s in STATUSES if self.counts[s]) or "none yet"
+        text = f"{done}/{self.total} answered: {counts}"
+        if answered:
+            rate = answered / elapsed * 60
+            left = (self.total - done) / (answered / elapsed)
+            text += f"; {rate:.1f} per minute"
+            if done < self.total:
+                text += f"; about {_duration(left)} left"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+
+
+class _DropOut(Exception):
+    """The worker's connection cannot go on (credentials, slot, its session replaced)."""
+
+    def __init__(self, reason: str, requeue: BatchInput | None = None, lost: CandelaApiError | None = None) -> None:
+        super().__init__(reason)
+        self.requeue = requeue
+        #: The error of a session another start replaced: it is not stopped (the running one is another's).
+        self.lost = lost
+
+
+#: Errors of a connection, not of an input: the worker drops out.
+_CONNECTION_ERRORS = (CandelaAuthError, CandelaConnectionConfigError, CandelaSlotError)
+
+
+@dataclass
+class Worker:
+    """One connection of a batch: its hook and how it gets a session to prompt.
+
+    :param session: ``session(hook)`` is a context manager yielding the session to prompt: the DAG's
+        running session, or one the worker starts (and stops when the block ends).
+    """
+
+    conn_id: str
+    hook: CandelaHook
+    session: Callable[[CandelaHook], Any]
+    dropped: str | None = None
+
+
+def run_batch(
+    workers: Sequence[Worker],
+    pending: Sequence[BatchInput],
+    *,
+    send: Callable[[CandelaHook, ObjectId, BatchInput], dict[str, Any]],
+    state: BatchState,
+    progress: Progress,
+    log: Any,
+    on_outcome: Callable[[dict[str, Any]], None],
+) -> None:
+    """Send every pending input through the workers (one thread each when there are several).
+
+    ``send(hook, session, item)`` returns the input's record (``succeeded`` or ``invalid_output``) or raises;
+    the error sorts the input (``failed``, ``ambiguous``) or the worker (it drops out).
+
+    :raises CandelaCancelledError: the task was killed (every worker stopped what it started).
+    :raises CandelaError: every worker dropped out with inputs left (each one's reason named).
+    """
+    todo: queue.SimpleQueue[BatchInput] = queue.SimpleQueue()
+    for item in pending:
+        todo.put(item)
+    fatal: list[BaseException] = []
+    relay = _MainThread()
+    if len(workers) > 1:  # the task's state store and its log talk to Airflow from the task's main thread only
+        state = relay.proxy(state)
+        progress = relay.proxy(progress)
+        on_outcome = relay.wrap(on_outcome)
+
+    def work(worker: Worker) -> None:
+        try:
+            _work(worker, todo, send=send, state=state, progress=progress, on_outcome=on_outcome)
+        except _DropOut as drop:
+            worker.dropped = str(drop)
+            if drop.requeue is not None:
+                state.forget(drop.requeue.index)
+                todo.put(drop.requeue)
+            log.warning("Connection %r drops out of the batch: %s", worker.conn_id, drop)
+        except BaseException as exc:  # a kill, or a bug: the batch stops
+            fatal.append(exc)
+            for other in workers:
+                if other is not worker:
+                    other.hook.cancel(f"connection {worker.conn_id!r} of the batch failed: {exc}")
+
+    if len(workers) == 1:
+        work(workers[0])
+    else:
+        for worker in workers:  # the connections are read here: Airflow 3 serves them to the task's main thread
+            try:
+                worker.hook.config  # noqa: B018
+            except CandelaError as err:
+                worker.dropped = str(err)
+                log.warning("Connection %r drops out of the batch: %s", worker.conn_id, err)
+        live = [w for w in workers if w.dropped is None]
+        threads = [threading.Thread(target=work, args=(w,), name=f"candela-batch-{w.conn_id}") for w in live]
+        try:
+            relay.serve(threads)
+        except BaseException as exc:  # e.g. the task's timeout in this thread: stop the workers, wait, re-raise
+            for worker in workers:
+                worker.hook.cancel(f"the batch was interrupted ({type(exc).__name__})")
+            relay.serve(threads, start=False)
+            raise
+    if fatal:
+        cancelled = [exc for exc in fatal if isinstance(exc, CandelaCancelledError)]
+        raise (cancelled or fatal)[0]
+    if not todo.empty():
+        reasons = "; ".join(f"{w.conn_id!r}: {w.dropped}" for w in workers if w.dropped)
+        left = todo.qsize()
+        raise CandelaError(
+            f"No connection is left to answer the batch's {left} remaining input(s): {reasons}. Fix the "
+            "connections (their answered inputs are kept) and retry the task"
+        )
+
+
+class _MainThread:
+    """Calls made by the worker threads, carried out by the task's main thread (which waits for the workers)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = queue.SimpleQueue()
+        self._main = threading.get_ident()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in the main thread (at once when called there); its result or its exception."""
+        if threading.get_ident() == self._main:
+            return fn()
+        box: list[Any] = []
+        done = threading.Event()
+        self._calls.put((fn, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[1]
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *args, **kwargs: self.call(lambda: fn(*args, **kwargs))
+
+    def proxy(self, target: Any) -> Any:
+        """``target`` whose methods run in the main thread (its attributes read as they are)."""
+        relay = self
+
+        class Proxy:
+            def __getattr__(self, name: str) -> Any:
+                value = getattr(target, name)
+                return relay.wrap(value) if callable(value) else value
+
+        return Proxy()
+
+    def serve(self, threads: Sequence[threading.Thread], *, start: bool = True) -> None:
+        """Start ``threads`` (unless ``start=False``), then carry out their calls until every one has ended."""
+        for thread in threads if start else ():
+            thread.start()
+        while any(thread.is_alive() for thread in threads) or not self._calls.empty():
+            try:
+                fn, box, done = self._calls.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
+                box.extend((None, fn()))
+            except BaseException as exc:  # handed to the worker that asked
+                box[:] = [exc]
+            finally:
+                done.set()
+
+
+def _work(
+    worker: Worker,
+    todo: queue.SimpleQueue[BatchInput],
+    *,
+    send: Callable[[CandelaHook, ObjectId, BatchInput], dict[str, Any]],
+    state: BatchState,
+    progress: Progress,
+    on_outcome: Callable[[dict[str, Any]], None],
+) -> None:
+    from airflow_provider_candela.hooks._lifecycle import explain_lost_session
+
+    hook = worker.hook
+    if todo.empty():
+        return
+    try:
+        context = worker.session(hook)
+        session = context.__enter__()
+    except CandelaCancelledError:
+        raise
+    except (CandelaError, OSError) as err:
+        raise _DropOut(f"it could not start its session: {err}") from err
+    try:
+        while True:
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                break
+            state.sending(item.index)
+            began = time.monotonic()
+            try:
+                outcome = send(hook, session, item)
+            except CandelaCancelledError:
+                raise
+            except CandelaOutputError as err:
+                outcome = record(item, "invalid_output", error=str(err))
+            except (CandelaAmbiguousError, CandelaTimeoutError, CandelaResponseError) as err:
+                outcome = record(item, "ambiguous", error=str(err))
+            except _CONNECTION_ERRORS as err:
+                raise _DropOut(str(err), requeue=item) from err
+            except CandelaApiError as err:
+                if err.refused:
+                    explained = explain_lost_session(hook, err, session)
+                    if explained is not err:  # the session is gone: the prompt was refused, not run
+                        raise _DropOut(str(explained), requeue=item, lost=err) from err
+                outcome = record(item, "failed", error=str(err))
+            state.save(outcome)
+            on_outcome(outcome)
+            progress.add(outcome, time.monotonic() - began)
+    except BaseException as exc:
+        passed = exc.lost if isinstance(exc, _DropOut) and exc.lost is not None else exc
+        try:
+            context.__exit__(type(passed), passed, passed.__traceback__)
+        except BaseException:
+            if not isinstance(exc, _DropOut):  # the session's own account of the failure (e.g. replaced) wins
+                raise
+        raise
+    context.__exit__(None, None, None)
+
+
+@contextmanager
+def running(session: ObjectId) -> Iterator[ObjectId]:
+    """A worker's session that the DAG owns: prompted, never stopped by the batch."""
+    yield session
