@@ -48,7 +48,6 @@ __all__ = [
     "START_OPTION_DOCS",
     "SessionArguments",
     "SessionForm",
-    "SessionTask",
     "StartOptions",
     "app_start",
     "check_app_ids_now",
@@ -113,17 +112,6 @@ class StartingOperator(Protocol):
     def _check_now(self, value: Any, check: Callable[[Any], object]) -> None: ...
 
     def _check_id_now(self, value: Any, argument: str) -> None: ...
-
-
-class SessionTask(StartingOperator, Protocol):
-    """A task on a running session (``session`` / ``session_id``) or a session of its own (``app`` + ``model``)."""
-
-    session: Any
-    session_id: Any
-    app: Any
-    model: Any
-    circuit_override: Any
-    directive_override: Any
 
 
 #: The start options and their defaults (``deferrable``'s is read from the configuration when the task is made).
@@ -215,20 +203,26 @@ class SessionForm:
             kwargs.pop("deferrable", None)
         return cls(arguments, pop_start_options(kwargs), given)
 
-    def apply(self, op: SessionTask, *, argument: str = "session") -> None:
+    def apply(self, op: StartingOperator, *, argument: str = "session") -> None:
         """Set the session arguments and the start options on ``op``; check the form (templated values later)."""
         for name, value in self.arguments.items():
             setattr(op, name, value)
         set_start_options(op, self.options)
         tid = op.task_id
+        given = self.arguments
         running = self.running
         check_session_form(
-            running=running, app=op.app, model=op.model, start_options=self.given, task_id=tid, argument=argument
+            running=running,
+            app=given["app"],
+            model=given["model"],
+            start_options=self.given,
+            task_id=tid,
+            argument=argument,
         )
-        if running and all(is_resolved(v) for v in (op.session, op.session_id, op.scope)):
-            coerce_session(op.session, session_id=op.session_id, scope=op.scope, task_id=tid)
+        if running and all(is_resolved(v) for v in (given["session"], given["session_id"], op.scope)):
+            coerce_session(given["session"], session_id=given["session_id"], scope=op.scope, task_id=tid)
         if not running:
-            check_app_ids_now(op, op.app, op.model, op.circuit_override, op.directive_override)
+            check_app_ids_now(op, given["app"], given["model"], given["circuit_override"], given["directive_override"])
 
 
 def set_start_options(op: StartingOperator, options: Mapping[str, Any]) -> None:

@@ -30,6 +30,7 @@ EXAMPLE_DAG_IDS = {
     "candela_agent_prompt",
     "candela_session_cleanup",
     "candela_taskflow",
+    "candela_batch",
 }
 if importlib.util.find_spec("airflow.providers.common.ai") is not None:  # the common-ai extra: one DAG more
     EXAMPLE_DAG_IDS.add("candela_managed_agent")
@@ -112,6 +113,18 @@ def test_taskflow_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator
     assert stats["requests"]["POST /session/pipeline_submit"] == {"200": 1}
     assert stats["requests"]["POST /session/agent_submit"] == {"200": 2}
     assert "Daily summary (" in output  # the downstream task read the typed answer
+
+
+def test_batch_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
+    output = _dags_test("candela_batch", candela_emulator)
+
+    stats = candela_emulator.stats()
+    assert stats["sessions_started"] == 1, "one session for the whole batch"
+    assert _running(candela_emulator) == {}, "the batch stopped its session"
+    assert stats["requests"]["POST /session/pipeline_submit"] == {"200": 4}, "one prompt per break"
+    assert stats["token_grants"]["password"] == 1, "the batch task's one hook (the other tasks call no Candela)"
+    assert "4 breaks: {'succeeded': 4}" in output
+    assert "4/4 answered: 4 succeeded" in output
 
 
 def test_scheduled_pipeline_prompt_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
