@@ -157,7 +157,7 @@ $(BENCH_STAMP): | uv
 	@touch $@
 
 bench: venv $(BENCH_STAMP)
-	$(call section,bench: figures 1-7 (table below; JSON in bench/results.json))
+	$(call section,bench: figures 1-8 (table below; JSON in bench/results.json))
 	$(BENCH_VENV)/bin/python -m bench
 # ---------------------------------------------------------------------------------------------------------------
 

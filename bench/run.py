@@ -6,6 +6,7 @@ Figures (each a ratio measured side by side in this run; see each module's docst
 2. per-call overhead (``call_overhead``)   5. deferral at scale (``triggers``)
 3. lifecycle cost (``lifecycle``)          6. emulator throughput (``throughput``)
 7. deferrable start: worker-slot seconds while a slot takes 60 s to start (``deferral``)
+8. batch: 100 inputs in one batch task vs mapped tasks, fan-out over 4 users, memory with ``result_path`` (``batch``)
 
 The HTTP figures share one emulator subprocess on a free loopback port (reset between figures).
 Exit status: 0 when every figure ran (targets met or not: the table says), 1 when a figure failed.
@@ -30,11 +31,11 @@ from bench.common import BENCH_DIR, Row, airflow_env, bench_emulator, dump_json,
 
 __all__ = ["format_table", "main"]
 
-FIGURES = (1, 2, 3, 4, 5, 6, 7)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> list[Row]:
-    """Run HTTP figure ``number`` (2-7) against ``emulator``; modules are imported only when run."""
+    """Run HTTP figure ``number`` (2-8) against ``emulator``; modules are imported only when run."""
     if number == 2:
         from bench import call_overhead
 
@@ -60,6 +61,10 @@ def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> lis
         from bench import deferral
 
         return deferral.run(emulator, slot_seconds=6.0 if quick else 60.0)
+    if number == 8:
+        from bench import batch
+
+        return batch.run(emulator, inputs=40 if quick else 100, many=2_000 if quick else 10_000)
     raise ValueError(f"no figure {number}: the figures are {FIGURES}")
 
 

@@ -31,6 +31,7 @@ from airflow_provider_candela.hooks._retry import (
     call_with_retries,
     parse_retry_after,
 )
+from airflow_provider_candela.hooks._telemetry import count
 from airflow_provider_candela.models import TokenResponse
 
 __all__ = ["TokenManager"]
@@ -222,6 +223,7 @@ class TokenManager:
         else:
             self._renew_at = time.monotonic() + lifetime - min(REFRESH_MARGIN, lifetime / 2)
         self.grants[grant] += 1
+        count("token.grants", {"grant": grant})
         self._log.debug("Candela %s grant succeeded; token valid for %s s", grant, token.expires_in)
 
     # -- errors ---------------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class TokenManager:
 
     def _rejected(self, resp: requests.Response, grant: str) -> CandelaApiError:
         """The error of a refused grant: :class:`CandelaAuthError` when final, else retryable (429, 5xx)."""
+        count("token.failures", {"grant": grant, "status": str(resp.status_code)})
         cfg = self._config
         detail = self._oauth_error(resp)
         status = resp.status_code

@@ -51,7 +51,9 @@ from airflow_provider_candela.hooks._retry import (
     call_with_retries,
     failed_before_sending,
     parse_retry_after,
+    retry_reason,
 )
+from airflow_provider_candela.hooks._telemetry import Telemetry, count, route, timing
 from airflow_provider_candela.hooks._transport import CandelaAdapter, Exchange, tracking
 from airflow_provider_candela.models import (
     HTTPValidationError,
@@ -169,6 +171,7 @@ class CandelaHttpCore(BaseHook):
         self._config: CandelaConfig | None = None
         self._session: requests.Session | None = None
         self._tokens: TokenManager | None = None
+        self._telemetry: Telemetry | None = None
         # Held only while the connection, the session or the token manager is created (double-checked: a call
         # that finds them made takes no lock), so that threads making the first call together make one grant.
         self._setup_lock = threading.RLock()
@@ -199,6 +202,13 @@ class CandelaHttpCore(BaseHook):
                 if self._config is None:
                     self._config = self._read_config()
         return self._config
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The hook's tracing settings (read with the connection, once)."""
+        if self._telemetry is None:
+            self._telemetry = Telemetry.configured()
+        return self._telemetry
 
     def _read_config(self) -> CandelaConfig:
         try:
@@ -328,7 +338,7 @@ class CandelaHttpCore(BaseHook):
 
         :param path: the API path of ``url`` (the whole URL for the token endpoint), for messages.
         :param fix: the connection setting to check when the answer is a redirect (e.g. ``"host"``).
-        :param kwargs: ``params``, ``headers``, ``json`` or ``data`` of ``requests.Session.request``.
+        :param kwargs: ``params``, ``headers``, ``json`` or ``data`` of ``requests.Request``.
         :raises _DeadlinePassed: the answer did not complete within connect + read timeout.
         :raises CandelaCancelledError: the hook was cancelled meanwhile.
         """
@@ -342,8 +352,13 @@ class CandelaHttpCore(BaseHook):
         exchange = Exchange(what, deadline)
         self._exchanges[id(exchange)] = exchange
         try:
+            # Prepared as requests prepares a request, sent with Session.send (both public): the session's
+            # proxies, TLS settings and adapters apply, without Session.request's per-call merging of cookies,
+            # auth and environment settings that an API client does not use.
+            headers = {**session.headers, **(kwargs.pop("headers", None) or {})}
+            prepared = requests.Request(method, url, headers=headers, **kwargs).prepare()
             with tracking(exchange):
-                resp = session.request(method, url, timeout=timeout, stream=stream, allow_redirects=False, **kwargs)
+                resp = session.send(prepared, timeout=timeout, stream=stream, allow_redirects=False)
             if exchange.aborted is not None:
                 resp.close()
                 raise requests.ConnectionError("aborted")
@@ -463,24 +478,40 @@ class CandelaHttpCore(BaseHook):
             server = server.replace(tzinfo=UTC)
         return server.timestamp() - received
 
-    def _send(self, call: _Call, authorization: str) -> requests.Response:
+    def _send(self, call: _Call, authorization: str, *, retries: int = 0) -> requests.Response:
+        """One exchange of ``call``: timed (``candela.request``) and, when Airflow traces, a span of its own."""
         headers = {"Authorization": authorization, "CorrelationId": next(_CORRELATION_IDS)}
-        resp = self._http(
-            call.method,
-            self.config.base_url + call.path,
-            call.path,
-            fix="host",
-            params=call.params,
-            json=call.body,
-            headers=headers,
-            stream=call.stream,
-        )
+        began = time.monotonic()
+        status = "error"
+        span = self.telemetry.exchange(call.method, call.path, retries)
+        try:
+            resp = self._http(
+                call.method,
+                self.config.base_url + call.path,
+                call.path,
+                fix="host",
+                params=call.params,
+                json=call.body,
+                headers=headers,
+                stream=call.stream,
+            )
+            status = str(resp.status_code)
+        except BaseException as exc:
+            if span is not None:
+                span.set_attribute("error.type", type(exc).__name__)
+            raise
+        finally:
+            timing("request", time.monotonic() - began, {"route": route(call.method, call.path), "status": status})
+            if span is not None:
+                if status != "error":
+                    span.set_attribute("http.response.status_code", int(status))
+                span.end()
         date = resp.headers.get("Date")
         if date:
             self._server_date = (date, time.time())
         return resp
 
-    def _attempt(self, call: _Call) -> requests.Response:
+    def _attempt(self, call: _Call, *, retries: int = 0) -> requests.Response:
         """One attempt (with at most one re-authentication and replay after a 401).
 
         :raises Retryable: when another attempt is safe and useful.
@@ -492,7 +523,7 @@ class CandelaHttpCore(BaseHook):
         while True:
             authorization = self._auth.authorization()
             try:
-                resp = self._send(call, authorization)
+                resp = self._send(call, authorization, retries=retries)
             except requests.exceptions.SSLError as exc:
                 raise CandelaApiError(
                     f"TLS verification failed for {call.what} at {self.config.base_url} ({type(exc).__name__}): "
@@ -574,12 +605,18 @@ class CandelaHttpCore(BaseHook):
         :param deadline: a shorter total time for this call than ``retry_deadline``.
         """
         attempts = 0
+        failed = ""  # why the last attempt is retried (the ``reason`` tag of candela.request.retries)
 
         def attempt() -> requests.Response | None:
-            nonlocal attempts
+            nonlocal attempts, failed
             attempts += 1
+            if failed:
+                count("request.retries", {"route": route(call.method, call.path), "reason": failed})
             try:
-                return self._attempt(call)
+                return self._attempt(call, retries=attempts - 1)
+            except Retryable as retry:
+                failed = retry_reason(retry.error)
+                raise
             except CandelaApiError as exc:
                 if attempts > 1 and exc.status in done_statuses:
                     self.log.info("%s answered %s on a retry: an earlier attempt already did it", call.what, exc.status)

@@ -31,6 +31,7 @@ __all__ = [
     "call_with_retries",
     "failed_before_sending",
     "parse_retry_after",
+    "retry_reason",
 ]
 
 T = TypeVar("T")
@@ -65,6 +66,16 @@ class RetrySettings:
     retry_after_cap: float = 60.0
     deadline: float = 900.0
     sleep: Callable[[float], None] = time.sleep
+
+
+def retry_reason(error: BaseException) -> str:
+    """Why a failed attempt is retried, for ``candela.request.retries``: ``429``, ``5xx`` or ``connection``."""
+    status = getattr(error, "status", None)
+    if status == 429:
+        return "429"
+    if isinstance(status, int) and status >= 500:
+        return "5xx"
+    return "connection"
 
 
 class Retryable(Exception):

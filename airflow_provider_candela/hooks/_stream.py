@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import Final
@@ -20,6 +21,7 @@ from airflow_provider_candela.exceptions import (
     CandelaResponseError,
     CandelaTimeoutError,
 )
+from airflow_provider_candela.hooks._telemetry import count
 from airflow_provider_candela.hooks._transport import Exchange, watch
 from airflow_provider_candela.models import Event
 
@@ -78,6 +80,7 @@ class CandelaEventStream(Iterator[Event]):
         self._line_number = 0
         #: Events yielded so far.
         self.count = 0
+        self._types: Counter[str] = Counter()  # reported as candela.stream.events when the stream ends
         self._events: Generator[Event, None, None] = self._generate()
 
     def __iter__(self) -> CandelaEventStream:
@@ -206,6 +209,9 @@ class CandelaEventStream(Iterator[Event]):
             ) from exc
         finally:
             self._close_response()
+            for event_type, n in self._types.items():
+                count("stream.events", {"event_type": event_type}, n)
+            self._types.clear()
 
     def _parse(self, line: bytes) -> Event | None:
         self._line_number += 1
@@ -226,7 +232,7 @@ class CandelaEventStream(Iterator[Event]):
                 detail=snippet,
             ) from None
         try:
-            return Event.model_validate(data)
+            event = Event.model_validate(data)
         except ValidationError as exc:
             problems = validation_problems(
                 exc, root=f"expected an object with event_type and content, got {type(data).__name__}"
@@ -238,3 +244,5 @@ class CandelaEventStream(Iterator[Event]):
                 path=path,
                 detail=problems,
             ) from None
+        self._types[event.event_type] += 1
+        return event

@@ -6,7 +6,8 @@ by one process-wide :class:`_Watchdog` thread.  When the deadline passes (or the
 e.g. by a task's ``on_kill``), the watchdog shuts the exchange's socket down: the blocked read
 returns at once, and the hook turns what it sees into an error naming the deadline (or the kill).
 
-The hook sends with ``requests.Session.request``; the socket is found through the connection classes
+The hook sends with ``requests.Session.send`` (a request prepared by ``requests.Request.prepare``);
+the socket is found through the connection classes
 of :class:`CandelaAdapter`: a connection that sends a request records itself on the exchange the
 calling thread registered (:func:`tracking`).  The adapter's pools keep up to :data:`POOL_SIZE`
 connections, so that threads sharing a hook reuse theirs instead of discarding (and logging) every

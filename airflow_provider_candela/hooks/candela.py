@@ -41,8 +41,10 @@ from airflow_provider_candela.hooks._http import _SESSION_RUNNING, CandelaHttpCo
 from airflow_provider_candela.hooks._retry import (
     Retryable,
     call_with_retries,
+    retry_reason,
 )
 from airflow_provider_candela.hooks._stream import CandelaEventStream
+from airflow_provider_candela.hooks._telemetry import count, route, timing
 from airflow_provider_candela.hooks._transport import Exchange
 from airflow_provider_candela.models import (
     CircuitDTO,
@@ -118,6 +120,8 @@ class CandelaHook(CandelaHttpCore):
 
     #: The start call of this hook still waiting for its answer (or cut off before it came), if any.
     _unanswered_start: _UnansweredStart | None = None
+    #: The app of the session this hook last started (the ``app`` tag of ``candela.session.stopped``).
+    _running_app: str | None = None
 
     # ------------------------------------------------------------------------------------------
     # connection form (Airflow 2.11; Airflow 3.2+ reads get_provider_info's conn-fields instead)
@@ -218,6 +222,7 @@ class CandelaHook(CandelaHttpCore):
             _Call("POST", "/session", "start", body=request.model_dump(mode="json", exclude_none=True)),
             matches,
             if_session_running,
+            app=f"{app_id.scope}/{app_id.identifier}",
         )
 
     def start_dev_session(
@@ -259,9 +264,11 @@ class CandelaHook(CandelaHttpCore):
             return (session.dev_session is True or session.app is None) and _same(session.model_cfg, model_id)
 
         body = request.model_dump(mode="json", exclude_none=True)
-        return self._start(_Call("POST", "/session/dev", "start", body=body), matches, if_session_running)
+        return self._start(_Call("POST", "/session/dev", "start", body=body), matches, if_session_running, app="dev")
 
-    def _start(self, call: _Call, matches: Callable[[Session], bool], if_session_running: str) -> ObjectMetadata:
+    def _start(
+        self, call: _Call, matches: Callable[[Session], bool], if_session_running: str, *, app: str
+    ) -> ObjectMetadata:
         """Start; when Candela answers that a session runs and ``if_session_running="stop"``, stop it and start again.
 
         Only that answer stops anything: a refused app or model (or any other error) stops nothing.
@@ -270,13 +277,16 @@ class CandelaHook(CandelaHttpCore):
         """
         coerce_choice(if_session_running, IF_SESSION_RUNNING, argument="if_session_running")
         try:
-            return self._start_once(call, matches)
+            started = self._start_once(call, matches)
         except CandelaSessionRunningError:
             if if_session_running != "stop":
                 raise
             self.log.info("A session already runs on the Candela user's slot: stopping it and starting again.")
             self.stop_session()
-            return self._start_once(call, matches)
+            started = self._start_once(call, matches)
+        count("session.started", {"app": app})
+        self._running_app = app
+        return started
 
     def _start_once(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
         """One start with retries and reconciliation; a "session running" refusal as its own error."""
@@ -293,17 +303,26 @@ class CandelaHook(CandelaHttpCore):
 
     def _start_reconciled(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
         began = time.time()
+        attempts = 0
+        failed = ""  # why the last attempt is retried (candela.request.retries)
 
         def attempt() -> ObjectMetadata:
+            nonlocal attempts, failed
+            attempts += 1
+            if failed:
+                count("request.retries", {"route": route(call.method, call.path), "reason": failed})
+                failed = ""
             connect, read = self.config.timeout
             # Until Candela answers, the start may still be carried out, even after we stopped waiting.
             self._unanswered_start = _UnansweredStart(call.what, began, matches, time.monotonic() + connect + read)
             try:
-                resp = self._attempt(call)
+                resp = self._attempt(call, retries=attempts - 1)
             except (_Ambiguous, Retryable, CandelaApiError) as failure:
                 error = failure if isinstance(failure, CandelaApiError) else failure.error
                 if getattr(error, "status", None) is not None:
                     self._unanswered_start = None  # Candela answered: what it did is known
+                if isinstance(failure, Retryable):
+                    failed = retry_reason(failure.error)
                 if not isinstance(failure, _Ambiguous):
                     raise
                 signal = failure
@@ -318,6 +337,7 @@ class CandelaHook(CandelaHttpCore):
                     )
                     return found
                 self.log.info("%s: no session was started by the failed attempt; a retry is safe", call.what)
+                failed = "lost_answer"
                 raise Retryable(signal.error, signal.retry_after) from signal.__cause__
             self._unanswered_start = None
             return self._parse(resp, _OBJECT_METADATA, "an ObjectMetadata object", call)
@@ -479,6 +499,8 @@ class CandelaHook(CandelaHttpCore):
     def stop_session(self) -> None:
         """Stop whatever session runs on the user's slot (``GET /session/stop``); fine when none runs."""
         self._request(_Call("GET", "/session/stop")).close()
+        count("session.stopped", {"app": self._running_app or "unknown"})
+        self._running_app = None
 
     def delete_session(self, session: ObjectId | str) -> list[ObjectMetadata]:
         """Delete a session and its data (``DELETE /sessions/``); without a version, every version.
@@ -587,7 +609,8 @@ class CandelaHook(CandelaHttpCore):
         """
         timeout = coerce_positive_seconds(timeout, argument="timeout")
         poll_interval = coerce_positive_seconds(poll_interval, argument="poll_interval")
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         self.assign_slot_if_none(slot_type)
         last: SlotState | None = None
         while True:
@@ -596,6 +619,7 @@ class CandelaHook(CandelaHttpCore):
                 self.log.info("Candela slot state: %s", state.label)
                 last = state
             if state == SlotState.HOST_READY:
+                timing("slot.wait", time.monotonic() - began, {"deferred": "false"})
                 return self.get_slot_metadata()
             if state.failed:
                 slot_id = "?"

@@ -57,6 +57,7 @@ from airflow_provider_candela.exceptions import (
     CandelaTimeoutError,
 )
 from airflow_provider_candela.hooks._lifecycle import owned_session, start_cleanly
+from airflow_provider_candela.hooks._telemetry import prompting
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.models import AgentAnswer, ObjectId
 
@@ -197,7 +198,7 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
                 )
             self.log.info("Started Candela session %s of agent %s with model %s.", metadata.obj_id, app, model)
             with _sorted_errors(app, prompting=True), owned_session(hook, metadata, owner=owner) as session:
-                return self._answer(hook, session, prompt, session_id=None)
+                return self._answer(hook, session, prompt, session_id=None, app=app, model=model)
 
     def _prompt_running(
         self, app: ObjectId, session: ObjectId, prompt: str, *, deadline: float | None, timeout: float | None
@@ -207,9 +208,24 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
             self._bounded(deadline, timeout, f"The Candela agent {app} (session {session})") as hook,
             _sorted_errors(app, prompting=True, session=session),
         ):
-            return self._answer(hook, session, prompt, session_id=str(session))
+            return self._answer(hook, session, prompt, session_id=str(session), app=app, model=None)
 
     def _answer(
+        self,
+        hook: CandelaHook,
+        session: ObjectId,
+        prompt: str,
+        session_id: str | None,
+        *,
+        app: ObjectId,
+        model: ObjectId | None,
+    ) -> ManagedAgentResponse:
+        with prompting(hook.telemetry, kind="agent", app=app, model=model, session=session, prompt=prompt) as seen:
+            response = self._stream(hook, session, prompt, session_id)
+            seen["answer"] = response.text
+            return response
+
+    def _stream(
         self, hook: CandelaHook, session: ObjectId, prompt: str, session_id: str | None
     ) -> ManagedAgentResponse:
         answer = AgentAnswer(keep_events=True)

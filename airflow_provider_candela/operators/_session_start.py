@@ -9,6 +9,7 @@ imported inside functions only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -347,13 +348,16 @@ def ready_slot(op: StartingOperator, hook: CandelaHook) -> None:
         slot = hook.ensure_slot(slot_type, timeout=float(op.slot_ready_timeout))
         op.log.info("Slot %s (%s) is ready.", slot.slot_id, slot.slot_type)
         return
+    from airflow_provider_candela.hooks._telemetry import timing
     from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger
 
+    waiting_since = time.time()
     assigned = hook.assign_slot_if_none(slot_type)
     state = hook.get_slot_state()
     slot = hook.get_slot_metadata()
     if state == SlotState.HOST_READY:
         op.log.info("Slot %s (%s) is ready; not deferring.", slot.slot_id, slot.slot_type)
+        timing("slot.wait", time.time() - waiting_since, {"deferred": "false"})
         return
     failure = state.failure(slot.slot_id)
     if failure is not None:
@@ -374,6 +378,7 @@ def ready_slot(op: StartingOperator, hook: CandelaHook) -> None:
             candela_conn_id=op.candela_conn_id,
             poll_interval=op.slot_poll_interval,
             timeout=timeout,
+            waiting_since=waiting_since,
         ),
         method_name="execute_complete",
         timeout=backstop(timeout),

@@ -23,6 +23,7 @@ from airflow_provider_candela._validation import (
     coerce_conn_ids,
     coerce_flag,
     coerce_name,
+    coerce_object_id,
     coerce_output_type,
     coerce_session,
     id_json,
@@ -343,7 +344,7 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
             _batch.run_batch(
                 workers,
                 pending,
-                send=self._send,
+                send=self._traced,
                 state=state,
                 progress=progress,
                 log=self.log,
@@ -384,7 +385,24 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
         with owned_session(hook, metadata, owner=owner) as session:
             yield session
 
+    #: The ``kind`` tag of ``candela.prompt``.
+    prompt_kind: ClassVar[str] = "pipeline"
+
+    def _traced(self, hook: CandelaHook, session: ObjectId, item: BatchInput) -> dict[str, Any]:
+        """One input sent (:meth:`_send`), timed and traced as one prompt."""
+        from airflow_provider_candela.hooks._telemetry import prompting
+
+        tid = self.task_id
+        app = None if self.app is None else coerce_object_id(self.app, argument="app", task_id=tid)
+        model = None if self.model is None else coerce_object_id(self.model, argument="model", task_id=tid)
+        with prompting(
+            hook.telemetry, kind=self.prompt_kind, app=app, model=model, session=session, prompt=item.prompt
+        ) as seen:
+            seen["answer"] = outcome = self._send(hook, session, item)
+            return outcome
+
     def _send(self, hook: CandelaHook, session: ObjectId, item: BatchInput) -> dict[str, Any]:
+        """Send one input; its record (``succeeded``), or raise (the engine sorts the error)."""
         raise NotImplementedError
 
     # -- results -------------------------------------------------------------------------------
@@ -493,6 +511,7 @@ class CandelaAgentBatchOperator(_BatchOperatorBase):
     """
 
     __doc__ = (__doc__ or "") + _BATCH_BEHAVIOUR + _BATCH_ARGUMENT_DOCS
+    prompt_kind: ClassVar[str] = "agent"
 
     def __init__(self, *, log_answers: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -325,16 +325,42 @@ class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
             prompt = self._prompt_text(context)
             oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
             with self._task_hook() as hook:
-                return self._on_running(hook, oid, lambda: send(hook, oid, prompt))
+                return self._on_running(hook, oid, lambda: self._prompting(hook, None, None, oid, prompt, send=send))
         deferring = may_defer(self)
         early = None if deferring else self._prompt_text(context)
         start = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)
+        app = coerce_object_id(self.app, argument="app", task_id=self.task_id)
+        model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
         with self._task_hook() as hook:
-            ready_slot(self, hook)
-            prompt = early if early is not None else self._prompt_text(context)
-            metadata = start(hook)
-            with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
-                return send(hook, session, prompt)
+            lifecycle = {"gen_ai.agent.id": f"{app.scope}/{app.identifier}", "candela.session.kind": "one-task"}
+            with hook.telemetry.span(f"candela.session {app.identifier}", lifecycle):
+                ready_slot(self, hook)
+                prompt = early if early is not None else self._prompt_text(context)
+                metadata = start(hook)
+                with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
+                    return self._prompting(hook, app, model, session, prompt, send=send)
+
+    #: The ``kind`` tag of ``candela.prompt``.
+    prompt_kind: ClassVar[str] = "pipeline"
+
+    def _prompting(
+        self,
+        hook: CandelaHook,
+        app: ObjectId | None,
+        model: ObjectId | None,
+        session: ObjectId,
+        prompt: str,
+        *,
+        send: Callable[[CandelaHook, ObjectId, str], _R],
+    ) -> _R:
+        """``send(hook, session, prompt)``, timed and traced as one prompt."""
+        from airflow_provider_candela.hooks._telemetry import prompting
+
+        with prompting(
+            hook.telemetry, kind=self.prompt_kind, app=app, model=model, session=session, prompt=prompt
+        ) as seen:
+            seen["answer"] = answer = send(hook, session, prompt)
+            return answer
 
     def _on_running(self, hook: CandelaHook, session: ObjectId, send: Callable[[], _R]) -> _R:
         """``send()`` to the DAG's running session: left running, unless the task is killed or times out.
@@ -415,6 +441,7 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
     """
 
     __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
+    prompt_kind: ClassVar[str] = "agent"
 
     def __init__(self, *, return_events: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -9,6 +9,7 @@ flag, the connection id and the timing are serialized; never credentials.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_candela._deferral import end_time as deadline
 from airflow_provider_candela._validation import DEFAULT_CONN_ID
+from airflow_provider_candela.hooks._telemetry import timing
 from airflow_provider_candela.models import SlotState
 from airflow_provider_candela.triggers._shared import event, poll_until, with_hook
 
@@ -48,6 +50,8 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         a century: no limit).  Turned into an absolute ``end_time`` so that a trigger moved to another
         triggerer keeps its deadline.
     :param end_time: absolute deadline (seconds since the epoch); wins over ``timeout``.
+    :param waiting_since: when the task began waiting for the slot (seconds since the epoch; default now),
+        for the ``candela.slot.wait`` timer this trigger records when the slot is ready.
     """
 
     def __init__(
@@ -59,8 +63,10 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         timeout: float | None = None,
         end_time: float | None = None,
+        waiting_since: float | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.waiting_since = time.time() if waiting_since is None else float(waiting_since)
         self.slot_id = slot_id
         self.assigned = bool(assigned)
         self.candela_conn_id = candela_conn_id
@@ -78,6 +84,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
                 "candela_conn_id": self.candela_conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
+                "waiting_since": self.waiting_since,
             },
         )
 
@@ -96,6 +103,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
             self.log.info("Candela slot %s: %s (check %d).", self.slot_id, state.label, checks)
             self._last = state
         if state == SlotState.HOST_READY:
+            timing("slot.wait", max(time.time() - self.waiting_since, 0.0), {"deferred": "true"})
             return self._payload("success", f"The Candela slot {self.slot_id} is ready (check {checks}).")
         failure = state.failure(self.slot_id)
         return None if failure is None else self._payload("failed", failure)
