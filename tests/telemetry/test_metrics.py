@@ -90,7 +90,7 @@ def test_a_dag_run_sends_the_candela_metrics(
     assert tagged("candela.session.started", app="default/demo-pipeline")
     assert tagged("candela.session.stopped")
     assert tagged("candela.prompt", kind="pipeline", outcome="success")
-    assert tagged("candela.slot.wait"), "the slot wait is timed (deferred or not)"
+    assert tagged("candela.slot.wait", deferred="true"), "the deferred slot wait is timed, by the trigger"
     assert statsd.named("candela.slot.wait")[0].endswith("|ms")
     secrets = [candela_emulator.password, json.loads(candela_emulator.connection_json())["extra"]["client_secret"]]
     assert not [s for s in secrets if any(s in line for line in statsd.lines)], "no secret in any metric"
