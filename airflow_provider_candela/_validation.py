@@ -22,7 +22,7 @@ import ast
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_CONN_ID",
     "IF_SESSION_RUNNING",
     "LONGEST_LIMIT",
+    "as_utc",
     "check_session_form",
     "coerce_answer",
     "coerce_batch_inputs",
@@ -99,6 +100,11 @@ def coerce_conn_id(value: Any, *, task_id: str | None = None) -> str:
             f"got {_shown(value)}."
         )
     return value
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` with a time zone: a naive datetime (Candela sends some) is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def shorten(text: str, limit: int = 120) -> str:

@@ -19,8 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -50,6 +48,7 @@ from airflow_provider_candela.hooks._retry import (
     RetrySettings,
     call_with_retries,
     failed_before_sending,
+    http_date,
     parse_retry_after,
     retry_reason,
 )
@@ -470,13 +469,8 @@ class CandelaHttpCore(BaseHook):
         if self._server_date is None:
             return None
         date, received = self._server_date
-        try:
-            server = parsedate_to_datetime(date)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if server.tzinfo is None:
-            server = server.replace(tzinfo=UTC)
-        return server.timestamp() - received
+        server = http_date(date)
+        return None if server is None else server - received
 
     def _send(self, call: _Call, authorization: str, *, retries: int = 0) -> requests.Response:
         """One exchange of ``call``: timed (``candela.request``) and, when Airflow traces, a span of its own."""

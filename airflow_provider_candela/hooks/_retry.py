@@ -14,13 +14,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, Protocol, TypeVar
 
 import requests
 import tenacity
 from urllib3.exceptions import NewConnectionError
 
+from airflow_provider_candela._validation import as_utc
 from airflow_provider_candela.exceptions import CandelaError
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Retryable",
     "call_with_retries",
     "failed_before_sending",
+    "http_date",
     "parse_retry_after",
     "retry_reason",
 ]
@@ -102,14 +103,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, float(value))
     except ValueError:
         pass
+    when = http_date(value)
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when - current)
+
+
+def http_date(value: str) -> float | None:
+    """An HTTP date (``Retry-After``, ``Date``) as seconds since the epoch (naive means UTC); None if malformed."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        return as_utc(email.utils.parsedate_to_datetime(value)).timestamp()
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def failed_before_sending(exc: requests.RequestException) -> bool:

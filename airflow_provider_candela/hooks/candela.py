@@ -13,13 +13,14 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from pydantic import TypeAdapter
 
 from airflow_provider_candela._validation import (
     IF_SESSION_RUNNING,
+    as_utc,
     coerce_choice,
     coerce_model,
     coerce_name,
@@ -645,4 +646,4 @@ def _same(actual: ObjectId | None, wanted: ObjectId) -> bool:
 
 
 def _timestamp(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return as_utc(value).timestamp()

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_candela._validation import (
+    as_utc,
     coerce_bool,
     coerce_name,
     coerce_older_than,
@@ -250,8 +251,4 @@ def _matches(meta: ObjectMetadata, filters: Mapping[str, Any], now: datetime) ->
         return False
     if "identifier_prefix" in filters and not meta.obj_id.identifier.startswith(filters["identifier_prefix"]):
         return False
-    if "older_than" in filters:
-        created = meta.created_at if meta.created_at.tzinfo else meta.created_at.replace(tzinfo=UTC)
-        if now - created < filters["older_than"]:
-            return False
-    return True
+    return not ("older_than" in filters and now - as_utc(meta.created_at) < filters["older_than"])

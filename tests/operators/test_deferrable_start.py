@@ -249,10 +249,12 @@ def test_a_one_task_decorator_defers_too_and_its_function_gives_the_prompt_after
     from airflow.providers.common.compat.sdk import task
 
     candela.configure(slot_startup_seconds=1.5)
+    calls: list[str] = []
     with _dag("deferred_one_task_decorator") as dag:
 
         @task.candela_pipeline(app=PIPELINE, model=MODEL, deferrable=True, slot_poll_interval=0.1)
         def ask(words: str) -> str:
+            calls.append(words)  # dag.test runs the task (both of its runs) in this process
             return f"Count {words}"
 
         ask("these four words")
@@ -261,6 +263,7 @@ def test_a_one_task_decorator_defers_too_and_its_function_gives_the_prompt_after
     assert [[e["status"] for e in run["events"]] for run in trigger_runs] == [["success"]]
     assert dr.xcom("ask")["result"]["word_count"] == 4
     assert candela.request_count("POST /session/pipeline_submit", "200") == 1
+    assert calls == ["these four words"], "the function is called once, after the resume (not before deferring)"
     assert _running(candela) is None
 
 
