@@ -379,7 +379,7 @@ def wait_start_deferred(d: Deployment) -> str:
     kwargs = d.trigger_kwargs(trigger_id)
     d.check(
         classpath == SLOT_TRIGGER_CLASSPATH
-        and set(kwargs) == {"slot_id", "assigned", "candela_conn_id", "poll_interval", "end_time"}
+        and set(kwargs) == {"slot_id", "assigned", "candela_conn_id", "poll_interval", "end_time", "waiting_since"}
         and not d.leaked_secrets(kwargs),
         f"{PIPELINE_DAG} {run_id} start_session deferred to {classpath.rsplit('.', 1)[1]} for slot "
         f"{kwargs.get('slot_id')} (slot id, conn id and timing only, no credential)",
