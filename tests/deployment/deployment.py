@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -183,6 +184,40 @@ class RunRecord:
     note: str = ""
 
 
+class StatsdListener:
+    """The metrics every Airflow service of the run sends (StatsD over UDP on a loopback port), as lines."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="statsd-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.extend(data.decode("utf-8", "replace").splitlines())
+
+    def named(self, name: str, **tags: str) -> list[str]:
+        """The lines of metric ``name`` (any prefix) carrying every tag of ``tags``."""
+        found = [line for line in self.lines if line.split(",", 1)[0].split(":", 1)[0].endswith(name)]
+        return [line for line in found if all(f"{k}={v}" in line for k, v in tags.items())]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
 class Deployment:
     """The servers and Airflow services of one test run, and the evidence the scenarios collect on them."""
 
@@ -209,6 +244,7 @@ class Deployment:
         self.records: list[RunRecord] = []
         self.deferrals: list[str] = []
         self.restarts: list[str] = []
+        self.statsd = StatsdListener()  # every Airflow service sends its metrics here
 
     @property
     def api(self) -> AirflowApi:
@@ -304,6 +340,7 @@ class Deployment:
     def stop(self) -> list[str]:
         """Stop everything; return the leaks found (processes, ports)."""
         self.procs.stop_all()
+        self.statsd.close()
         problems = []
         seen: dict[int, int] = {}
         for service in self.procs.stopped:
@@ -490,6 +527,12 @@ class Deployment:
                 "bundle_refresh_check_interval": "5",
             },
             "logging": {"base_log_folder": str(home / "logs")},
+            "metrics": {
+                "statsd_on": "True",
+                "statsd_host": "127.0.0.1",
+                "statsd_port": str(self.statsd.port),
+                "statsd_influxdb_enabled": "True",  # the tags ride along with the names
+            },
         }
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
         env.update(

@@ -22,6 +22,7 @@ REQS=(
     "apache-airflow-providers-celery>=3.12"
     "apache-airflow-providers-postgres>=6.2"
     "psycopg2-binary>=2.9"
+    "statsd>=3.3"  # Airflow's StatsD metrics logger: the deployment sends its metrics to the test's listener
 )
 
 section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }

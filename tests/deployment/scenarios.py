@@ -23,7 +23,13 @@ result says so (``needs``); every other one runs whatever happened before it.
    whole process tree) mid-stream; the task must end ``failed`` (no heartbeat), the teardown
    ``stop_session`` must run on the other worker and stop the session, the run must end ``failed``;
    the killed worker is then replaced;
-8. the emulator shows no session left running, and every DAG run has ended as expected.
+8. ``candela_deploy_batch``: the worker running a 12-input pipeline batch is killed mid-batch; the task's
+   retry (on the other worker) sends only the inputs the first try did not answer (Airflow's task state
+   store): every input reaches Candela once, the run succeeds, no session is left running;
+9. every Airflow service sends its metrics to a StatsD listener of the test: the Candela metrics of the
+   Celery workers (prompts, requests, sessions) and of the triggerer (the deferred slot wait it timed)
+   arrived, with their tags, and hold no secret;
+10. the emulator shows no session left running, and every DAG run has ended as expected.
 
 The example DAGs and the slow DAG start sessions as the same Candela user (one running session per
 user): 5 to 7 each pause the others and wait until none of their runs is in progress before they start.
@@ -54,8 +60,10 @@ TRIGGERED_EXAMPLES = ("candela_session_cleanup", PIPELINE_DAG)
 SENSOR_DAG = "candela_deploy_wait_for_session"
 SENSOR_TASKS = ("wait_for_session", "wait_for_session_db_conn")  # candela_default (env) and candela_deploy_db (DB)
 SLOW_DAG = "candela_deploy_slow_agent"
-ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG)
-DEMO_USER_DAGS = (*EXAMPLE_DAGS, SLOW_DAG)  # they all start sessions as the Candela user "demo"
+BATCH_DAG = "candela_deploy_batch"
+BATCH_INPUTS = 12
+ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG, BATCH_DAG)
+DEMO_USER_DAGS = (*EXAMPLE_DAGS, SLOW_DAG, BATCH_DAG)  # they all start sessions as the Candela user "demo"
 TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
 SLOT_TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger"
 # A new slot takes this long to come up: the example's first start task must defer while it does.
@@ -88,6 +96,8 @@ def scenarios() -> list[Scenario]:
         Scenario(f"{AGENT_DAG}: 3 mapped prompts", agent_prompts),
         Scenario(f"{TASKFLOW_DAG}: scheduled run", taskflow_run),
         Scenario("worker killed -9 mid-stream", worker_killed_mid_stream),
+        Scenario("worker killed -9 mid-batch; the retry sends only the rest", worker_killed_mid_batch),
+        Scenario("Candela metrics from the workers and the triggerer reach StatsD", metrics_reached_statsd),
         Scenario("nothing left running", nothing_left_running),
     ]
 
@@ -282,6 +292,76 @@ def worker_killed_mid_stream(d: Deployment) -> None:
         f"{victim} killed -9 mid-stream (pids {killed}): ask failed, stop_session on {survivor} stopped the "
         f"session, run {run['state']}; {victim} replaced"
     )
+
+
+def worker_killed_mid_batch(d: Deployment) -> None:
+    api, emulator = d.api, d.emulator
+    submit = "POST /session/pipeline_submit"
+    only_demo_user_dag(d, BATCH_DAG)
+    emulator.add_fault(match=submit, delay=1.0, count=-1)  # a batch of ~12 s: the kill lands inside it
+    try:
+        before = emulator.request_count(submit)
+        run_id = api.trigger(BATCH_DAG, label="kill_batch")
+
+        def batching() -> dict[str, Any] | None:
+            ti = api.ti(BATCH_DAG, run_id, "classify")
+            if not ti or ti["state"] != "running" or not ti.get("hostname"):
+                return None
+            return ti if emulator.request_count(submit) - before >= 3 else None
+
+        ti = d.wait_for("classify to have sent 3 inputs", batching, 240, 0.25)
+        victim = {"candela-worker-1": "worker-1", "candela-worker-2": "worker-2"}.get(ti["hostname"])
+        d.check(victim is not None, f"classify runs on {ti['hostname']} (pid {ti['pid']})")
+        assert victim is not None
+        killed = d.procs.kill_tree(victim)
+        sent_before_kill = emulator.request_count(submit) - before
+        log(f"killed {victim} with SIGKILL after {sent_before_kill} inputs: pids {killed}")
+        run = d.wait_run(BATCH_DAG, run_id, timeout=TI_HEARTBEAT_TIMEOUT + 240)
+    finally:
+        emulator.clear_faults()
+    d.record(run, "success", f"{victim} killed mid-batch; the retry finished the rest")
+    classify = api.ti(BATCH_DAG, run_id, "classify") or {}
+    d.check(
+        run["state"] == "success" and classify.get("try_number") == 2,
+        f"the run succeeded on the retry (try {classify.get('try_number')}, run {run['state']})",
+    )
+    sent = emulator.request_count(submit) - before
+    d.check(
+        sent == BATCH_INPUTS,
+        f"every input reached Candela once: {sent} prompts for {BATCH_INPUTS} inputs "
+        f"({sent_before_kill} before the kill)",
+    )
+    d.check(
+        emulator.stats()["running_sessions"].get("demo") is None,
+        "no session left running (the retry's session was stopped; the killed try's was replaced by it)",
+    )
+    number = int(victim.rsplit("-", 1)[1])
+    d.start_worker(number)
+    d.wait_worker(number)
+    d.restarts.append(f"{victim} killed -9 mid-batch (pids {killed}): the retry sent only the rest; {victim} replaced")
+
+
+def metrics_reached_statsd(d: Deployment) -> None:
+    statsd = d.statsd
+    d.check(
+        bool(statsd.named("candela.prompt", kind="pipeline", outcome="success")),
+        f"workers: candela.prompt (kind, outcome) arrived ({len(statsd.named('candela.prompt'))} lines)",
+    )
+    d.check(
+        bool(statsd.named("candela.request", route="POST/session/pipeline_submit", status="200")),
+        f"workers: candela.request (route, status) arrived ({len(statsd.named('candela.request'))} lines)",
+    )
+    d.check(
+        bool(statsd.named("candela.session.started", app="default/demo-pipeline"))
+        and bool(statsd.named("candela.token.grants", grant="password")),
+        "workers: candela.session.started (app) and candela.token.grants (grant) arrived",
+    )
+    d.check(
+        bool(statsd.named("candela.slot.wait", deferred="true")),
+        "triggerer: candela.slot.wait (deferred=true, timed by the slot trigger) arrived",
+    )
+    leaked = [s for s in d.candela_secrets() if any(s in line for line in statsd.lines)]
+    d.check(not leaked, f"no secret in any of the {len(statsd.lines)} metric lines")
 
 
 def nothing_left_running(d: Deployment) -> None:
