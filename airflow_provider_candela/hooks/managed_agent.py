@@ -189,7 +189,11 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
     ) -> ManagedAgentResponse:
         """Start a session of ``app``, prompt it, stop it (also after a failure or a timeout)."""
         owner = f"the Candela agent {app}"
-        with self._bounded(deadline, timeout, f"The Candela agent {app}") as hook:
+        lifecycle = {"gen_ai.agent.id": f"{app.scope}/{app.identifier}", "candela.session.kind": "managed-agent"}
+        with (
+            self._bounded(deadline, timeout, f"The Candela agent {app}") as hook,
+            hook.telemetry.span(f"candela.session {app.identifier}", lifecycle),
+        ):
             slot_wait = self.slot_ready_timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
             with _sorted_errors(app, prompting=False):
                 hook.ensure_slot(timeout=slot_wait)

@@ -153,3 +153,23 @@ def test_no_secret_on_any_span(candela: Any, spans: list[ReadableSpan], monkeypa
     assert _EXPORTER.get_finished_spans()
     leaked = [secret for secret in secrets if secret and secret in exported]
     assert leaked == []
+
+
+def test_a_managed_agent_invocation_is_a_session_span_around_its_prompt(
+    candela: Any, spans: list[ReadableSpan]
+) -> None:
+    pytest.importorskip("airflow.providers.common.ai.managed_agents.base", reason="the common-ai extra")
+    from airflow.providers.common.ai.managed_agents.base import ManagedAgentRequest
+
+    from airflow_provider_candela.hooks.managed_agent import CandelaManagedAgentHook
+
+    hook = CandelaManagedAgentHook("candela_default", model=MODEL)
+    try:
+        assert hook.agent(AGENT).invoke(ManagedAgentRequest(prompt="Hello")).text.startswith("You asked: Hello")
+    finally:
+        hook.close()
+    lifecycle = _one("candela.session demo-agent")
+    prompt = _one("invoke_agent demo-agent")
+    assert prompt.parent is not None and prompt.parent.span_id == lifecycle.context.span_id
+    assert dict(lifecycle.attributes or {})["candela.session.kind"] == "managed-agent"
+    assert dict(prompt.attributes or {})["gen_ai.request.model"] == "default/demo-model"
