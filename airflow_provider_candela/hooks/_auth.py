@@ -92,7 +92,7 @@ class TokenManager:
         with self._lock:
             if self._access_token is None:
                 self._password_grant()
-            elif time.monotonic() >= self._renew_at:
+            elif self.needs_renewal():
                 self._renew()
             assert self._access_token is not None
             return f"Bearer {self._access_token}"
