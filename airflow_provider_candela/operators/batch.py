@@ -15,6 +15,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_candela._validation import (
@@ -388,13 +389,19 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
     #: The ``kind`` tag of ``candela.prompt``.
     prompt_kind: ClassVar[str] = "pipeline"
 
+    @cached_property
+    def _prompt_ids(self) -> tuple[ObjectId | None, ObjectId | None]:
+        """The app and model of the task's own sessions (None with a running session), for the prompt spans."""
+        tid = self.task_id
+        app = None if self.app is None else coerce_object_id(self.app, argument="app", task_id=tid)
+        model = None if self.model is None else coerce_object_id(self.model, argument="model", task_id=tid)
+        return app, model
+
     def _traced(self, hook: CandelaHook, session: ObjectId, item: BatchInput) -> dict[str, Any]:
         """One input sent (:meth:`_send`), timed and traced as one prompt."""
         from airflow_provider_candela.hooks._telemetry import prompting
 
-        tid = self.task_id
-        app = None if self.app is None else coerce_object_id(self.app, argument="app", task_id=tid)
-        model = None if self.model is None else coerce_object_id(self.model, argument="model", task_id=tid)
+        app, model = self._prompt_ids
         with prompting(
             hook.telemetry, kind=self.prompt_kind, app=app, model=model, session=session, prompt=item.prompt
         ) as seen:

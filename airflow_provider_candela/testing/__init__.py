@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +42,7 @@ __all__ = [
     "CandelaEmulator",
     "CandelaEmulatorError",
     "DagRunResult",
+    "StatsdListener",
     "candela_connection",
     "candela_emulator",
     "candela_emulator_server",
@@ -68,6 +70,44 @@ _RESTORE_DEFAULTS: Final[dict[str, Any]] = {
     "event_delay": 0.0,
     "agent_chat_events": None,
 }
+
+
+class StatsdListener:
+    """A StatsD server on a loopback UDP port that keeps every metric line it receives (for tests).
+
+    Point Airflow at it (``[metrics] statsd_on``, ``statsd_host = 127.0.0.1``, ``statsd_port = listener.port``,
+    and ``statsd_influxdb_enabled`` for the tags), then look the Candela metrics up with :meth:`named`.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port: int = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="statsd-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.extend(data.decode("utf-8", "replace").splitlines())
+
+    def named(self, name: str, **tags: str) -> list[str]:
+        """The lines of metric ``name`` (any prefix, e.g. ``airflow.``) carrying every tag of ``tags``."""
+        found = [line for line in self.lines if line.split(",", 1)[0].split(":", 1)[0].endswith(name)]
+        return [line for line in found if all(f"{k}={v}" in line for k, v in tags.items())]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
 
 
 def wait_until(condition: Callable[[], _T | None], timeout: float = 20.0, interval: float = 0.02) -> _T:

@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,7 +40,7 @@ from typing import Any, TypeVar
 
 from processes import MARKER_ENV, START, Processes, Service, alive, log, our_processes, tail
 
-from airflow_provider_candela.testing import CandelaEmulator, wait_until
+from airflow_provider_candela.testing import CandelaEmulator, StatsdListener, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -182,40 +181,6 @@ class RunRecord:
     state: str = "?"
     seconds: float | None = None
     note: str = ""
-
-
-class StatsdListener:
-    """The metrics every Airflow service of the run sends (StatsD over UDP on a loopback port), as lines."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
-        self.lines: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, name="statsd-listener", daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.lines.extend(data.decode("utf-8", "replace").splitlines())
-
-    def named(self, name: str, **tags: str) -> list[str]:
-        """The lines of metric ``name`` (any prefix) carrying every tag of ``tags``."""
-        found = [line for line in self.lines if line.split(",", 1)[0].split(":", 1)[0].endswith(name)]
-        return [line for line in found if all(f"{k}={v}" in line for k, v in tags.items())]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 class Deployment:
