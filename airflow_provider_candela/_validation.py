@@ -481,13 +481,21 @@ def coerce_output_type(value: Any, *, task_id: str, argument: str = "output_type
     )
 
 
-def coerce_answer(value: Any, output_type: type[M], *, what: str, task_id: str) -> dict[str, Any]:
+def coerce_answer(
+    value: Any,
+    output_type: type[M],
+    *,
+    what: str,
+    task_id: str,
+    advice: str = "The answer is in the task log: make `output_type` match it, or change the prompt or the app.",
+) -> dict[str, Any]:
     """``value`` (a dict, or JSON text) validated as ``output_type``, in its JSON form (for XCom).
 
     The JSON form is by alias (``model_dump(mode="json", by_alias=True)``), as the answer came: a model
     with aliases (e.g. ``alias_generator=to_camel``) reads it back with ``output_type.model_validate``.
 
     :param what: what ``value`` is, for the message (e.g. "the pipeline's `result`").
+    :param advice: what to do about it, the end of the message.
     :raises CandelaOutputError: listing the fields that did not fit.
     """
     try:
@@ -499,8 +507,7 @@ def coerce_answer(value: Any, output_type: type[M], *, what: str, task_id: str) 
         root = None if isinstance(value, str | bytes) else f"expected an object, got {type(value).__name__}"
         raise CandelaOutputError(
             f"Task '{task_id}': {what} does not fit `output_type` {output_type.__name__}: "
-            f"{validation_problems(err, root=root)}. The answer is in the task log: make `output_type` match it, "
-            "or change the prompt or the app."
+            f"{validation_problems(err, root=root)}. {advice}"
         ) from None
     return model.model_dump(mode="json", by_alias=True)
 

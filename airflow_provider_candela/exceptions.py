@@ -119,5 +119,12 @@ class CandelaOutputError(CandelaError, AirflowFailException):
     """
 
 
+class CandelaReviewError(CandelaError):
+    """The reviewer rejected Candela's answer, or nobody reviewed it in time (``require_approval``).
+
+    Retried like any failure: a retry prompts Candela again and asks for a new review.
+    """
+
+
 class CandelaCancelledError(CandelaError):
     """The hook was cancelled (the task was killed) while a call was in flight; nothing was retried."""

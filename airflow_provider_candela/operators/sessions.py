@@ -31,6 +31,13 @@ from airflow_provider_candela.exceptions import CandelaApiError, CandelaError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
+from airflow_provider_candela.operators._review import (
+    REVIEW_OPTION_DOCS,
+    Review,
+    ReviewOptions,
+    pop_review_options,
+    set_review_options,
+)
 from airflow_provider_candela.operators._session_start import (
     START_OPTION_DOCS,
     SessionArguments,
@@ -236,7 +243,8 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
 # --------------------------------------------------------------------------------------------------
 # Prompts
 
-_PROMPT_ARGUMENT_DOCS = """
+_PROMPT_ARGUMENT_DOCS = (
+    """
     The session comes in one of two forms (anything else fails when the DAG is parsed):
 
     * a running session: ``session`` (e.g. ``start.output``), or ``session_id`` + ``scope``; it is left
@@ -262,11 +270,14 @@ _PROMPT_ARGUMENT_DOCS = """
         ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     :param scope: with ``session_id``: the session's scope (default ``"default"``); with ``app``: the
         scope of the new session (templated).
-""" + START_OPTION_DOCS.split("\n", 2)[2]
+"""
+    + START_OPTION_DOCS.split("\n", 2)[2]
+    + REVIEW_OPTION_DOCS.split("\n", 1)[1]
+)
 
 
-class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
-    """The session (running, or one of the task's own), the prompt and the typed answer of the prompt operators."""
+class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, CandelaOperator):
+    """The session (running, or one of the task's own), the prompt, the typed answer and its review."""
 
     template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "prompt", *_APP_START_FIELDS)
     template_fields_renderers: ClassVar[dict[str, str]] = {"session": "json", **_APP_START_RENDERERS}
@@ -293,7 +304,9 @@ class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
             circuit_override=circuit_override,
             directive_override=directive_override,
         )
+        review_options = pop_review_options(kwargs)
         super().__init__(**kwargs)
+        set_review_options(self, review_options)
         self.prompt = prompt
         self.app = app
         self.model = model
@@ -306,6 +319,30 @@ class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the slot trigger fired: start the one-task session and prompt it, or fail."""
         return resume(self, context, event)
+
+    def execute_review(self, context: Context, event: dict[str, Any], answer: dict[str, Any]) -> Any:
+        """Resume after the review (``require_approval``): the answer or the reviewer's edit, or fail."""
+        return Review(self, self.prompt_kind).complete(context, event, answer)
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        """After success: an approved answer kept for a retry is in XCom now, the task state store lets it go."""
+        if self.require_approval:
+            Review.forget(context)
+
+    def _answered(self, context: Context, value: Any, run: Callable[[], Any]) -> Any:
+        """``run()`` the prompt and return ``value(answer)``; with ``require_approval``, after a person's review.
+
+        An answer approved on an earlier try is returned without prompting again.  The review opens once the
+        prompt's one-task session is stopped, so the wait holds no Candela session and no worker slot.
+        """
+        if not self.require_approval:
+            return value(run())
+        review = Review(self, self.prompt_kind)
+        earlier = review.approved_earlier(context)
+        if earlier is not None:
+            return earlier
+        answer = value(run())
+        review.open(context, answer, self.sent_prompt)
 
     def _prompt_text(self, context: Context) -> str:
         """The prompt to send (the decorators' function returns it instead)."""
@@ -342,6 +379,8 @@ class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
 
     #: The ``kind`` tag of ``candela.prompt``.
     prompt_kind: ClassVar[str] = "pipeline"
+    #: The prompt sent (set by :meth:`_prompting`), for the review.
+    sent_prompt: str
 
     def _prompting(
         self,
@@ -353,9 +392,10 @@ class _PromptOperatorBase(SessionArguments, StartOptions, CandelaOperator):
         *,
         send: Callable[[CandelaHook, ObjectId, str], _R],
     ) -> _R:
-        """``send(hook, session, prompt)``, timed and traced as one prompt."""
+        """``send(hook, session, prompt)``, timed and traced as one prompt (kept as ``sent_prompt`` for the review)."""
         from airflow_provider_candela.hooks._telemetry import prompting
 
+        self.sent_prompt = prompt
         with prompting(
             hook.telemetry, kind=self.prompt_kind, app=app, model=model, session=session, prompt=prompt
         ) as seen:
@@ -394,8 +434,14 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
     __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Submit the prompt (in a session of its own with ``app``); return the answer."""
-        answer = self._in_session(context, self._submit)
+        """Submit the prompt (in a session of its own with ``app``); return the answer (once reviewed)."""
+        result: dict[str, Any] = self._answered(
+            context, lambda answer: self._value(context, answer), lambda: self._in_session(context, self._submit)
+        )
+        return result
+
+    def _value(self, context: Context, answer: PipelineAnswer) -> dict[str, Any]:
+        """The task's return value: the answer's JSON, or its ``output_type`` form."""
         xcom = answer.to_xcom()
         self.log.info("Pipeline answered (request id %s, keys %s).", answer.request_id, sorted(xcom))
         if self.output_type is None:
@@ -448,8 +494,11 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
         self.return_events = coerce_flag(return_events, argument="return_events", task_id=self.task_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Submit the prompt (in a session of its own with ``app``), log each event; return the summary."""
-        summary = self._in_session(context, self._submit)
+        """Submit the prompt (in a session of its own with ``app``), log each event; return the summary (reviewed)."""
+        result: dict[str, Any] = self._answered(context, self._typed, lambda: self._in_session(context, self._submit))
+        return result
+
+    def _typed(self, summary: dict[str, Any]) -> dict[str, Any]:
         if self.output_type is not None:
             return typed_results(summary, self.output_type, task_id=self.task_id, log=self.log)
         return summary

@@ -1,0 +1,524 @@
+"""A person reviews Candela's answer before the task returns it (Airflow 3.1+ human-in-the-loop).
+
+The review options are attributes of the prompt operators (and so of the prompt decorators), taken out of their
+keyword arguments by :func:`pop_review_options` and set and checked at parse by :func:`set_review_options`;
+the names are common-ai's (``require_approval``, ``allow_modifications``, ``approval_timeout``, ...).
+
+At run time (:class:`Review`) the answer is shown on Airflow's Required Actions page: the task, the prompt and
+the answer rendered for a person (:func:`review_body`).  The task then waits without a worker slot
+(``awaiting_input`` on Airflow 3.3+, deferred to the standard provider's ``HITLTrigger`` on 3.1 and 3.2) and
+resumes in ``execute_review``: approved, the answer (or the reviewer's edit, validated like Candela's answer)
+is the task's XCom; rejected or timed out, the task fails (a retry prompts Candela again, with a new review).
+
+Imported at every DAG parse by the prompt operators: the standard library and the validators only; Airflow's
+human-in-the-loop modules are imported when a review opens.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from airflow_provider_candela._validation import coerce_answer, coerce_choice, coerce_flag, shorten
+from airflow_provider_candela.exceptions import CandelaInputError, CandelaOutputError, CandelaReviewError
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+    from pydantic import BaseModel
+
+__all__ = [
+    "ON_APPROVAL_TIMEOUT",
+    "REVIEW_OPTION_DOCS",
+    "Review",
+    "ReviewOptions",
+    "pop_review_options",
+    "review_body",
+    "set_review_options",
+]
+
+APPROVE: Final = "Approve"
+REJECT: Final = "Reject"
+ON_APPROVAL_TIMEOUT: Final = ("fail", "approve", "reject")
+#: The review options and their defaults.
+_DEFAULTS: Final[Mapping[str, Any]] = {
+    "require_approval": False,
+    "allow_modifications": False,
+    "approval_timeout": None,
+    "on_approval_timeout": "fail",
+    "approval_notifiers": (),
+    "approval_assigned_users": None,
+}
+#: The XCom key of the review's record (the return value is the approved answer).
+REVIEW_XCOM_KEY: Final = "review"
+#: The task state store key of an approved answer (Airflow 3.3): a retry returns it without a second review.
+_APPROVED_KEY: Final = "candela.review.approved"
+#: The name of the editable answer on the review form.
+_PARAM: Final = "answer"
+#: The review's Markdown body at most (UTF-8 bytes): within a MySQL TEXT column (65,535 bytes) with room to spare.
+MAX_BODY_BYTES: Final = 60_000
+#: The prompt shown at most (characters); the rest of the body is the answer's.
+_PROMPT_CHARS: Final = 2_000
+#: Rows of a result table shown at most.
+_TABLE_ROWS: Final = 50
+
+REVIEW_OPTION_DOCS: Final = """
+    :param require_approval: a person approves (or rejects) Candela's answer on Airflow's Required Actions page
+        before the task returns it (Airflow 3.1+; default False).  A one-task session is stopped before the
+        review opens; the task waits without a worker slot.
+    :param allow_modifications: with ``require_approval``: the reviewer may edit the answer (the JSON; with
+        ``output_type`` the model's JSON form; for an agent ``response`` and ``results``) before approving;
+        the edit is validated like Candela's answer.
+    :param approval_timeout: with ``require_approval``: how long to wait for a reviewer (a ``timedelta``;
+        default: no limit).
+    :param on_approval_timeout: with ``approval_timeout``: ``"fail"`` the task (default), or ``"approve"`` /
+        ``"reject"`` the answer as if a reviewer had.
+    :param approval_notifiers: with ``require_approval``: notifiers called when the review opens.
+    :param approval_assigned_users: with ``require_approval``: the only users who may answer the review, as
+        ``{"id": ..., "name": ...}`` dicts (default: anyone allowed to review in Airflow).
+"""
+
+
+class ReviewOptions:
+    """The review options as attributes of a prompt operator (declarations only)."""
+
+    require_approval: bool
+    allow_modifications: bool
+    approval_timeout: timedelta | None
+    on_approval_timeout: str
+    approval_notifiers: Sequence[Callable[..., Any]]
+    approval_assigned_users: list[dict[str, str]]
+
+
+def pop_review_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the review options out of an operator's keyword arguments (before ``BaseOperator`` sees them)."""
+    return {name: kwargs.pop(name, default) for name, default in _DEFAULTS.items()}
+
+
+def set_review_options(op: Any, options: Mapping[str, Any]) -> None:
+    """Set the review options on ``op`` and check them (none is templated).
+
+    :raises CandelaInputError: a malformed option, a review option without ``require_approval=True``, or
+        ``require_approval=True`` on an Airflow older than 3.1.
+    """
+    tid = op.task_id
+    op.require_approval = coerce_flag(options["require_approval"], argument="require_approval", task_id=tid)
+    op.allow_modifications = coerce_flag(options["allow_modifications"], argument="allow_modifications", task_id=tid)
+    timeout = options["approval_timeout"]
+    if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+        raise CandelaInputError(
+            f"Invalid `approval_timeout` for task '{tid}': expected a positive datetime.timedelta or None, "
+            f"got {timeout!r}. E.g. approval_timeout=timedelta(hours=4)."
+        )
+    op.approval_timeout = timeout
+    op.on_approval_timeout = coerce_choice(
+        options["on_approval_timeout"], ON_APPROVAL_TIMEOUT, argument="on_approval_timeout", task_id=tid
+    )
+    op.approval_notifiers = _notifiers(options["approval_notifiers"], task_id=tid)
+    op.approval_assigned_users = _users(options["approval_assigned_users"], task_id=tid)
+    if not op.require_approval:
+        given = [name for name, default in _DEFAULTS.items() if name != "require_approval" and _set(options, name)]
+        if given:
+            raise CandelaInputError(
+                f"Task '{tid}' sets {', '.join(f'`{name}`' for name in given)} without require_approval=True: "
+                "they would have no effect. Add require_approval=True, or drop them."
+            )
+        return
+    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
+
+    if not AIRFLOW_V_3_1_PLUS:
+        from airflow import __version__ as airflow_version
+
+        raise CandelaInputError(
+            f"Task '{tid}' has require_approval=True, which needs Airflow 3.1 or newer (its human-in-the-loop "
+            f"review); this is Airflow {airflow_version}. Upgrade Airflow, or drop require_approval."
+        )
+    if options["on_approval_timeout"] != "fail" and timeout is None:
+        raise CandelaInputError(
+            f"Task '{tid}' sets on_approval_timeout={options['on_approval_timeout']!r} without `approval_timeout`: "
+            "with no timeout it would never apply. Add approval_timeout=timedelta(...), or drop it."
+        )
+
+
+def _set(options: Mapping[str, Any], name: str) -> bool:
+    value, default = options[name], _DEFAULTS[name]
+    return bool(value) if isinstance(default, tuple) else value != default
+
+
+def _notifiers(value: Any, *, task_id: str) -> list[Callable[..., Any]]:
+    notifiers = [value] if callable(value) else list(value) if isinstance(value, list | tuple) else None
+    if notifiers is None or not all(callable(n) for n in notifiers):
+        raise CandelaInputError(
+            f"Invalid `approval_notifiers` for task '{task_id}': expected a notifier (e.g. a BaseNotifier) or a "
+            f"list of them, got {shorten(repr(value))}."
+        )
+    return notifiers
+
+
+def _users(value: Any, *, task_id: str) -> list[dict[str, str]]:
+    users = [] if value is None else [value] if isinstance(value, dict) else value
+    if not isinstance(users, list | tuple) or not all(
+        isinstance(u, dict) and set(u) == {"id", "name"} and all(isinstance(v, str) and v for v in u.values())
+        for u in users
+    ):
+        raise CandelaInputError(
+            f"Invalid `approval_assigned_users` for task '{task_id}': expected a {{'id': str, 'name': str}} dict "
+            f"or a list of them, got {shorten(repr(value))}."
+        )
+    return [dict(u) for u in users]
+
+
+# --------------------------------------------------------------------------------------------------
+# What the reviewer sees
+
+
+def review_body(
+    *,
+    task: str,
+    prompt: str,
+    kind: str,
+    answer: Mapping[str, Any],
+    output_type: type[BaseModel] | None,
+    editable: bool,
+    limit: int = MAX_BODY_BYTES,
+) -> str:
+    """The review's Markdown: the task, the prompt and the answer rendered for a person, at most ``limit`` bytes.
+
+    :param answer: what the task would return: a pipeline's JSON (or its ``output_type`` form), an agent's summary.
+    """
+    parts = [f"**Task** `{task}` asks Candela ({kind})", "", "**Prompt**", "", _quote(prompt), ""]
+    if kind == "agent":
+        parts += _agent_answer(answer, output_type)
+    else:
+        parts += _pipeline_answer(answer, output_type)
+    if editable:
+        parts += ["", "You may edit the answer below before approving it; the edit is checked like Candela's answer."]
+    return cut(("\n".join(parts)).rstrip() + "\n", limit)
+
+
+def _quote(text: str) -> str:
+    shown = text if len(text) <= _PROMPT_CHARS else text[:_PROMPT_CHARS] + f" [... {len(text) - _PROMPT_CHARS:,} more]"
+    return "\n".join("> " + line for line in shown.splitlines() or [""])
+
+
+def _code(value: Any) -> list[str]:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    fence = "~~~~" if "```" in text else "```"
+    return [fence + ("" if isinstance(value, str) else "json"), text, fence]
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return shorten(text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "), 200) or " "
+
+
+def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows[:_TABLE_ROWS]]
+    if len(rows) > _TABLE_ROWS:
+        lines.append(f"\n({len(rows) - _TABLE_ROWS:,} more rows not shown)")
+    return lines
+
+
+def _fields(value: Mapping[str, Any], output_type: type[BaseModel]) -> list[str]:
+    return [f"**Answer** as `{output_type.__name__}`:", "", *_table(["field", "value"], list(value.items())), ""]
+
+
+def _pipeline_answer(answer: Mapping[str, Any], output_type: type[BaseModel] | None) -> list[str]:
+    if output_type is not None:
+        return [*_fields(answer, output_type), "As JSON:", "", *_code(answer)]
+    return ["**Answer** (the pipeline's JSON):", "", *_code(answer)]
+
+
+def _agent_answer(summary: Mapping[str, Any], output_type: type[BaseModel] | None) -> list[str]:
+    lines = ["**Answer** (the agent's chat):", "", summary.get("response") or "_(no chat text)_", ""]
+    for i, result in enumerate(summary.get("results") or [], 1):
+        lines += [f"**Result {i}**", ""]
+        if output_type is not None and isinstance(result, Mapping):
+            lines += [*_fields(result, output_type), *_code(result), ""]
+            continue
+        table = _csv_table(result)
+        lines += [*(table if table is not None else _code(result)), ""]
+    return lines
+
+
+def _csv_table(result: Any) -> list[str] | None:
+    """A ``table`` result (``{"content_type": "table", "content": {"data": "<CSV>"}}``) as a Markdown table."""
+    if not (isinstance(result, Mapping) and result.get("content_type") == "table"):
+        return None
+    content = result.get("content")
+    data = content.get("data") if isinstance(content, Mapping) else None
+    if not isinstance(data, str):
+        return None
+    rows = list(csv.reader(io.StringIO(data)))
+    if not rows:
+        return ["_(an empty table)_"]
+    return _table(rows[0], rows[1:])
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` UTF-8 bytes: cut at a character boundary, an open code block closed, a note."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    note = f"\n\n_(The answer is cut here: {len(data):,} bytes in all, {limit:,} shown. The task log has all of it.)_\n"
+    kept = data[: max(0, limit - len(note.encode()) - 8)].decode("utf-8", errors="ignore")
+    fences = [line for line in kept.splitlines() if line.startswith(("```", "~~~~"))]
+    if len(fences) % 2:
+        kept += "\n" + ("~~~~" if fences[-1].startswith("~") else "```")
+    return kept + note
+
+
+# --------------------------------------------------------------------------------------------------
+# The review at run time
+
+
+@dataclass
+class Review:
+    """One review of one task run: opened after Candela answered, answered by a person (or the timeout)."""
+
+    op: Any
+    kind: str
+
+    @property
+    def task_id(self) -> str:
+        return str(self.op.task_id)
+
+    # -- before prompting
+
+    def approved_earlier(self, context: Context) -> Any | None:
+        """The answer approved on an earlier try of this task (Airflow 3.3's task state store), else ``None``.
+
+        Set when a review is approved and removed when the task succeeds, so a try that failed after the
+        approval (a killed worker, a failed XCom write) returns it without prompting or reviewing again.
+        """
+        store = context.get("task_state_store")
+        record = store.get(_APPROVED_KEY) if store is not None else None
+        if not isinstance(record, Mapping) or "answer" not in record:
+            return None
+        review = record.get("review")
+        review = review if isinstance(review, Mapping) else {}
+        self.op.log.info(
+            "The answer was approved on an earlier try (%s): returning it without prompting Candela again.",
+            _describe(review),
+        )
+        _push(context, dict(review))
+        return record["answer"]
+
+    @staticmethod
+    def forget(context: Context) -> None:
+        """The task succeeded: the approved answer is in XCom, the state store need not keep it."""
+        store = context.get("task_state_store")
+        if store is not None and store.get(_APPROVED_KEY) is not None:
+            store.delete(_APPROVED_KEY)
+
+    # -- opening the review
+
+    def open(self, context: Context, answer: dict[str, Any], prompt: str) -> NoReturn:
+        """Show ``answer`` (what the task would return) for review and wait: never returns.
+
+        The task waits in ``awaiting_input`` (Airflow 3.3+) or deferred (3.1, 3.2) and resumes in
+        ``execute_review``.  Called after a one-task session was stopped: the wait holds nothing.
+        """
+        from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        op = self.op
+        ti = context["task_instance"]
+        body = review_body(
+            task=f"{ti.dag_id}.{ti.task_id}",
+            prompt=prompt,
+            kind=self.kind,
+            answer=answer,
+            output_type=op.output_type,
+            editable=op.allow_modifications,
+        )
+        subject = f"Review Candela's answer of task {ti.task_id}"
+        params: dict[str, Any] = {}
+        if op.allow_modifications:
+            params[_PARAM] = {
+                "value": self.editable(answer),
+                "description": "Edit Candela's answer before approving it (optional).",
+                "schema": {"type": "object"},
+            }
+        defaults = {"approve": [APPROVE], "reject": [REJECT]}.get(op.on_approval_timeout)
+        upsert_hitl_detail(
+            ti_id=ti.id,
+            options=[APPROVE, REJECT],
+            subject=subject,
+            body=body,
+            defaults=defaults,
+            multiple=False,
+            params=params,
+            assigned_users=op.approval_assigned_users,
+        )
+        op.subject, op.body = subject, body  # for the notifiers' templates: {{ task.subject }}, {{ task.body }}
+        for notifier in op.approval_notifiers:
+            notifier(context)
+        limit = f"within {op.approval_timeout}" if op.approval_timeout else "with no time limit"
+        op.log.info(
+            "Candela's answer waits for a review on the Required Actions page (%s; on timeout: %s).",
+            limit,
+            op.on_approval_timeout,
+        )
+        continuation = {"answer": answer}
+        if AIRFLOW_V_3_3_PLUS:
+            from airflow.sdk.exceptions import TaskAwaitingInput
+
+            raise TaskAwaitingInput(method_name="execute_review", kwargs=continuation, timeout=op.approval_timeout)
+        from airflow.providers.standard.triggers.hitl import HITLTrigger
+        from airflow.sdk.timezone import utcnow
+
+        op.defer(
+            trigger=HITLTrigger(
+                ti_id=ti.id,
+                options=[APPROVE, REJECT],
+                defaults=defaults,
+                params=params,
+                multiple=False,
+                timeout_datetime=utcnow() + op.approval_timeout if op.approval_timeout else None,
+            ),
+            method_name="execute_review",
+            kwargs=continuation,
+        )
+        raise AssertionError("defer() returned")  # pragma: no cover - defer always raises
+
+    def editable(self, answer: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of ``answer`` a reviewer may edit: all of a pipeline's; an agent's ``response`` and ``results``."""
+        if self.kind == "agent":
+            return {"response": answer.get("response", ""), "results": list(answer.get("results") or [])}
+        return dict(answer)
+
+    # -- the reviewer answered
+
+    def complete(self, context: Context, event: Mapping[str, Any], answer: dict[str, Any]) -> Any:
+        """The task's return value after the review: the answer, or the reviewer's edit.
+
+        :raises CandelaReviewError: rejected, or nobody answered within ``approval_timeout`` (``"fail"``).
+        :raises CandelaOutputError: the edit does not fit (``output_type``, or the answer's form).
+        """
+        op, tid = self.op, self.task_id
+        if not isinstance(event, Mapping):
+            raise CandelaReviewError(f"Task '{tid}': the review resumed with an unexpected event {event!r}.")
+        if "error" in event:
+            timed_out = event.get("error_type") == "timeout"
+            _push(context, _record("timed_out" if timed_out else "failed", False, None, None))
+            if timed_out:
+                raise CandelaReviewError(
+                    f"Task '{tid}': nobody reviewed Candela's answer within approval_timeout ({op.approval_timeout}); "
+                    "on_approval_timeout='fail'. Downstream tasks do not run; a retry prompts Candela again and "
+                    "asks for a new review."
+                )
+            raise CandelaReviewError(f"Task '{tid}': the review failed: {event.get('error')}.")
+        chosen = list(event.get("chosen_options") or [])
+        timed_out = bool(event.get("timedout"))
+        user = event.get("responded_by_user")
+        at = event.get("responded_at")
+        if APPROVE not in chosen:
+            _push(context, _record("rejected_on_timeout" if timed_out else "rejected", False, user, at))
+            who = (
+                f"approval_timeout ({op.approval_timeout}) passed with on_approval_timeout='reject'"
+                if timed_out
+                else f"the reviewer {_name(user)} rejected Candela's answer"
+            )
+            raise CandelaReviewError(
+                f"Task '{tid}': {who}. Downstream tasks do not run; a retry prompts Candela again and asks for "
+                "a new review."
+            )
+        params = {} if timed_out else dict(event.get("params_input") or {})
+        value, edited = answer, False
+        if op.allow_modifications and _PARAM in params:
+            value, edited = self._edit(answer, params[_PARAM])
+        review = _record("approved_on_timeout" if timed_out else "approved", edited, user, at)
+        op.log.info("Candela's answer was %s.", _describe(review))
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(_APPROVED_KEY, {"answer": value, "review": review})
+        _push(context, review)
+        return value
+
+    def _edit(self, answer: dict[str, Any], edit: Any) -> tuple[dict[str, Any], bool]:
+        """``answer`` with the reviewer's edit, validated like Candela's answer; and whether it changed."""
+        op, tid = self.op, self.task_id
+        original = self.editable(answer)
+        if isinstance(edit, str):
+            try:
+                edit = json.loads(edit)
+            except ValueError as err:
+                raise CandelaOutputError(
+                    f"Task '{tid}': the reviewer's edit is not JSON ({err}). The edit is in the task log; "
+                    "clear the task to prompt Candela again and review the new answer."
+                ) from None
+        if _as_javascript(edit) == _as_javascript(original):
+            return answer, False
+        op.log.info("The reviewer's edit (truncated): %s", shorten(json.dumps(edit, default=str), 2000))
+        what = "the reviewer's edit"
+        if not isinstance(edit, dict):
+            raise CandelaOutputError(
+                f"Task '{tid}': {what} is not a JSON object (got {type(edit).__name__}). Clear the task to "
+                "prompt Candela again and review the new answer."
+            )
+        if self.kind == "agent":
+            unknown = sorted(set(edit) - {"response", "results"})
+            response, results = edit.get("response", ""), edit.get("results", [])
+            if unknown or not isinstance(response, str) or not isinstance(results, list):
+                raise CandelaOutputError(
+                    f"Task '{tid}': {what} must be {{'response': text, 'results': [...]}}"
+                    + (f"; unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "")
+                    + ". Clear the task to prompt Candela again and review the new answer."
+                )
+            if op.output_type is not None:
+                results = [
+                    coerce_answer(r, op.output_type, what=f"result {i} of {what}", task_id=tid, advice=_ADVICE)
+                    for i, r in enumerate(results, 1)
+                ]
+            return {**answer, "response": response, "results": results}, True
+        if op.output_type is not None:
+            return coerce_answer(edit, op.output_type, what=what, task_id=tid, advice=_ADVICE), True
+        return edit, True
+
+
+_ADVICE: Final = "Clear the task to prompt Candela again and review the new answer."
+
+
+def _as_javascript(value: Any) -> Any:
+    """``value`` with every number a float, as a browser's ``JSON.parse`` reads it: an untouched form is no edit."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return ("bool", value) if isinstance(value, bool) else value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _as_javascript(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_javascript(v) for v in value]
+    return value
+
+
+def _record(decision: str, edited: bool, user: Any, at: Any) -> dict[str, Any]:
+    """The ``review`` XCom: ``{"decision", "edited", "responded_by", "responded_at"}``."""
+    responded_at = at.isoformat() if isinstance(at, datetime) else at
+    by = {"id": str(user.get("id")), "name": str(user.get("name"))} if isinstance(user, Mapping) else None
+    return {"decision": decision, "edited": edited, "responded_by": by, "responded_at": responded_at}
+
+
+def _name(user: Any) -> str:
+    if isinstance(user, Mapping):
+        return f"'{user.get('name')}' (id {user.get('id')})"
+    return "(unknown)"
+
+
+def _describe(review: Mapping[str, Any]) -> str:
+    decision = str(review.get("decision", "approved")).replace("_", " ")
+    by = review.get("responded_by")
+    who = f" by {_name(by)}" if by else ""
+    return f"{decision}{' with edits' if review.get('edited') else ''}{who} at {review.get('responded_at')}"
+
+
+def _push(context: Context, review: Any) -> None:
+    ti = context.get("ti")
+    if ti is not None and review is not None:
+        ti.xcom_push(key=REVIEW_XCOM_KEY, value=review)
