@@ -11,6 +11,9 @@
 ``make demo`` answers the review itself through Airflow's REST API (it says so in its output), so the demo
 runs unattended.  On a real deployment a person answers it in the UI, or any client through
 ``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails``.
+
+The review is Airflow 3.1's human-in-the-loop: on older Airflow this file defines no DAG (``require_approval=True``
+would fail there when the DAG is parsed, naming the version needed).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.providers.common.compat.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import Param, dag, task
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
 from pydantic import BaseModel
 
 
@@ -29,7 +33,7 @@ class ClientSummary(BaseModel):
     word_count: int
 
 
-with DAG(
+@dag(
     dag_id="candela_reviewed_summary",
     description="A daily client summary from a Candela pipeline, approved or edited by a person before it is sent.",
     schedule="@daily",
@@ -41,8 +45,8 @@ with DAG(
         "model": Param("default/demo-model", type="string", description="Model: scope/identifier[:version]"),
     },
     tags=["candela", "example", "review"],
-) as dag:
-
+)
+def candela_reviewed_summary() -> None:
     @task.candela_pipeline(
         app="{{ params.pipeline }}",
         model="{{ params.model }}",
@@ -65,3 +69,7 @@ with DAG(
         return approved.answer
 
     send(summarise())
+
+
+if AIRFLOW_V_3_1_PLUS:
+    candela_reviewed_summary()

@@ -3,7 +3,8 @@
     python -m airflow_provider_candela.testing._dag_worker inspect DAG_FOLDER
     python -m airflow_provider_candela.testing._dag_worker report DAG_ID [DAG_ID ...]
 
-``inspect`` parses the folder with a DagBag (DAG ids, their files, import errors); ``report`` reads the
+``inspect`` parses the folder with a DagBag (DAG ids, their files, import errors, the DAGs whose answers a
+person reviews); ``report`` reads the
 latest run of each DAG back from the metadata database (state, times, task instances and their
 ``return_value`` XComs).  Either prints its answer as one JSON line, the last line of its output.
 """
@@ -29,6 +30,12 @@ def inspect_folder(folder: str) -> dict[str, Any]:
     return {
         "dags": {dag_id: str(bag.dags[dag_id].fileloc) for dag_id in sorted(bag.dags)},
         "import_errors": {str(path): str(error) for path, error in bag.import_errors.items()},
+        # The DAGs with a task that waits for a person (``require_approval``): run_dags answers their reviews.
+        "reviewed": sorted(
+            dag_id
+            for dag_id, dag in bag.dags.items()
+            if any(getattr(task, "require_approval", False) is True for task in dag.tasks)
+        ),
     }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
 
 from airflow_provider_candela.testing import CandelaEmulator
 
@@ -32,6 +33,8 @@ EXAMPLE_DAG_IDS = {
     "candela_taskflow",
     "candela_batch",
 }
+if AIRFLOW_V_3_1_PLUS:  # the review is Airflow 3.1's human-in-the-loop: one DAG more
+    EXAMPLE_DAG_IDS.add("candela_reviewed_summary")
 if importlib.util.find_spec("airflow.providers.common.ai") is not None:  # the common-ai extra: one DAG more
     EXAMPLE_DAG_IDS.add("candela_managed_agent")
 
