@@ -80,6 +80,13 @@ def get_provider_info() -> dict[str, Any]:
                 "class-name": "airflow_provider_candela.decorators.sessions.candela_agent_batch_task",
             },
         ],
+        # The Candela page of the UI: the plugin has no app or view before Airflow 3.1 (it is simply absent).
+        "plugins": [
+            {
+                "name": "candela_page",
+                "plugin-class": "airflow_provider_candela.plugins.candela_page.CandelaPagePlugin",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

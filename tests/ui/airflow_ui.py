@@ -20,7 +20,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ CHROMIUM_ARGS = [
     "--no-proxy-server",
 ]
 ADMIN_USER = "admin"
+#: a user of the viewer role: may read DAGs, not connections
+VIEWER_USER = "viewer"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
@@ -133,6 +135,8 @@ class AirflowServer:
     env: dict[str, str]
     log: Path
     process: subprocess.Popen[bytes]
+    #: every user's password (the admin's and those of ``users``), by user name
+    passwords: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         """Run ``airflow <args>`` against this server's home and database; return stdout."""
@@ -164,15 +168,18 @@ def _healthy(url: str) -> bool:
     return bool(body.get("metadatabase", {}).get("status") == "healthy")
 
 
-def start_airflow_server(home: Path, timeout: float = 120) -> AirflowServer:
+def start_airflow_server(home: Path, timeout: float = 120, users: dict[str, str] | None = None) -> AirflowServer:
     """``airflow db migrate`` then ``airflow api-server`` on a free loopback port, healthy on return.
 
     SQLite in ``home``, no example DAGs, ``[core] test_connection = Enabled``, and the simple auth
-    manager with one admin user whose random password is written to its passwords file.
+    manager with one admin user (and ``users``: name -> role) whose random passwords are written to its
+    passwords file.
     """
-    password = secrets.token_urlsafe(16)
+    roles = {ADMIN_USER: "admin", **(users or {})}
+    passwords = {name: secrets.token_urlsafe(16) for name in roles}
+    password = passwords[ADMIN_USER]
     passwords_file = home / "simple_auth_manager_passwords.json"
-    passwords_file.write_text(json.dumps({ADMIN_USER: password}))
+    passwords_file.write_text(json.dumps(passwords))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -183,7 +190,7 @@ def start_airflow_server(home: Path, timeout: float = 120) -> AirflowServer:
             "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{role}" for name, role in roles.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__API__BASE_URL": url,
@@ -201,7 +208,7 @@ def start_airflow_server(home: Path, timeout: float = 120) -> AirflowServer:
             env=env,
             start_new_session=True,
         )
-    server = AirflowServer(url, ADMIN_USER, password, home, env, log_path, process)
+    server = AirflowServer(url, ADMIN_USER, password, home, env, log_path, process, passwords)
     try:
         wait_for(lambda: process.poll() is not None or _healthy(url), timeout, f"airflow api-server at {url}")
         if process.poll() is not None:

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from airflow_ui import CHROMIUM, CHROMIUM_ARGS, AirflowServer, ensure_chromium, ensure_playwright, start_airflow_server
+from airflow_ui import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    VIEWER_USER,
+    AirflowServer,
+    ensure_chromium,
+    ensure_playwright,
+    start_airflow_server,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Playwright
@@ -28,7 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
     """A real Airflow 3 ``api-server`` (SQLite, temp AIRFLOW_HOME) for the whole session."""
-    server = start_airflow_server(tmp_path_factory.mktemp("airflow-ui-home"))
+    server = start_airflow_server(tmp_path_factory.mktemp("airflow-ui-home"), users={VIEWER_USER: "viewer"})
     try:
         yield server
     finally:
