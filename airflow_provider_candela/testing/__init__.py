@@ -36,12 +36,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar
 
+from airflow_provider_candela.testing._reviewer import ApiServer, Reviewer, ReviewerError
 from airflow_provider_candela.testing._run_dag import DagRunResult, run_dag
 
 __all__ = [
+    "ApiServer",
     "CandelaEmulator",
     "CandelaEmulatorError",
     "DagRunResult",
+    "Reviewer",
+    "ReviewerError",
     "StatsdListener",
     "candela_connection",
     "candela_emulator",

@@ -26,17 +26,21 @@ result says so (``needs``); every other one runs whatever happened before it.
 8. ``candela_deploy_batch``: the worker running a 12-input pipeline batch is killed mid-batch; the task's
    retry (on the other worker) sends only the inputs the first try did not answer (Airflow's task state
    store): every input reaches Candela once, the run succeeds, no session is left running;
-9. every Airflow service sends its metrics to a StatsD listener of the test: the Candela metrics of the
+9. ``candela_reviewed_summary``: its scheduled run's ``summarise`` waits in ``awaiting_input`` with no
+   Candela session running; the review is answered through the REST API with an edit, and the downstream
+   task ``send`` receives the edited answer;
+10. every Airflow service sends its metrics to a StatsD listener of the test: the Candela metrics of the
    Celery workers (prompts, requests, sessions) and of the triggerer (the deferred slot wait it timed)
    arrived, with their tags, and hold no secret;
-10. the emulator shows no session left running, and every DAG run has ended as expected.
+11. the emulator shows no session left running, and every DAG run has ended as expected.
 
 The example DAGs and the slow DAG start sessions as the same Candela user (one running session per
-user): 5 to 7 each pause the others and wait until none of their runs is in progress before they start.
+user): 5 to 9 each pause the others and wait until none of their runs is in progress before they start.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,8 +66,9 @@ SENSOR_TASKS = ("wait_for_session", "wait_for_session_db_conn")  # candela_defau
 SLOW_DAG = "candela_deploy_slow_agent"
 BATCH_DAG = "candela_deploy_batch"
 BATCH_INPUTS = 12
-ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG, BATCH_DAG)
-DEMO_USER_DAGS = (*EXAMPLE_DAGS, SLOW_DAG, BATCH_DAG)  # they all start sessions as the Candela user "demo"
+REVIEW_DAG = "candela_reviewed_summary"  # its summarise task waits for a person's review (awaiting_input)
+ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG, BATCH_DAG, REVIEW_DAG)
+DEMO_USER_DAGS = (*EXAMPLE_DAGS, SLOW_DAG, BATCH_DAG, REVIEW_DAG)  # they all start sessions as the Candela user "demo"
 TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
 SLOT_TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger"
 # A new slot takes this long to come up: the example's first start task must defer while it does.
@@ -97,6 +102,7 @@ def scenarios() -> list[Scenario]:
         Scenario(f"{TASKFLOW_DAG}: scheduled run", taskflow_run),
         Scenario("worker killed -9 mid-stream", worker_killed_mid_stream),
         Scenario("worker killed -9 mid-batch; the retry sends only the rest", worker_killed_mid_batch),
+        Scenario(f"{REVIEW_DAG}: the review answered with an edit", reviewed_summary),
         Scenario("Candela metrics from the workers and the triggerer reach StatsD", metrics_reached_statsd),
         Scenario("nothing left running", nothing_left_running),
     ]
@@ -341,6 +347,53 @@ def worker_killed_mid_batch(d: Deployment) -> None:
     d.restarts.append(f"{victim} killed -9 mid-batch (pids {killed}): the retry sent only the rest; {victim} replaced")
 
 
+def reviewed_summary(d: Deployment) -> None:
+    api, emulator = d.api, d.emulator
+    only_demo_user_dag(d, REVIEW_DAG)  # unpausing creates its scheduled run
+    try:
+        review = d.wait_for(
+            f"the review of {REVIEW_DAG}.summarise to open",
+            lambda: next(
+                iter(
+                    api.call("GET", f"/dags/{REVIEW_DAG}/dagRuns/~/hitlDetails?response_received=false")["hitl_details"]
+                ),
+                None,
+            ),
+            300,
+            1,
+        )
+        ti = review["task_instance"]
+        run_id = ti["dag_run_id"]
+        d.check(
+            api.ti(REVIEW_DAG, run_id, "summarise")["state"] == "awaiting_input",
+            f"{REVIEW_DAG}.summarise waits in awaiting_input (no worker slot, no triggerer)",
+        )
+        d.check(
+            emulator.stats()["running_sessions"].get("demo") is None,
+            "no Candela session runs for the user while the review is open (the one-task session was stopped)",
+        )
+        answer = review["params"]["answer"]["value"]
+        edited = {**answer, "answer": "Edited by the reviewer: " + answer["answer"]}
+        api.call(
+            "PATCH",
+            f"/dags/{REVIEW_DAG}/dagRuns/{run_id}/taskInstances/summarise/{ti['map_index']}/hitlDetails",
+            {"chosen_options": ["Approve"], "params_input": {"answer": edited}},
+        )
+        run = d.wait_run(REVIEW_DAG, run_id)
+    finally:
+        api.set_paused(REVIEW_DAG, True)
+    d.assert_success(run, "reviewed through the REST API with an edit")
+    sent = api.call("GET", f"/dags/{REVIEW_DAG}/dagRuns/{run_id}/taskInstances/send/xcomEntries/return_value")
+    d.check(
+        sent["value"] == edited["answer"], f"the downstream task send received the edited answer ({sent['value']!r})"
+    )
+    record = api.call("GET", f"/dags/{REVIEW_DAG}/dagRuns/{run_id}/taskInstances/summarise/xcomEntries/review")
+    d.check(
+        record["value"]["decision"] == "approved" and record["value"]["edited"] is True,
+        f"the review XCom records the edit: {record['value']}",
+    )
+
+
 def metrics_reached_statsd(d: Deployment) -> None:
     statsd = d.statsd
     d.check(
@@ -391,6 +444,17 @@ def only_demo_user_dag(d: Deployment, dag_id: str) -> None:
             1,
         )
     d.api.set_paused(dag_id, False)
+
+
+def xcom_value(d: Deployment, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+    """An XCom as the REST API gives it (the stored JSON, which may come back as its text)."""
+    value = d.api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")["value"]
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def trigger_sensors(d: Deployment, label: str) -> tuple[str, dict[str, str], dict[str, str]]:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitPipelinePromptOperator,
 )
 from airflow_provider_candela.testing import CandelaEmulator, run_dag
-from airflow_provider_candela.testing._reviewer import ApiServer
+from airflow_provider_candela.testing._reviewer import ApiServer, _free_port
 
 PIPELINE = "default/demo-pipeline"
 AGENT = "default/demo-agent"
@@ -266,13 +265,6 @@ def test_a_running_session_is_the_dags_to_stop(api_server: ApiServer, candela: C
 
 # ------------------------------------------------------------------------------------------------
 # timeouts: resolved by a real scheduler
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
