@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from airflow_ui import AirflowServer, wait_for
+from candela_sessions import slot_with_sessions
 
 from airflow_provider_candela.testing import CandelaEmulator
 
@@ -33,16 +34,9 @@ def test_candela_page_shows_and_fixes_the_slot(
 ) -> None:
     from playwright.sync_api import expect
 
-    from airflow_provider_candela.hooks.candela import CandelaHook
-
     if CONN_ID not in airflow_server.cli("connections", "list", "-o", "plain"):
         airflow_server.cli("connections", "add", CONN_ID, "--conn-json", candela_emulator.connection_json())
-    monkeypatch.setenv("AIRFLOW_CONN_CANDELA_PAGE_UI_LOCAL", candela_emulator.connection_json())
-    with CandelaHook("candela_page_ui_local") as hook:
-        hook.ensure_slot(timeout=20, poll_interval=0.05)
-        old = hook.start_session("default/demo-agent", "default/demo-model")
-        hook.stop_session()
-        running = hook.start_session("default/demo-pipeline", "default/demo-model")
+    old, running = slot_with_sessions(candela_emulator, monkeypatch, "default/demo-agent", "default/demo-pipeline")
 
     page.get_by_role("button", name="Admin").click()
     page.get_by_role("menuitem", name="Candela").click()
