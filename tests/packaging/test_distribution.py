@@ -111,6 +111,7 @@ def test_wheel_and_sdist_carry_the_license_and_only_what_they_should(dists: Dist
     assert files[dist_info + "licenses/LICENSE"] == hashlib.sha256(license_text.encode()).hexdigest()
     assert {name.split("/", 1)[0] for name in files} == {"airflow_provider_candela", dist_info.rstrip("/")}
     assert "airflow_provider_candela/py.typed" in files
+    assert "airflow_provider_candela/plugins/candela_page.html" in files, "the Candela page is served from the wheel"
 
     with tarfile.open(dists.sdist) as archive:
         names = {member.name.split("/", 1)[1] for member in archive.getmembers() if "/" in member.name}
