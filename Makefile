@@ -167,13 +167,14 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # ---- ui-test ------------------------------------------------------------------------------------------------
-# The Candela connection form in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the
+# The browser tests alone (make test, and so .ci/run, runs them too): the Candela connection form, the Candela
+# page and a review on Required Actions in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the
 # emulator + headless Debian Chromium driven by Playwright's Python package (no browser download; the test
 # itself apt-installs chromium and chromium-driver when /usr/bin/chromium is missing). Screenshots land in
 # tests/ui/output/ (gitignored). About 1-2 minutes.
 .PHONY: ui-test
 ui-test: venv
-	$(call section,ui-test: the Candela connection in the Airflow UI (headless Chromium))
+	$(call section,ui-test: the Candela connection form, the Candela page and a review in the Airflow UI (headless Chromium))
 	@$(VENV)/bin/python -c 'import playwright.sync_api' 2>/dev/null || VIRTUAL_ENV=$(VENV) $(UV) pip install -q "playwright>=1.45"
 	$(VENV)/bin/python -m pytest tests/ui -m ui -q
 
