@@ -41,6 +41,34 @@ def _free_port() -> int:
         return port
 
 
+def start_airflow(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``airflow <args>`` (this Python's Airflow) in a session of its own, its output appended to ``log``."""
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_process_group(process: subprocess.Popen[bytes], term_wait: float = 20) -> None:
+    """TERM then KILL the process group of ``process`` (started by :func:`start_airflow`), and reap it."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
 def auth_env(home: Path, user: str = "reviewer", role: str = "admin") -> dict[str, str]:
     """The settings of the simple auth manager with one ``user`` (password in ``home``), for every Airflow command.
 
@@ -76,15 +104,7 @@ class ApiServer:
         full = {**env, **auth_env(home, user), "AIRFLOW__API__BASE_URL": url, "NO_PROXY": "127.0.0.1,localhost"}
         password = json.loads(Path(full["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text())[user]
         log = home / "api-server.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
-                env=full,
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = start_airflow(["api-server", "--host", "127.0.0.1", "--port", str(port)], full, log)
         server = cls(url, user, password, process, log)
         deadline = time.monotonic() + timeout
         while not server.healthy():
@@ -107,18 +127,7 @@ class ApiServer:
         return Reviewer(self.url, self.username, self.password)
 
     def stop(self) -> None:
-        """TERM then KILL its process group (it was started in a session of its own)."""
-        if self.process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                return
+        stop_process_group(self.process)
 
 
 @dataclass

@@ -11,9 +11,7 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from airflow_provider_candela.operators.sessions import (
     CandelaSubmitPipelinePromptOperator,
 )
 from airflow_provider_candela.testing import CandelaEmulator, run_dag
-from airflow_provider_candela.testing._reviewer import ApiServer, _free_port
+from airflow_provider_candela.testing._reviewer import ApiServer, _free_port, start_airflow, stop_process_group
 
 PIPELINE = "default/demo-pipeline"
 AGENT = "default/demo-agent"
@@ -281,25 +279,12 @@ def scheduler(airflow_db: Path) -> Iterator[subprocess.Popen[bytes]]:
         "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
     }
     log = airflow_db / "scheduler.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "scheduler"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_airflow(["scheduler"], env, log)
     try:
         _wait_for_log(process, log, "Starting the scheduler")
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, term_wait=30)
 
 
 def _wait_for_log(process: subprocess.Popen[bytes], log: Path, text: str) -> None:

@@ -8,9 +8,6 @@ the downstream task receives the answer.  Screenshots land in tests/ui/output/<t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +15,7 @@ import pytest
 from airflow_ui import AirflowServer, wait_for
 
 from airflow_provider_candela.testing import CandelaEmulator
-from airflow_provider_candela.testing._reviewer import Reviewer
+from airflow_provider_candela.testing._reviewer import Reviewer, start_airflow, stop_process_group
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -71,15 +68,7 @@ def test_required_actions_page_shows_the_answer_and_approve_finishes_the_run(
     (dags / f"{DAG_ID}.py").write_text(DAG_FILE)
     env = {**airflow_server.env, "AIRFLOW_CONN_CANDELA_UI_REVIEW": candela_emulator.connection_json()}
     log = ui_output_dir / "dags-test.log"
-    with log.open("wb") as sink:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "dags", "test", DAG_ID],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    run = start_airflow(["dags", "test", DAG_ID], env, log)
     try:
         reviewer = Reviewer(airflow_server.url, airflow_server.username, airflow_server.password)
         review = reviewer.wait_for("summarise", dag_id=DAG_ID, timeout=180, alive=lambda: run.poll() is None)
@@ -102,7 +91,5 @@ def test_required_actions_page_shows_the_answer_and_approve_finishes_the_run(
         assert detail["responded_by_user"]["name"] == airflow_server.username
         page.screenshot(path=str(ui_output_dir / "approved.png"), full_page=True)
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, 9)
-            run.wait()
+        stop_process_group(run)
         (dags / f"{DAG_ID}.py").unlink(missing_ok=True)
