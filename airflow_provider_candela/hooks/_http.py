@@ -374,7 +374,7 @@ class CandelaHttpCore(BaseHook):
             raise
         if 300 <= resp.status_code < 400:
             self._release(exchange)
-            location = self._scrub(resp.headers.get("Location", "?"))
+            location = self.scrub(resp.headers.get("Location", "?"))
             resp.close()
             raise CandelaApiError(
                 f"{what} was answered with {resp.status_code} redirecting to {location}: redirects are not "
@@ -433,7 +433,7 @@ class CandelaHttpCore(BaseHook):
                         post=self._post_form,
                         settings=self._retry_settings,
                         register_secret=self._register_secret,
-                        scrub=self._scrub,
+                        scrub=self.scrub,
                         log=self.log,
                     )
         return self._tokens
@@ -454,7 +454,11 @@ class CandelaHttpCore(BaseHook):
             self._secrets.add(value)
             mask_secret(value)
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of this connection (password, client secret, tokens) replaced by ``***``.
+
+        For messages built from what Candela or a library said, before they are shown or logged.
+        """
         for secret in sorted(self._secrets, key=len, reverse=True):
             if len(secret) >= 3:
                 text = text.replace(secret, "***")
@@ -524,7 +528,7 @@ class CandelaHttpCore(BaseHook):
                     f"set the extra verify of connection {self.candela_conn_id!r} to the path of your CA bundle",
                     method=call.method,
                     path=call.path,
-                    detail=self._scrub(str(exc)),
+                    detail=self.scrub(str(exc)),
                 ) from exc
             except requests.RequestException as exc:
                 raise self._transport_failure(call, exc) from exc
@@ -567,7 +571,7 @@ class CandelaHttpCore(BaseHook):
                 "answered too slowly or trickled its body)"
             )
         else:
-            reason = self._scrub(str(exc))[:300]
+            reason = self.scrub(str(exc))[:300]
             failure = f"Could not complete {call.what} at {cfg.base_url} ({type(exc).__name__}: {reason})"
         error = CandelaApiError(
             f"{failure}. "
@@ -575,18 +579,18 @@ class CandelaHttpCore(BaseHook):
             "and that Candela is reachable from this worker",
             method=call.method,
             path=call.path,
-            detail=self._scrub(str(exc)),
+            detail=self.scrub(str(exc)),
         )
         if call.kind == "idempotent" or failed_before_sending(exc):
             return Retryable(error)
         if call.kind == "start":
             return _Ambiguous(error)
         return CandelaAmbiguousError(
-            f"{call.what} failed after the prompt was sent ({type(exc).__name__}: {self._scrub(str(exc))[:300]}). "
+            f"{call.what} failed after the prompt was sent ({type(exc).__name__}: {self.scrub(str(exc))[:300]}). "
             f"{PROMPT_MAY_HAVE_RUN}",
             method=call.method,
             path=call.path,
-            detail=self._scrub(str(exc)),
+            detail=self.scrub(str(exc)),
         )
 
     def _execute(
@@ -632,21 +636,21 @@ class CandelaHttpCore(BaseHook):
             data = resp.json()
         except ValueError:
             text = " ".join(resp.text.split())[:300]
-            return self._scrub(text or resp.reason or "no detail")
+            return self.scrub(text or resp.reason or "no detail")
         if resp.status_code == 422 or (isinstance(data, dict) and isinstance(data.get("detail"), list)):
             try:
                 lines = HTTPValidationError.model_validate(data).lines()
             except ValidationError:
                 lines = []
             if lines:
-                return self._scrub("; ".join(lines))
+                return self.scrub("; ".join(lines))
         if isinstance(data, dict):
             parts = [str(data[k]) for k in ("detail", "title", "message", "error_description", "error") if data.get(k)]
             if isinstance(data.get("errorDetails"), list):
                 parts.extend(str(item) for item in data["errorDetails"])
             if parts:
-                return self._scrub("; ".join(parts)[:500])
-        return self._scrub(str(data)[:300])
+                return self.scrub("; ".join(parts)[:500])
+        return self.scrub(str(data)[:300])
 
     def _api_error(self, resp: requests.Response, call: _Call, *, reauthenticated: bool) -> CandelaApiError:
         status = resp.status_code
@@ -688,7 +692,7 @@ class CandelaHttpCore(BaseHook):
         try:
             data = resp.json()
         except ValueError:
-            snippet = self._scrub(" ".join(resp.text.split())[:200])
+            snippet = self.scrub(" ".join(resp.text.split())[:200])
             content_type = resp.headers.get("Content-Type", "no content type")
             raise CandelaResponseError(
                 f"Candela answered {call.what} with {resp.status_code} but the body is not JSON ({content_type}): "

@@ -150,9 +150,9 @@ class CandelaHook(CandelaHttpCore):
             slot = "has a slot" if has_slot else "has no slot yet"
             return True, f"Connected to Candela at {cfg.base_url} with {auth}; the user {slot}."
         except CandelaError as exc:
-            return False, self._scrub(str(exc))
+            return False, self.scrub(str(exc))
         except Exception as exc:
-            return False, self._scrub(f"{type(exc).__name__}: {exc}")
+            return False, self.scrub(f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------------------------------
     # arguments (every check lives in airflow_provider_candela._validation)
@@ -413,7 +413,7 @@ class CandelaHook(CandelaHttpCore):
                 "slot: the next start with if_session_running='stop', or CandelaStopSessionOperator, stops it.",
                 self.candela_conn_id,
                 reason,
-                self._scrub(str(exc)),
+                self.scrub(str(exc)),
             )
             return False
         self.log.info("Stopped the Candela session of connection %r (%s).", self.candela_conn_id, reason)
@@ -489,7 +489,7 @@ class CandelaHook(CandelaHttpCore):
             resp,
             method=call.method,
             path=call.path,
-            scrub=self._scrub,
+            scrub=self.scrub,
             exchange=exchange,
             event_gap=self.config.timeout[1],
             total=self.config.stream_timeout,

@@ -95,7 +95,7 @@ def _outcome(hook: CandelaHook, work: Callable[[CandelaHook], T]) -> tuple[T | N
             text = str(exc)
         else:
             text = f"{type(exc).__name__}: {exc}"
-        return None, hook._scrub(text)
+        return None, hook.scrub(text)
 
 
 def _meta(meta: ObjectMetadata) -> dict[str, Any]:
