@@ -223,8 +223,26 @@ def _base_url(conn_id: str, host: str, port: int | None, schema: str | None) -> 
         netloc = host.strip("/") + (f":{port}" if port else "")
         path = f"/{schema.strip('/')}" if schema else ""
         host = f"https://{netloc}{path}"
+    elif port:
+        host = _with_port(conn_id, _http_url(conn_id, "host", host, HOST_EXAMPLE), port)
     _http_url(conn_id, "host", host, HOST_EXAMPLE)
     return host.rstrip("/")
+
+
+def _with_port(conn_id: str, url: str, port: int) -> str:
+    """``url`` (a host URL) on the connection's Port field: added when the URL has no port; equal, or an error."""
+    parts = urlsplit(url)
+    if parts.port is None:
+        netloc = parts.netloc.rstrip(":") + f":{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    if parts.port != int(port):
+        shown = _without_userinfo(url)
+        raise _err(
+            conn_id,
+            f"has host={shown!r} (port {parts.port}) and Port={port}: they disagree. Keep the port in one of "
+            "them (or make them the same).",
+        )
+    return url
 
 
 def _app_name(conn_id: str, value: str | None) -> str | None:

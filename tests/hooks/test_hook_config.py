@@ -225,6 +225,30 @@ def test_uri_form_host_is_completed(make_hook: MakeHook) -> None:
     assert cfg.base_url == "https://demo.lusid.com:8443/candela"
 
 
+def test_a_url_host_without_a_port_uses_the_port_field(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
+    port = int(emulator.url.rsplit(":", 1)[1])
+    hook = make_hook(host="http://127.0.0.1/", port=port)  # as `--conn-port` or JSON "port" store it
+    assert hook.config.base_url == emulator.url
+    before = requests_of(emulator.stats(), "GET /slot/user_has_slot")
+    hook.user_has_slot()  # over real HTTP: the emulator listens on the Port field's port, not on 80
+    assert sum(requests_of(emulator.stats(), "GET /slot/user_has_slot").values()) == sum(before.values()) + 1
+
+
+def test_a_url_host_whose_port_is_the_port_field_s_is_accepted(make_hook: MakeHook, emulator: CandelaEmulator) -> None:
+    port = int(emulator.url.rsplit(":", 1)[1])
+    assert make_hook(host=emulator.url, port=port).config.base_url == emulator.url
+
+
+def test_a_url_host_whose_port_disagrees_with_the_port_field_is_refused(
+    make_hook: MakeHook, emulator: CandelaEmulator
+) -> None:
+    before = emulator.stats()["requests_total"]
+    message = config_error(make_hook(host="https://user:pw@demo.lusid.com:8443/candela", port=9443))
+    assert "port 8443" in message and "Port=9443" in message and "disagree" in message
+    assert "pw" not in message, "the URL's credentials are not shown"
+    assert emulator.stats()["requests_total"] == before, "refused before any request"
+
+
 def test_undefined_connection(emulator: CandelaEmulator) -> None:
     hook = fast(CandelaHook("candela_nowhere"))
     message = config_error(hook)
