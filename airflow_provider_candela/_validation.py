@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
@@ -368,7 +368,8 @@ def coerce_batch_inputs(value: Any, *, task_id: str, argument: str = "prompts") 
     """The inputs of a batch task as ``(key, prompt)`` pairs, in order; every prompt checked.
 
     An input is a prompt string, or a dict ``{"prompt": str, "key": str}`` (``key`` defaults to the input's
-    index, as a string, and must be unique).  A tuple is taken as a list.
+    index, as a string, and must be unique).  Any sequence but a string is taken as a list: a tuple, or the
+    lazy sequence Airflow passes for the outputs of a mapped task (read once, here).
 
     :raises CandelaInputError: naming the argument, the input (its index) and the fix.
     """
@@ -378,9 +379,10 @@ def coerce_batch_inputs(value: Any, *, task_id: str, argument: str = "prompts") 
             value = _parse_structured_text(value.strip())
         except ValueError:
             raise CandelaInputError(f"{where}: {shorten(value)!r} looks like a list but could not be parsed.") from None
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, list | tuple):
+    if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Sequence):
         raise CandelaInputError(
-            f"{where}: expected a list of prompts (strings, or dicts {{'prompt': ..., 'key': ...}}), "
+            f"{where}: expected a list of prompts (strings, or dicts {{'prompt': ..., 'key': ...}}; any "
+            "sequence but a string), "
             f"got {type(value).__name__} ({_shown(value)})."
         )
     pairs: list[tuple[str, str]] = []
