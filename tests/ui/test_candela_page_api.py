@@ -28,7 +28,7 @@ CONN_ID = "candela_page_api"
 
 
 def _send(server: AirflowServer, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    headers = {"Accept": "application/json", "Content-Type": "application/json", "X-Candela-Page": "1"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = None if body is None else json.dumps(body).encode()
@@ -67,8 +67,8 @@ ROUTES = [
     ("GET", "/candela/", None),
     ("GET", "/candela/api/connections", None),
     ("GET", f"/candela/api/connections/{CONN_ID}/sessions", None),
-    ("POST", f"/candela/api/connections/{CONN_ID}/stop", None),
-    ("POST", f"/candela/api/connections/{CONN_ID}/dispose", None),
+    ("POST", f"/candela/api/connections/{CONN_ID}/stop", {}),
+    ("POST", f"/candela/api/connections/{CONN_ID}/dispose", {}),
     ("POST", f"/candela/api/connections/{CONN_ID}/assign", {"slot_type": "gpu-medium"}),
     ("DELETE", f"/candela/api/connections/{CONN_ID}/sessions", {"sessions": [{"scope": "default", "identifier": "x"}]}),
 ]
@@ -115,7 +115,7 @@ def test_admin_sees_the_slot_and_session_stops_it_and_deletes_stored_sessions(
     assert _send(airflow_server, "GET", f"{base}/sessions?identifier_prefix={prefix}", None, token)[1]["total"] >= 1
     assert _send(airflow_server, "GET", f"{base}/sessions?older_than_hours=1", None, token)[1]["total"] == 0
 
-    answer = _send(airflow_server, "POST", f"{base}/stop", None, token)[1]
+    answer = _send(airflow_server, "POST", f"{base}/stop", {}, token)[1]
     assert answer["ok"] is True and "Stopped" in answer["message"]
     assert emulator_conn.stats()["running_sessions"][emulator_conn.username] is None
 
@@ -124,7 +124,7 @@ def test_admin_sees_the_slot_and_session_stops_it_and_deletes_stored_sessions(
     assert answer["ok"] is True and old.obj_id.identifier in answer["message"]
     assert _send(airflow_server, "GET", f"{base}/sessions", None, token)[1]["total"] == 1
 
-    answer = _send(airflow_server, "POST", f"{base}/dispose", None, token)[1]
+    answer = _send(airflow_server, "POST", f"{base}/dispose", {}, token)[1]
     assert answer["ok"] is True
     assert emulator_conn.stats()["slots"][emulator_conn.username] is None
 
@@ -208,7 +208,7 @@ def test_assign_takes_the_slot_type_of_the_connection_and_says_what_candela_answ
         ]
         assert row["slot_type_default"] == "gpu-small" and row["slot"] is None
 
-        answer = _send(airflow_server, "POST", f"/candela/api/connections/{conn_id}/assign", None, token)[1]
+        answer = _send(airflow_server, "POST", f"/candela/api/connections/{conn_id}/assign", {}, token)[1]
         assert answer["ok"] is False
         assert "Unknown slot type 'gpu-small'" in answer["message"] and "gpu-medium" in answer["message"]
         assert candela_emulator.stats()["slots"][candela_emulator.username] is None
