@@ -15,6 +15,7 @@ Imported when a batch task runs (not at DAG parse).  The pieces:
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import queue
@@ -410,7 +411,11 @@ def run_batch(
                 worker.dropped = str(err)
                 log.warning("Connection %r drops out of the batch: %s", worker.conn_id, err)
         live = [w for w in workers if w.dropped is None]
-        threads = [threading.Thread(target=work, args=(w,), name=f"candela-batch-{w.conn_id}") for w in live]
+        # Each worker runs in a copy of the task's context: its spans are children of the task's span.
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(work, w), name=f"candela-batch-{w.conn_id}")
+            for w in live
+        ]
         try:
             relay.serve(threads)
         except BaseException as exc:  # e.g. the task's timeout in this thread: stop the workers, wait, re-raise

@@ -173,3 +173,37 @@ def test_a_managed_agent_invocation_is_a_session_span_around_its_prompt(
     assert prompt.parent is not None and prompt.parent.span_id == lifecycle.context.span_id
     assert dict(lifecycle.attributes or {})["candela.session.kind"] == "managed-agent"
     assert dict(prompt.attributes or {})["gen_ai.request.model"] == "default/demo-model"
+
+
+def test_a_fan_out_s_spans_are_children_of_the_task_s_span(
+    candela: Any, spans: list[ReadableSpan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_candela.operators.batch import CandelaPipelineBatchOperator
+
+    base = json.loads(candela.connection_json())
+    for n in (1, 2):
+        candela.add_user(f"u{n}", f"pw-{n}")
+        monkeypatch.setenv(f"AIRFLOW_CONN_CANDELA_U{n}", json.dumps({**base, "login": f"u{n}", "password": f"pw-{n}"}))
+    with DAG(f"traces_{next(_ids)}", schedule=None, start_date=START, catchup=False) as dag:
+        CandelaPipelineBatchOperator(
+            task_id="b",
+            app=PIPELINE,
+            model=MODEL,
+            prompts=[f"prompt {n}" for n in range(6)],
+            candela_conn_ids=["candela_u1", "candela_u2"],
+        )
+    # dag.test() runs the task in this thread; the span stands for the one Airflow's task runner opens
+    with trace.get_tracer("tests").start_as_current_span("worker.b") as task_span:
+        dr = run_dag(dag)
+    assert dr.states == {"b": "success"}
+    prompts = _finished("invoke_agent")
+    assert len(prompts) == 6
+    task = task_span.get_span_context()
+    assert all(p.parent is not None and p.parent.span_id == task.span_id for p in prompts), "each prompt's span"
+    by_id = {p.context.span_id for p in prompts}
+    exchanges = _finished("POST /session/pipeline_submit")
+    assert len(exchanges) == 6 and all(e.parent is not None and e.parent.span_id in by_id for e in exchanges)
+    ours = [s for s in _EXPORTER.get_finished_spans() if s.instrumentation_scope.name == "airflow_provider_candela"]
+    assert len(ours) > 12 and {s.context.trace_id for s in ours} == {task.trace_id}, "starts, stops, token grants too"
+    users = {dict(p.attributes or {})["airflow.task_id"] for p in prompts}
+    assert users == {"b"}, "stamped with the task instance in the worker threads too"
