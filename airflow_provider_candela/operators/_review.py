@@ -17,8 +17,10 @@ human-in-the-loop modules are imported when a review opens.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +38,7 @@ __all__ = [
     "REVIEW_OPTION_DOCS",
     "Review",
     "ReviewOptions",
+    "literal",
     "pop_review_options",
     "review_body",
     "set_review_options",
@@ -174,6 +177,51 @@ def _users(value: Any, *, task_id: str) -> list[dict[str, str]]:
 
 # --------------------------------------------------------------------------------------------------
 # What the reviewer sees
+#
+# Airflow's Required Actions page renders the body with react-markdown and remark-gfm (raw HTML dropped,
+# images loaded, links and bare web addresses made links).  Everything from Candela or the prompt goes
+# through `literal` (text) or `_code` (a code block): it shows as written, never as markup.
+
+#: The characters CommonMark and GFM read as markup (emphasis, code, links, images, HTML, entities, tables,
+#: strikethrough, headings, lists, block quotes, setext and thematic breaks): escaped in untrusted text.
+_MARKUP: Final = "\\`*_{}[]()#+-.!|<>~&="
+_ESCAPED: Final = str.maketrans({c: "\\" + c for c in _MARKUP})
+
+
+def literal(text: str) -> str:
+    """Untrusted ``text`` (from Candela or the prompt) as Markdown that shows exactly that text.
+
+    Every character Markdown reads as markup is backslash-escaped, so no image, link, HTML, emphasis, table or
+    code block can start (or end one of ours); a line's leading blanks become no-break spaces (no indented code
+    block); lines stay lines (hard line breaks, a blank line between paragraphs).  A bare web address still
+    shows as itself (the page may make it a link to exactly that address).
+    """
+    lines = []
+    for line in text.splitlines():
+        body = line.lstrip(" \t")
+        indent = line[: len(line) - len(body)].replace("\t", "    ").replace(" ", "\u00a0")
+        lines.append(indent + body.translate(_ESCAPED) if body else "")
+    return "\n".join(
+        line + "\\" if line and i + 1 < len(lines) and lines[i + 1] else line for i, line in enumerate(lines)
+    )
+
+
+def _longest_run(text: str, char: str) -> int:
+    return max((len(run) for run in re.findall(re.escape(char) + "+", text)), default=0)
+
+
+def _code(value: Any) -> list[str]:
+    """``value`` as a fenced code block (JSON unless a string), its fence longer than any backtick run inside."""
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    fence = "`" * max(3, _longest_run(text, "`") + 1)
+    return [fence + ("" if isinstance(value, str) else "json"), text, fence]
+
+
+def _code_span(text: str) -> str:
+    """``text`` as inline code: delimited by more backticks than any run inside (padded where it needs to be)."""
+    ticks = "`" * (_longest_run(text, "`") + 1)
+    pad = " " if text.startswith(("`", " ")) or text.endswith(("`", " ")) else ""
+    return f"{ticks}{pad}{' '.join(text.splitlines())}{pad}{ticks}"
 
 
 def review_body(
@@ -188,9 +236,12 @@ def review_body(
 ) -> str:
     """The review's Markdown: the task, the prompt and the answer rendered for a person, at most ``limit`` bytes.
 
+    Untrusted text (the prompt, Candela's answer) shows literally: as escaped text (:func:`literal`) or in
+    code blocks that no value can close.
+
     :param answer: what the task would return: a pipeline's JSON (or its ``output_type`` form), an agent's summary.
     """
-    parts = [f"**Task** `{task}` asks Candela ({kind})", "", "**Prompt**", "", _quote(prompt), ""]
+    parts = [f"**Task** {_code_span(task)} asks Candela ({kind})", "", "**Prompt**", "", _quote(prompt), ""]
     if kind == "agent":
         parts += _agent_answer(answer, output_type)
     else:
@@ -201,23 +252,21 @@ def review_body(
 
 
 def _quote(text: str) -> str:
-    shown = text if len(text) <= _PROMPT_CHARS else text[:_PROMPT_CHARS] + f" [... {len(text) - _PROMPT_CHARS:,} more]"
-    return "\n".join("> " + line for line in shown.splitlines() or [""])
-
-
-def _code(value: Any) -> list[str]:
-    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
-    fence = "~~~~" if "```" in text else "```"
-    return [fence + ("" if isinstance(value, str) else "json"), text, fence]
+    shown = literal(text[:_PROMPT_CHARS])
+    if len(text) > _PROMPT_CHARS:
+        shown += f" _(and {len(text) - _PROMPT_CHARS:,} more characters)_"
+    return "\n".join("> " + line if line else ">" for line in shown.split("\n"))
 
 
 def _cell(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return shorten(text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " "), 200) or " "
+    return literal(shorten(" ".join(text.splitlines()), 200)) or " "
 
 
 def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    width = max([len(header), *(len(row) for row in rows[:_TABLE_ROWS])])
+    header = [*header, *[""] * (width - len(header))]  # a longer row's cells would not show under a short header
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * width]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows[:_TABLE_ROWS]]
     if len(rows) > _TABLE_ROWS:
         lines.append(f"\n({len(rows) - _TABLE_ROWS:,} more rows not shown)")
@@ -225,7 +274,12 @@ def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _fields(value: Mapping[str, Any], output_type: type[BaseModel]) -> list[str]:
-    return [f"**Answer** as `{output_type.__name__}`:", "", *_table(["field", "value"], list(value.items())), ""]
+    return [
+        f"**Answer** as {_code_span(output_type.__name__)}:",
+        "",
+        *_table(["field", "value"], list(value.items())),
+        "",
+    ]
 
 
 def _pipeline_answer(answer: Mapping[str, Any], output_type: type[BaseModel] | None) -> list[str]:
@@ -235,7 +289,9 @@ def _pipeline_answer(answer: Mapping[str, Any], output_type: type[BaseModel] | N
 
 
 def _agent_answer(summary: Mapping[str, Any], output_type: type[BaseModel] | None) -> list[str]:
-    lines = ["**Answer** (the agent's chat):", "", summary.get("response") or "_(no chat text)_", ""]
+    response = summary.get("response")
+    chat = literal(response) if isinstance(response, str) and response.strip() else "_(no chat text)_"
+    lines = ["**Answer** (the agent's chat):", "", chat, ""]
     for i, result in enumerate(summary.get("results") or [], 1):
         lines += [f"**Result {i}**", ""]
         if output_type is not None and isinstance(result, Mapping):
@@ -260,17 +316,38 @@ def _csv_table(result: Any) -> list[str] | None:
     return _table(rows[0], rows[1:])
 
 
+#: A line opening a fenced code block (up to 3 spaces, then 3 or more backticks or tildes).
+_FENCE: Final = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
 def cut(text: str, limit: int) -> str:
     """``text`` in at most ``limit`` UTF-8 bytes: cut at a character boundary, an open code block closed, a note."""
     data = text.encode()
     if len(data) <= limit:
         return text
     note = f"\n\n_(The answer is cut here: {len(data):,} bytes in all, {limit:,} shown. The task log has all of it.)_\n"
-    kept = data[: max(0, limit - len(note.encode()) - 8)].decode("utf-8", errors="ignore")
-    fences = [line for line in kept.splitlines() if line.startswith(("```", "~~~~"))]
-    if len(fences) % 2:
-        kept += "\n" + ("~~~~" if fences[-1].startswith("~") else "```")
-    return kept + note
+    room = max(0, limit - len(note.encode()))
+    reserve = 0  # for the closing fence of a code block left open by the cut
+    while True:
+        kept = data[: max(0, room - reserve)].decode("utf-8", errors="ignore")
+        fence = _open_fence(kept)
+        if fence is None:
+            return kept + note
+        if len(fence) + 1 <= reserve:
+            return kept + "\n" + fence + note
+        reserve = len(fence) + 1
+
+
+def _open_fence(text: str) -> str | None:
+    """The fence of the code block still open at the end of ``text`` (Markdown as :func:`review_body` writes it)."""
+    fence: str | None = None
+    for line in text.split("\n"):
+        if fence is None:
+            opening = _FENCE.match(line)
+            fence = opening.group(1) if opening else None
+        elif re.fullmatch(f" {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*", line):
+            fence = None
+    return fence
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,24 +367,60 @@ class Review:
 
     # -- before prompting
 
-    def approved_earlier(self, context: Context) -> Any | None:
+    def approved_earlier(self, context: Context, prompt: Callable[[], str]) -> Any | None:
         """The answer approved on an earlier try of this task (Airflow 3.3's task state store), else ``None``.
 
         Set when a review is approved and removed when the task succeeds, so a try that failed after the
-        approval (a killed worker, a failed XCom write) returns it without prompting or reviewing again.
+        approval (a killed worker, a failed XCom write) returns it without prompting or reviewing again; but only
+        for the same prompt, app, model, session, overrides and ``output_type`` (:meth:`fingerprint`): a task
+        cleared after its upstream changed the prompt is prompted and reviewed again.
+
+        :param prompt: takes this try's prompt (called only when an approved answer is kept).
         """
         store = context.get("task_state_store")
         record = store.get(_APPROVED_KEY) if store is not None else None
-        if not isinstance(record, Mapping) or "answer" not in record:
+        if store is None or not isinstance(record, Mapping) or "answer" not in record:
+            return None
+        kept, now = record.get("fingerprint"), self.fingerprint(prompt())
+        if kept != now:
+            changed = [part for part in now if not isinstance(kept, Mapping) or kept.get(part) != now[part]]
+            self.op.log.info(
+                "An answer was approved on an earlier try, but %s: prompting Candela again for a new review.",
+                f"for another {', '.join(changed)}" if isinstance(kept, Mapping) else "not bound to its prompt",
+            )
+            store.delete(_APPROVED_KEY)
             return None
         review = record.get("review")
         review = review if isinstance(review, Mapping) else {}
         self.op.log.info(
-            "The answer was approved on an earlier try (%s): returning it without prompting Candela again.",
+            "The answer was approved on an earlier try (%s) for the same prompt: returning it without prompting "
+            "Candela again.",
             _describe(review),
         )
         _push(context, dict(review))
         return record["answer"]
+
+    def fingerprint(self, prompt: str) -> dict[str, str]:
+        """What an approved answer belongs to: a SHA-256 each of the prompt, app, model, session, overrides, type."""
+        op = self.op
+        output_type = op.output_type
+        parts: dict[str, Any] = {
+            "prompt": prompt,
+            "app": op.app,
+            "model": op.model,
+            "session": [getattr(op, name, None) for name in ("session", "session_id", "scope")],
+            "overrides": [op.circuit_override, op.directive_override],
+            "output_type": None
+            if output_type is None
+            else [
+                f"{output_type.__module__}.{output_type.__qualname__}",
+                {name: repr(field.annotation) for name, field in output_type.model_fields.items()},
+            ],
+        }
+        return {
+            part: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+            for part, value in parts.items()
+        }
 
     @staticmethod
     def forget(context: Context) -> None:
@@ -322,7 +435,9 @@ class Review:
         """Show ``answer`` (what the task would return) for review and wait: never returns.
 
         The task waits in ``awaiting_input`` (Airflow 3.3+) or deferred (3.1, 3.2) and resumes in
-        ``execute_review``.  Called after a one-task session was stopped: the wait holds nothing.
+        ``execute_review`` (with the answer and its :meth:`fingerprint`).  Called after a one-task session was
+        stopped: the wait holds nothing.  A notifier that fails is logged; the review stays open (failing the
+        task would cost a second prompt on retry).
         """
         from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
         from airflow.sdk.execution_time.hitl import upsert_hitl_detail
@@ -358,14 +473,22 @@ class Review:
         )
         op.subject, op.body = subject, body  # for the notifiers' templates: {{ task.subject }}, {{ task.body }}
         for notifier in op.approval_notifiers:
-            notifier(context)
+            try:
+                notifier(context)
+            except Exception as err:
+                op.log.warning(
+                    "The approval notifier %s failed (%s: %s); the review is open all the same.",
+                    _notifier_name(notifier),
+                    type(err).__name__,
+                    err,
+                )
         limit = f"within {op.approval_timeout}" if op.approval_timeout else "with no time limit"
         op.log.info(
             "Candela's answer waits for a review on the Required Actions page (%s; on timeout: %s).",
             limit,
             op.on_approval_timeout,
         )
-        continuation = {"answer": answer}
+        continuation = {"answer": answer, "fingerprint": self.fingerprint(prompt)}
         if AIRFLOW_V_3_3_PLUS:
             from airflow.sdk.exceptions import TaskAwaitingInput
 
@@ -395,8 +518,13 @@ class Review:
 
     # -- the reviewer answered
 
-    def complete(self, context: Context, event: Mapping[str, Any], answer: dict[str, Any]) -> Any:
+    def complete(
+        self, context: Context, event: Mapping[str, Any], answer: dict[str, Any], fingerprint: Any = None
+    ) -> Any:
         """The task's return value after the review: the answer, or the reviewer's edit.
+
+        :param fingerprint: what the answer belongs to (:meth:`fingerprint` when the review opened), kept with
+            the approved answer for a retry.
 
         :raises CandelaReviewError: rejected, or nobody answered within ``approval_timeout`` (``"fail"``).
         :raises CandelaOutputError: the edit does not fit (``output_type``, or the answer's form).
@@ -437,7 +565,7 @@ class Review:
         op.log.info("Candela's answer was %s.", _describe(review))
         store = context.get("task_state_store")
         if store is not None:
-            store.set(_APPROVED_KEY, {"answer": value, "review": review})
+            store.set(_APPROVED_KEY, {"answer": value, "review": review, "fingerprint": fingerprint})
         _push(context, review)
         return value
 
@@ -453,7 +581,8 @@ class Review:
                     f"Task '{tid}': the reviewer's edit is not JSON ({err}). The edit is in the task log; "
                     "clear the task to prompt Candela again and review the new answer."
                 ) from None
-        if _as_javascript(edit) == _as_javascript(original):
+        edit = _kept_exact(original, edit)
+        if _exact(edit) == _exact(original):
             return answer, False
         op.log.info("The reviewer's edit (truncated): %s", shorten(json.dumps(edit, default=str), 2000))
         what = "the reviewer's edit"
@@ -486,7 +615,7 @@ _ADVICE: Final = "Clear the task to prompt Candela again and review the new answ
 
 
 def _as_javascript(value: Any) -> Any:
-    """``value`` with every number a float, as a browser's ``JSON.parse`` reads it: an untouched form is no edit."""
+    """``value`` with every number a float, as a browser's ``JSON.parse`` reads it (booleans kept apart)."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return ("bool", value) if isinstance(value, bool) else value
     if isinstance(value, int | float):
@@ -496,6 +625,65 @@ def _as_javascript(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_as_javascript(v) for v in value]
     return value
+
+
+def _exact(value: Any) -> str:
+    """``value`` compared exactly (``1``, ``1.0`` and ``True`` differ; the order of an object's keys does not)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _kept_exact(original: Any, edit: Any) -> Any:
+    """The reviewer's ``edit`` with every value they did not change exactly as in ``original`` (Candela's).
+
+    The review form carries the answer through the browser's JSON numbers (doubles): an integer above 2**53
+    comes back rounded although the reviewer never touched it.  So wherever the edit equals the original as
+    JavaScript reads it, the original is kept: objects key by key, lists item by item (a list the reviewer
+    made longer or shorter is matched by content, a changed item to the original it has most in common with).
+    A value the reviewer changed is theirs, as the browser sent it.
+    """
+    if _as_javascript(edit) == _as_javascript(original):
+        return original
+    if isinstance(edit, Mapping) and isinstance(original, Mapping):
+        return {k: _kept_exact(original[k], v) if k in original else v for k, v in edit.items()}
+    if isinstance(edit, list) and isinstance(original, list):
+        if len(edit) == len(original):
+            return [_kept_exact(o, e) for o, e in zip(original, edit, strict=True)]
+        return _kept_exact_items(original, edit)
+    return edit
+
+
+def _kept_exact_items(original: list[Any], edit: list[Any]) -> list[Any]:
+    """:func:`_kept_exact` for a list whose length the reviewer changed: items matched by content."""
+    from difflib import SequenceMatcher
+
+    merged = list(edit)
+    shown = [_exact(_as_javascript(item)) for item in original]
+    sent = [_exact(_as_javascript(item)) for item in edit]
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, shown, sent, autojunk=False).get_opcodes():
+        if tag == "equal":
+            merged[j1:j2] = original[i1:i2]
+        elif tag == "replace":
+            free = list(range(i1, i2))
+            for j in range(j1, j2):
+                scores = [(len(_leaves(original[i]) & _leaves(edit[j])), -i) for i in free]
+                if scores and max(scores)[0] > 0:
+                    i = -max(scores)[1]
+                    free.remove(i)
+                    merged[j] = _kept_exact(original[i], edit[j])
+    return merged
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> set[tuple[Any, ...]]:
+    """The scalar values of ``value`` with their paths, as JavaScript reads them (to match a changed item)."""
+    if isinstance(value, Mapping):
+        return set().union(*(_leaves(v, (*path, str(k))) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(_leaves(v, (*path, i)) for i, v in enumerate(value)))
+    return {(*path, _exact(_as_javascript(value)))}
+
+
+def _notifier_name(notifier: Any) -> str:
+    return str(getattr(notifier, "__name__", None) or type(notifier).__name__)
 
 
 def _record(decision: str, edited: bool, user: Any, at: Any) -> dict[str, Any]:

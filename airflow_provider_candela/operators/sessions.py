@@ -320,9 +320,11 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
         """Resume after the slot trigger fired: start the one-task session and prompt it, or fail."""
         return resume(self, context, event)
 
-    def execute_review(self, context: Context, event: dict[str, Any], answer: dict[str, Any]) -> Any:
+    def execute_review(
+        self, context: Context, event: dict[str, Any], answer: dict[str, Any], fingerprint: Any = None
+    ) -> Any:
         """Resume after the review (``require_approval``): the answer or the reviewer's edit, or fail."""
-        return Review(self, self.prompt_kind).complete(context, event, answer)
+        return Review(self, self.prompt_kind).complete(context, event, answer, fingerprint)
 
     def post_execute(self, context: Any, result: Any = None) -> None:
         """After success: an approved answer kept for a retry is in XCom now, the task state store lets it go."""
@@ -332,13 +334,15 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
     def _answered(self, context: Context, value: Any, run: Callable[[], Any]) -> Any:
         """``run()`` the prompt and return ``value(answer)``; with ``require_approval``, after a person's review.
 
-        An answer approved on an earlier try is returned without prompting again.  The review opens once the
-        prompt's one-task session is stopped, so the wait holds no Candela session and no worker slot.
+        An answer approved on an earlier try for the same prompt is returned without prompting again.  The
+        review opens once the prompt's one-task session is stopped, so the wait holds no Candela session and no
+        worker slot.
         """
+        self._prompt_taken = None
         if not self.require_approval:
             return value(run())
         review = Review(self, self.prompt_kind)
-        earlier = review.approved_earlier(context)
+        earlier = review.approved_earlier(context, lambda: self._taken_prompt(context))
         if earlier is not None:
             return earlier
         answer = value(run())
@@ -347,6 +351,15 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
     def _prompt_text(self, context: Context) -> str:
         """The prompt to send (the decorators' function returns it instead)."""
         return coerce_prompt(self.prompt, task_id=self.task_id)
+
+    #: This run's prompt, once taken (:meth:`_taken_prompt`).
+    _prompt_taken: str | None = None
+
+    def _taken_prompt(self, context: Context) -> str:
+        """:meth:`_prompt_text`, taken once per run (the review's check of an earlier approval may take it first)."""
+        if self._prompt_taken is None:
+            self._prompt_taken = self._prompt_text(context)
+        return self._prompt_taken
 
     def _in_session(self, context: Context, send: Callable[[CandelaHook, ObjectId, str], _R]) -> _R:
         """``send(hook, session, prompt)`` on the running session, or on a session started and stopped here.
@@ -359,12 +372,12 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
         from airflow_provider_candela.hooks._lifecycle import owned_session
 
         if self.app is None:
-            prompt = self._prompt_text(context)
+            prompt = self._taken_prompt(context)
             oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
             with self._task_hook() as hook:
                 return self._on_running(hook, oid, lambda: self._prompting(hook, None, None, oid, prompt, send=send))
         deferring = may_defer(self)
-        early = None if deferring else self._prompt_text(context)
+        early = None if deferring else self._taken_prompt(context)
         start = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)
         app = coerce_object_id(self.app, argument="app", task_id=self.task_id)
         model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
@@ -372,7 +385,7 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
             lifecycle = {"gen_ai.agent.id": f"{app.scope}/{app.identifier}", "candela.session.kind": "one-task"}
             with hook.telemetry.span(f"candela.session {app.identifier}", lifecycle):
                 ready_slot(self, hook)
-                prompt = early if early is not None else self._prompt_text(context)
+                prompt = early if early is not None else self._taken_prompt(context)
                 metadata = start(hook)
                 with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
                     return self._prompting(hook, app, model, session, prompt, send=send)

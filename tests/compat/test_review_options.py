@@ -122,7 +122,7 @@ def test_pipeline_body_shows_task_prompt_fields_and_json() -> None:
         editable=True,
     )
     assert body.startswith("**Task** `d.t` asks Candela (pipeline)")
-    assert "> Summarise\n> the day" in body
+    assert "> Summarise\\\n> the day" in body, "the prompt's lines stay lines (a hard line break)"
     assert "**Answer** as `Summary`:" in body
     assert "| answer | a \\| b |" in body, "a pipe in a cell is escaped"
     assert '```json\n{\n  "answer": "a | b",\n  "word_count": 2\n}\n```' in body
@@ -139,7 +139,7 @@ def test_agent_body_renders_results_as_markdown_tables() -> None:
         output_type=None,
         editable=False,
     )
-    assert "**Answer** (the agent's chat):\n\nHere it is." in body
+    assert "**Answer** (the agent's chat):\n\nHere it is\\." in body, "the chat as text (its markup escaped)"
     assert "**Result 1**\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |" in body
     assert "**Result 2**\n\n```json" in body
     assert "edit" not in body
