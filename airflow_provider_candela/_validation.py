@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,8 @@ from airflow_provider_candela.models import (
 
 __all__ = [
     "DEFAULT_CONN_ID",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
     "IF_SESSION_RUNNING",
     "LONGEST_LIMIT",
     "as_utc",
@@ -50,6 +53,7 @@ __all__ = [
     "coerce_conn_id",
     "coerce_conn_ids",
     "coerce_flag",
+    "coerce_hook_params",
     "coerce_model",
     "coerce_name",
     "coerce_object_id",
@@ -65,6 +69,8 @@ __all__ = [
     "id_json",
     "is_resolved",
     "parse_bool",
+    "parse_max_retries",
+    "parse_timeout",
     "shorten",
     "time_limit",
     "validation_problems",
@@ -90,6 +96,83 @@ LONGEST_LIMIT: Final = 100 * 365 * 86400.0
 
 #: The connection id every hook, operator, sensor and trigger uses unless given another.
 DEFAULT_CONN_ID: Final = "candela_default"
+
+
+#: The connection's ``timeout`` (connect, read seconds) and ``max_retries`` when it sets none.
+DEFAULT_TIMEOUT: Final = (10.0, 300.0)
+DEFAULT_MAX_RETRIES: Final = 5
+
+
+def parse_timeout(value: Any) -> tuple[float, float]:
+    """``timeout`` (connection extra, hook argument or ``hook_params``) as ``(connect, read)`` seconds.
+
+    :raises ValueError: saying what is expected.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_TIMEOUT
+    parts: list[Any]
+    if isinstance(value, list | tuple):
+        parts = list(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        parts = [value]
+    elif isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    else:
+        parts = [value]
+    try:
+        numbers = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) not in (1, 2) or not all(math.isfinite(n) and n > 0 for n in numbers):
+        raise ValueError("expected one positive number of seconds or 'connect,read' such as '10,300'")
+    return (numbers[0], numbers[-1])
+
+
+def parse_max_retries(value: Any) -> int:
+    """``max_retries`` (connection extra, hook argument or ``hook_params``): a whole number >= 0.
+
+    :raises ValueError: saying what is expected.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_MAX_RETRIES
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) or isinstance(value, bool) else value
+    except ValueError:
+        number = -1
+    if isinstance(value, bool) or number < 0:
+        raise ValueError("expected a whole number >= 0 such as 5")
+    return number
+
+
+def coerce_hook_params(value: Any, *, task_id: str) -> dict[str, Any]:
+    """``hook_params`` of a task, checked at parse: only ``timeout`` and ``max_retries``, each well formed.
+
+    Returned JSON-safe (a ``timeout`` tuple becomes a list) so that a trigger can serialize it as it is.
+
+    :raises CandelaInputError: naming the key and what it takes.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CandelaInputError(
+            f"Invalid `hook_params` for task '{task_id}': expected a dict with `timeout` and/or `max_retries`, "
+            f"got {type(value).__name__}."
+        )
+    parsers = {"timeout": parse_timeout, "max_retries": parse_max_retries}
+    unknown = sorted(set(value) - set(parsers), key=str)
+    if unknown:
+        raise CandelaInputError(
+            f"Invalid `hook_params` for task '{task_id}': unknown key(s) {', '.join(map(repr, unknown))}; "
+            "it takes `timeout` and `max_retries` (other settings belong to the connection)."
+        )
+    for key, item in value.items():
+        try:
+            parsers[key](item)
+        except ValueError as err:
+            raise CandelaInputError(
+                f"Invalid `hook_params['{key}']` for task '{task_id}': {err}, got {item!r}."
+            ) from None
+    return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
 
 
 def coerce_conn_id(value: Any, *, task_id: str | None = None) -> str:

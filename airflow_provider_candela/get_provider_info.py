@@ -16,6 +16,37 @@ HOOK_CLASS: Final = "airflow_provider_candela.hooks.candela.CandelaHook"
 #: The one description of the package: also the ``description`` of pyproject.toml and the README's first sentence.
 DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks"
 
+#: The ``[candela]`` options the provider reads (``airflow config list`` shows them; the docs are made from this).
+CONFIG: Final[dict[str, Any]] = {
+    "candela": {
+        "description": "Options of the Candela provider.",
+        "options": {
+            "capture_content": {
+                "description": (
+                    "With ``[traces] otel_on``: put the prompt text and Candela's answer on the spans "
+                    "(``gen_ai.input.messages`` / ``gen_ai.output.messages``). Off by default: prompts and "
+                    "answers may hold personal or confidential data."
+                ),
+                "version_added": "0.1.0",
+                "type": "boolean",
+                "example": "True",
+                "default": "False",
+            },
+            "trigger_threads": {
+                "description": (
+                    "Threads of the Candela triggers of one triggerer process. Their blocking calls run on these "
+                    "threads, never on the event loop's default executor that every provider's triggers share, "
+                    "so a Candela that does not answer holds only these."
+                ),
+                "version_added": "0.1.0",
+                "type": "integer",
+                "example": "32",
+                "default": "16",
+            },
+        },
+    }
+}
+
 
 def get_provider_info() -> dict[str, Any]:
     """Return the provider metadata Airflow reads through the ``apache_airflow_provider`` entry point."""
@@ -87,6 +118,7 @@ def get_provider_info() -> dict[str, Any]:
                 "plugin-class": "airflow_provider_candela.plugins.candela_page.CandelaPagePlugin",
             }
         ],
+        "config": CONFIG,
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

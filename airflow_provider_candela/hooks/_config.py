@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from airflow_provider_candela._validation import parse_bool, shorten
+from airflow_provider_candela._validation import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    parse_bool,
+    parse_max_retries,
+    parse_timeout,
+    shorten,
+)
 from airflow_provider_candela.exceptions import CandelaConnectionConfigError
 
 __all__ = [
@@ -31,8 +38,6 @@ __all__ = [
     "parse_timeout",
 ]
 
-DEFAULT_TIMEOUT: Final = (10.0, 300.0)
-DEFAULT_MAX_RETRIES: Final = 5
 DEFAULT_STREAM_TIMEOUT: Final = 3600.0
 DEFAULT_SLOT_TYPE: Final = "gpu-medium"
 EXTRA_PREFIX: Final = "extra__candela__"
@@ -277,31 +282,6 @@ def _verify(conn_id: str, value: Any) -> bool | str:
     return path
 
 
-def parse_timeout(value: Any) -> tuple[float, float]:
-    """``timeout`` (connection extra, hook argument or ``hook_params``) as ``(connect, read)`` seconds.
-
-    :raises ValueError: saying what is expected.
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return DEFAULT_TIMEOUT
-    parts: list[Any]
-    if isinstance(value, list | tuple):
-        parts = list(value)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        parts = [value]
-    elif isinstance(value, str):
-        parts = [p.strip() for p in value.split(",")]
-    else:
-        parts = [value]
-    try:
-        numbers = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) not in (1, 2) or not all(math.isfinite(n) and n > 0 for n in numbers):
-        raise ValueError("expected one positive number of seconds or 'connect,read' such as '10,300'")
-    return (numbers[0], numbers[-1])
-
-
 def _stream_timeout(conn_id: str, value: Any) -> float:
     if value is None or (isinstance(value, str) and not value.strip()):
         return DEFAULT_STREAM_TIMEOUT
@@ -311,22 +291,6 @@ def _stream_timeout(conn_id: str, value: Any) -> float:
         number = math.nan
     if not (math.isfinite(number) and number > 0):
         raise _err(conn_id, f"has stream_timeout={value!r}: expected a positive number of seconds such as 3600")
-    return number
-
-
-def parse_max_retries(value: Any) -> int:
-    """``max_retries`` (connection extra, hook argument or ``hook_params``): a whole number >= 0.
-
-    :raises ValueError: saying what is expected.
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return DEFAULT_MAX_RETRIES
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) or isinstance(value, bool) else value
-    except ValueError:
-        number = -1
-    if isinstance(value, bool) or number < 0:
-        raise ValueError("expected a whole number >= 0 such as 5")
     return number
 
 

@@ -12,44 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from airflow_provider_candela._validation import DEFAULT_CONN_ID, coerce_conn_id, coerce_object_id, is_resolved
-from airflow_provider_candela.exceptions import CandelaCancelledError, CandelaInputError
+from airflow_provider_candela._validation import (
+    DEFAULT_CONN_ID,
+    coerce_conn_id,
+    coerce_hook_params,
+    coerce_object_id,
+    is_resolved,
+)
+from airflow_provider_candela.exceptions import CandelaCancelledError
 
 if TYPE_CHECKING:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
-__all__ = ["CandelaOperator", "coerce_hook_params"]
-
-
-def coerce_hook_params(value: Any, *, task_id: str) -> dict[str, Any]:
-    """``hook_params`` checked at parse: only ``timeout`` and ``max_retries``, each well formed.
-
-    :raises CandelaInputError: naming the key and what it takes.
-    """
-    from airflow_provider_candela.hooks._config import parse_max_retries, parse_timeout
-
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise CandelaInputError(
-            f"Invalid `hook_params` for task '{task_id}': expected a dict with `timeout` and/or `max_retries`, "
-            f"got {type(value).__name__}."
-        )
-    parsers = {"timeout": parse_timeout, "max_retries": parse_max_retries}
-    unknown = sorted(set(value) - set(parsers), key=str)
-    if unknown:
-        raise CandelaInputError(
-            f"Invalid `hook_params` for task '{task_id}': unknown key(s) {', '.join(map(repr, unknown))}; "
-            "it takes `timeout` and `max_retries` (other settings belong to the connection)."
-        )
-    for key, item in value.items():
-        try:
-            parsers[key](item)
-        except ValueError as err:
-            raise CandelaInputError(
-                f"Invalid `hook_params['{key}']` for task '{task_id}': {err}, got {item!r}."
-            ) from None
-    return dict(value)
+__all__ = ["CandelaOperator"]
 
 
 class CandelaOperator(BaseOperator):

@@ -93,6 +93,7 @@ class StartingOperator(Protocol):
 
     task_id: str
     candela_conn_id: str
+    hook_params: dict[str, Any]
     scope: Any
     parent_session: Any
     ensure_slot: bool
@@ -376,6 +377,7 @@ def ready_slot(op: StartingOperator, hook: CandelaHook) -> None:
             slot.slot_id,
             assigned=assigned,
             candela_conn_id=op.candela_conn_id,
+            hook_params=op.hook_params,
             poll_interval=op.slot_poll_interval,
             timeout=timeout,
             waiting_since=waiting_since,

@@ -21,13 +21,13 @@ from airflow_provider_candela._deferral import backstop, trigger_event
 from airflow_provider_candela._validation import (
     DEFAULT_CONN_ID,
     coerce_conn_id,
+    coerce_hook_params,
     coerce_name,
     coerce_session,
     is_resolved,
 )
 from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
 from airflow_provider_candela.models import ObjectId
-from airflow_provider_candela.operators._base import coerce_hook_params
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -194,6 +194,7 @@ class CandelaSessionExistsSensor(BaseSensorOperator):
                 identifier=oid.identifier,
                 version=oid.version,
                 candela_conn_id=self.hook.candela_conn_id,
+                hook_params=self.hook_params,
                 poll_interval=_seconds(self.poke_interval),
                 timeout=timeout,
             ),

@@ -36,6 +36,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
     :param identifier: identifier of the awaited session.
     :param version: version of the awaited session (``None``: any version).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
+    :param hook_params: the task's ``hook_params`` (``timeout``, ``max_retries``), used by the trigger's hook.
     :param poll_interval: seconds between two checks.
     :param timeout: seconds to wait before firing a ``timeout`` event (``None`` or ``float("inf")``: no limit).  Turned
         into an absolute ``end_time`` so that a trigger moved to another triggerer keeps its deadline.
@@ -49,6 +50,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         version: str | None = None,
         *,
         candela_conn_id: str = DEFAULT_CONN_ID,
+        hook_params: dict[str, Any] | None = None,
         poll_interval: float = 60.0,
         timeout: float | None = None,
         end_time: float | None = None,
@@ -58,11 +60,12 @@ class CandelaSessionExistsTrigger(BaseTrigger):
         self.identifier = identifier
         self.version = version
         self.candela_conn_id = candela_conn_id
+        self.hook_params = dict(hook_params or {})
         self.poll_interval = float(poll_interval)
         self.end_time = deadline(timeout, end_time)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and JSON-safe kwargs: ids, conn id and timing only (no credentials)."""
+        """Classpath and JSON-safe kwargs: ids, conn id, hook params and timing only (no credentials)."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -70,6 +73,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
                 "identifier": self.identifier,
                 "version": self.version,
                 "candela_conn_id": self.candela_conn_id,
+                "hook_params": self.hook_params,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
             },
@@ -116,6 +120,7 @@ class CandelaSessionExistsTrigger(BaseTrigger):
                     f"({checks} checks, every {self.poll_interval:g} s).",
                     "session": ids,
                 },
+                hook_params=self.hook_params,
                 on_error=lambda err: {
                     "status": "error",
                     "message": f"Checking Candela session {oid} failed: {type(err).__name__}: {err}",

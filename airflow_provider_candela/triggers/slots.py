@@ -45,6 +45,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
     :param slot_id: the slot being waited for (for messages and to recognise it in ``on_kill``).
     :param assigned: whether the deferring task assigned the slot (``on_kill`` disposes of only such a slot).
     :param candela_conn_id: the Airflow connection of type ``candela`` to use.
+    :param hook_params: the task's ``hook_params`` (``timeout``, ``max_retries``), used by the trigger's hook.
     :param poll_interval: seconds between two state checks.
     :param timeout: seconds to wait before firing a ``timeout`` event (``None``, ``float("inf")`` or beyond
         a century: no limit).  Turned into an absolute ``end_time`` so that a trigger moved to another
@@ -60,6 +61,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         *,
         assigned: bool = False,
         candela_conn_id: str = DEFAULT_CONN_ID,
+        hook_params: dict[str, Any] | None = None,
         poll_interval: float = 5.0,
         timeout: float | None = None,
         end_time: float | None = None,
@@ -70,18 +72,20 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         self.slot_id = slot_id
         self.assigned = bool(assigned)
         self.candela_conn_id = candela_conn_id
+        self.hook_params = dict(hook_params or {})
         self.poll_interval = float(poll_interval)
         self.end_time = deadline(timeout, end_time)
         self._last: SlotState | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and JSON-safe kwargs: slot id, flag, conn id and timing only (no credentials)."""
+        """Classpath and JSON-safe kwargs: slot id, flag, conn id, hook params and timing only (no credentials)."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "slot_id": self.slot_id,
                 "assigned": self.assigned,
                 "candela_conn_id": self.candela_conn_id,
+                "hook_params": self.hook_params,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "waiting_since": self.waiting_since,
@@ -123,6 +127,7 @@ class CandelaSlotReadyTrigger(BaseTrigger):
                     f"every {self.poll_interval:g} s): raise slot_ready_timeout, or check the slot type and "
                     "Candela's capacity",
                 ),
+                hook_params=self.hook_params,
                 on_error=lambda err: self._payload(
                     "error",
                     f"Checking the Candela slot {self.slot_id} failed "
@@ -137,7 +142,9 @@ class CandelaSlotReadyTrigger(BaseTrigger):
         if not self.assigned:
             self.log.info("Task killed; the Candela slot %s was not assigned by it and stays.", self.slot_id)
             return
-        self.log.info("Task killed: %s", await with_hook(self.candela_conn_id, self._dispose_if_starting))
+        self.log.info(
+            "Task killed: %s", await with_hook(self.candela_conn_id, self._dispose_if_starting, self.hook_params)
+        )
 
     def _dispose_if_starting(self, hook: CandelaHook) -> str:
         if not hook.user_has_slot():

@@ -97,11 +97,18 @@ def test_a_dev_session_start_defers_too(candela: Any, trigger_runs: list[dict[st
     candela.configure(slot_startup_seconds=1.0)
     with _dag("deferred_dev_start") as dag:
         CandelaStartDevSessionOperator(
-            task_id="start", model=MODEL, circuit=CIRCUIT, directive=DIRECTIVE, deferrable=True, slot_poll_interval=0.1
+            task_id="start",
+            model=MODEL,
+            circuit=CIRCUIT,
+            directive=DIRECTIVE,
+            deferrable=True,
+            slot_poll_interval=0.1,
+            hook_params={"timeout": (5, 120), "max_retries": 2},
         )
     dr = run_dag(dag)
     assert dr.states == {"start": "success"}
     assert [[e["status"] for e in run["events"]] for run in trigger_runs] == [["success"]]
+    assert trigger_runs[0]["kwargs"]["hook_params"] == {"timeout": [5, 120], "max_retries": 2}
     assert dr.xcom("start")["obj_id"]["identifier"] == _running(candela)["identifier"]
 
 

@@ -34,3 +34,13 @@ def test_every_emulator_flag_is_in_the_readme_table_and_help_shows_no_empty_defa
     help_text = parser.format_help()
     assert "(default: None)" not in help_text and "(default: [])" not in help_text
     assert "(default: from the prompt)" in " ".join(help_text.split())
+
+
+def test_every_candela_option_the_code_reads_is_declared_in_the_provider_info() -> None:
+    read = set()
+    for source in (ROOT / "airflow_provider_candela").rglob("*.py"):
+        read |= set(re.findall(r"""conf\.get\w*\(\s*["']candela["'],\s*["'](\w+)["']""", source.read_text()))
+    declared = get_provider_info()["config"]["candela"]["options"]
+    assert read == set(declared), "every [candela] option read is declared, and only those"
+    for name, option in declared.items():
+        assert str(option["default"]) and option["description"] and option["type"], name

@@ -131,6 +131,7 @@ def test_deferrable_mode_resumes_when_the_session_appears(candela: Any, trigger_
             deferrable=True,
             poke_interval=0.2,
             timeout=60,
+            hook_params={"timeout": 30, "max_retries": 1},
         )
     # one check by the sensor before deferring, then at least one by the trigger
     thread = _child_after(candela, parent, checks=2)
@@ -140,6 +141,7 @@ def test_deferrable_mode_resumes_when_the_session_appears(candela: Any, trigger_
     [run] = trigger_runs
     assert run["kwargs"]["identifier"] == parent.identifier
     assert run["kwargs"]["version"] == "1.1.0"
+    assert run["kwargs"]["hook_params"] == {"timeout": 30, "max_retries": 1}
     assert [e["status"] for e in run["events"]] == ["success"]
     assert dr.xcom("wait") == run["events"][0]["session"]
     assert dr.xcom("wait")["obj_id"]["version"] == "1.1.0"

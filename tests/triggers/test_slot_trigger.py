@@ -54,6 +54,7 @@ def test_serialize_round_trip_carries_the_slot_and_timing_but_no_credentials(ass
         "slot_id": "slot-1",
         "assigned": True,
         "candela_conn_id": "candela_default",
+        "hook_params": {},
         "poll_interval": 2.0,
         "end_time": pytest.approx(time.time() + 60, abs=5),
         "waiting_since": pytest.approx(time.time(), abs=5),  # for the candela.slot.wait timer, across triggerers

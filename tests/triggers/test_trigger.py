@@ -36,9 +36,22 @@ def _start_session(scope: str | None = None) -> Any:
 
 
 def test_serialize_round_trip_carries_ids_and_timing_but_no_credentials(assert_serializes_safely: Any) -> None:
-    trigger = CandelaSessionExistsTrigger("team", "session-1", "1.0.0", poll_interval=5, timeout=60)
+    trigger = CandelaSessionExistsTrigger(
+        "team", "session-1", "1.0.0", poll_interval=5, timeout=60, hook_params={"timeout": [5, 30], "max_retries": 1}
+    )
     kwargs = assert_serializes_safely(trigger)
-    assert set(kwargs) == {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
+    assert set(kwargs) == {
+        "scope",
+        "identifier",
+        "version",
+        "candela_conn_id",
+        "hook_params",
+        "poll_interval",
+        "end_time",
+    }
+    assert kwargs["hook_params"] == {"timeout": [5, 30], "max_retries": 1}, (
+        "the task's hook settings reach the triggerer"
+    )
 
 
 def test_fires_success_with_the_session_metadata(candela: Any) -> None:
