@@ -2,7 +2,8 @@
 
 The environment is set at import time, before any test module imports Airflow, so Airflow reads
 this home and never the user's ``~/airflow``.  The Candela emulator fixtures come from the
-package's pytest plugin (``airflow_provider_candela.testing``).
+package's pytest plugin (``airflow_provider_candela.testing``), enabled by ``-p`` in pyproject.toml's
+pytest ``addopts``, as a user enables it.
 
 The session checks that it leaves nothing behind: every temporary file of the suite and of the
 processes it starts goes to a folder of its own (``TMPDIR``; pytest's ``tmp_path`` folders stay
@@ -29,7 +30,6 @@ from typing import Any
 import pytest
 
 from airflow_provider_candela.testing import wait_until
-
 _TEMP = Path(tempfile.mkdtemp(prefix="candela-tests-"))
 atexit.register(shutil.rmtree, _TEMP, True)  # also when no test ran (e.g. --collect-only)
 _SESSION_VAR = "CANDELA_TEST_SESSION"

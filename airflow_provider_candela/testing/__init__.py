@@ -1,8 +1,10 @@
 """Run the Candela emulator from tests (a pytest plugin) or scripts.
 
 ``CandelaEmulator`` starts ``python -m airflow_provider_candela.emulator`` as a subprocess on a free
-loopback port and drives its ``/_emulator/`` controls.  The pytest fixtures (registered through the
-``pytest11`` entry point, so they are available in every pytest run once the package is installed):
+loopback port and drives its ``/_emulator/`` controls.  The pytest fixtures, once a test suite enables
+this module as a pytest plugin (``pytest_plugins = ["airflow_provider_candela.testing"]`` in its top-level
+``conftest.py``, or ``pytest -p airflow_provider_candela.testing``; installing the provider loads nothing
+into anyone's pytest runs):
 
 * ``candela_emulator_server`` (session scope): one emulator process for the whole run;
 * ``candela_emulator`` (function scope): the same server, reset (sessions, slots, tokens, faults,
@@ -15,7 +17,7 @@ loopback port and drives its ``/_emulator/`` controls.  The pytest fixtures (reg
 airflow_provider_candela.testing.run_dags`` runs every DAG of a folder with ``airflow dags test``
 against an emulator.
 
-This package is imported by every pytest run: it imports only the standard library at module level.
+As a pytest plugin it is imported at the start of the run: only the standard library at module level.
 """
 
 from __future__ import annotations

@@ -185,8 +185,12 @@ try:
     sys.exit("the schema accepted provider info without a description: it checks nothing")
 except jsonschema.ValidationError:
     pass
-print(json.dumps({"module": airflow_provider_candela.__file__, "airflow": airflow.__version__}))
+import importlib.metadata
+groups = {ep.group for ep in importlib.metadata.distribution("airflow-provider-candela").entry_points}
+print(json.dumps({"module": airflow_provider_candela.__file__, "airflow": airflow.__version__, "groups": sorted(groups)}))
 """
     found = json.loads(_run([str(python), "-c", check], env=env, cwd=dists.folder).splitlines()[-1])
     assert Path(found["module"]).is_relative_to(venv), found  # the installed wheel, not this checkout
     assert found["airflow"].startswith("3.3."), found
+    # The pytest plugin is opt-in (pytest_plugins / -p): installing the provider adds nothing to a user's pytest runs.
+    assert found["groups"] == ["airflow.plugins", "apache_airflow_provider", "console_scripts"], found
