@@ -111,9 +111,14 @@ class BatchState(Protocol):
 
     #: Where it is kept, for the log.
     where: str
+    #: Whether a retry finds it.
+    keeps: bool
 
     def load(self, inputs: int) -> dict[int, dict[str, Any]]:
-        """Every input's last record (``{"status": "sending"}`` for one sent whose outcome is unknown)."""
+        """Every input's last record (``{"status": "sending"}`` for one sent whose outcome is unknown).
+
+        Beside ``result_path`` only each input's ``status``: the records stay there, out of memory.
+        """
 
     def sending(self, index: int) -> None:
         """Mark input ``index`` as sent (before the request goes out)."""
@@ -129,6 +134,7 @@ class _Memory:
     """No state across tries: a retry starts over (2.11 without ``result_path``)."""
 
     where = "nowhere (a retry of the task starts over: give it result_path to resume instead)"
+    keeps = False
 
     def load(self, inputs: int) -> dict[int, dict[str, Any]]:
         return {}
@@ -147,6 +153,7 @@ class _TaskStateStore:
     """Airflow 3.3's task state store (``context["task_state_store"]``): a key per input, one for the inputs."""
 
     where = "Airflow's task state store"
+    keeps = True
 
     def __init__(self, store: Any, digest: str, *, restart: bool, task_id: str) -> None:
         self._store = store
@@ -180,6 +187,8 @@ class _TaskStateStore:
 class _BesideResults:
     """A folder beside ``result_path``, per task instance: ``inputs.json``, and a file per input."""
 
+    keeps = True
+
     def __init__(self, folder: Any, digest: str, *, restart: bool, task_id: str) -> None:
         self._folder = folder
         self.where = str(folder)
@@ -200,9 +209,31 @@ class _BesideResults:
                 continue
             if suffix == _SENDING:
                 found.setdefault(int(stem), {"status": _SENDING})
-            elif suffix == "json":
-                found[int(stem)] = json.loads(path.read_text())
+            elif suffix == "json":  # the status only: memory stays flat whatever the answers' number and size
+                found[int(stem)] = {"status": json.loads(path.read_text()).get("status")}
         return found
+
+    def adopt(self, store: Any, digest: str, inputs: int) -> int:
+        """Take over the outcomes an earlier try kept in the task state store (same inputs), then clear it.
+
+        An input whose outcome is kept here already keeps it.  :return: how many were taken over.
+        """
+        meta = store.get(_STATE_KEY)
+        if not isinstance(meta, Mapping) or meta.get("fingerprint") != digest:
+            return 0
+        have = set(self.load(inputs))
+        taken = 0
+        for index in range(inputs):
+            value = store.get(f"{_STATE_KEY}:{index}")
+            if index in have or not isinstance(value, Mapping):
+                continue
+            if value.get("status") == _SENDING:
+                self.sending(index)
+            else:
+                self.save(dict(value))
+            taken += 1
+        store.clear()
+        return taken
 
     def sending(self, index: int) -> None:
         (self._folder / f"{index}.{_SENDING}").write_text("")
@@ -238,31 +269,51 @@ def state_folder(result_path: Any, ti: Any) -> Any:
 
 
 def check_writable(result_path: Any, ti: Any, *, task_id: str) -> None:
-    """Make sure the results and the state can be written beside ``result_path`` (before any request).
+    """Make sure the results file and the state beside it can be written (before any request).
 
-    :raises CandelaInputError: naming ``result_path``, the error and the fix.
+    A folder is refused (the records go to one file); a file that does not exist yet is created and removed.
+
+    :raises CandelaInputError: naming ``result_path``, the problem and the fix.
     """
     folder = state_folder(result_path, ti)
     try:
+        if result_path.is_dir():
+            raise CandelaInputError(
+                f"Invalid `result_path` for task '{task_id}': {result_path} is a folder. Name the file the "
+                f"records go to, e.g. '{str(result_path).rstrip('/')}/batch.jsonl'."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-check"
         probe.write_text("")
         probe.unlink()
+        if not result_path.exists():
+            result_path.write_text("")
+            result_path.unlink()
+    except CandelaInputError:
+        raise
     except Exception as err:  # any storage backend's error: the location cannot be used
         raise CandelaInputError(
-            f"Invalid `result_path` for task '{task_id}': {result_path} cannot be written ({folder}: "
-            f"{type(err).__name__}: {err}). Use a location this worker can write."
+            f"Invalid `result_path` for task '{task_id}': {result_path} cannot be written ({type(err).__name__}: "
+            f"{err}). Use a location this worker can write."
         ) from err
 
 
-def open_state(context: Mapping[str, Any], result_path: Any, digest: str, *, restart: bool, task_id: str) -> BatchState:
+def open_state(
+    context: Mapping[str, Any], result_path: Any, digest: str, *, inputs: int, restart: bool, task_id: str
+) -> BatchState:
     """The state of this task instance's batch: beside ``result_path``, else the task state store, else none.
+
+    With ``result_path``, the outcomes an earlier try without it kept in the task state store (e.g. one that
+    failed because its records were too many for XCom) are taken over: a retry sends only what they lack.
 
     :raises CandelaInputError: the inputs changed since an earlier try (unless ``restart``).
     """
-    if result_path is not None:
-        return _BesideResults(state_folder(result_path, context["ti"]), digest, restart=restart, task_id=task_id)
     store = context.get("task_state_store")
+    if result_path is not None:
+        beside = _BesideResults(state_folder(result_path, context["ti"]), digest, restart=restart, task_id=task_id)
+        if store is not None and not restart:
+            beside.adopt(store, digest, inputs)
+        return beside
     if store is not None:
         return _TaskStateStore(store, digest, restart=restart, task_id=task_id)
     return _Memory()

@@ -212,6 +212,11 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
                 f"Invalid `result_path` for task '{self.task_id}': expected a URL such as 'file:///data/batch.jsonl' "
                 f"or 's3://bucket/batch.jsonl', got {type(value).__name__}."
             )
+        if value.strip().endswith("/"):
+            raise CandelaInputError(
+                f"Invalid `result_path` for task '{self.task_id}': {value.strip()!r} ends with '/', a folder. Name "
+                f"the file the records go to, e.g. '{value.strip()}batch.jsonl'."
+            )
         try:
             return ObjectStoragePath(value.strip())
         except Exception as err:  # each storage backend raises its own errors
@@ -289,6 +294,7 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
             context,
             result_path,
             _batch.fingerprint(inputs),
+            inputs=total,
             restart=self.on_changed_inputs == "restart",
             task_id=tid,
         )
@@ -429,7 +435,14 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
 
         tid = self.task_id
         if result_path is not None:
-            written, problems, failing = self._write(result_path, state, inputs or [])
+            try:
+                written, problems, failing = self._write(result_path, state, inputs or [])
+            except Exception as err:  # any storage backend's error
+                raise CandelaError(
+                    f"Task '{tid}': could not write the records of its {total} inputs to `result_path` "
+                    f"{result_path} ({type(err).__name__}: {err}). Every outcome is kept ({state.where}): make "
+                    "the location writable and retry the task; the retry writes them without sending any input again"
+                ) from err
             value: Any = {
                 "counts": {s: int(counts.get(s, 0)) for s in STATUSES},
                 "result_uri": str(result_path),
@@ -440,10 +453,17 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
             value = records
             size = len(json.dumps(records, default=str))
             if size > MAX_INLINE_BYTES:
+                kept = state is not None and state.keeps
                 raise CandelaInputError(
                     f"Task '{tid}': the records of its {total} inputs are {size:,} bytes, more than the "
-                    f"{MAX_INLINE_BYTES:,} XCom takes. Pass `result_path=`: a retry then writes them there "
-                    "without sending the answered inputs again."
+                    f"{MAX_INLINE_BYTES:,} XCom takes. Pass `result_path=` and retry the task: "
+                    + (
+                        "the retry takes over the outcomes kept in Airflow's task state store and writes them "
+                        "there, sending only the inputs that did not succeed."
+                        if kept
+                        else "the records go there (this Airflow version keeps no outcome without "
+                        "result_path, so the retry sends every input again)."
+                    )
                 )
             problems = [r for r in records if r["status"] != "succeeded"]
             failing = len(problems)

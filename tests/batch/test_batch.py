@@ -267,6 +267,10 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "more than 1,000 inputs without result_path": ({"prompts": ["p"] * 1001}, "Pass `result_path=`"),
     "a result_path of the wrong type": ({"prompts": ["a"], "result_path": 42}, "Invalid `result_path`"),
+    "a result_path ending with '/'": (
+        {"prompts": ["a"], "result_path": "file:///data/out/"},
+        r"Invalid `result_path` for task 'b': 'file:///data/out/' ends with '/'",
+    ),
 }
 
 
