@@ -100,6 +100,7 @@ class CandelaOperator(BaseOperator):
         hook = self.__dict__.get("hook")
         if hook is not None:
             hook.cancel(self._killed)
+        super().on_kill()
 
     def _check_id_now(self, value: Any, argument: str) -> None:
         """Validate an id argument at construction unless it is still a template or an XComArg."""

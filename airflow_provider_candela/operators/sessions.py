@@ -327,9 +327,13 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
         return Review(self, self.prompt_kind).complete(context, event, answer, fingerprint)
 
     def post_execute(self, context: Any, result: Any = None) -> None:
-        """After success: an approved answer kept for a retry is in XCom now, the task state store lets it go."""
+        """After success: an approved answer kept for a retry is in XCom now, the task state store lets it go.
+
+        Then Airflow's own ``post_execute`` (a ``post_execute=`` callback of the task, lineage on 2.11).
+        """
         if self.require_approval:
             Review.forget(context)
+        super().post_execute(context, result)
 
     def _answered(self, context: Context, value: Any, run: Callable[[], Any]) -> Any:
         """``run()`` the prompt and return ``value(answer)``; with ``require_approval``, after a person's review.

@@ -170,6 +170,7 @@ class CandelaSessionExistsSensor(BaseSensorOperator):
         hook = self.__dict__.get("hook")
         if hook is not None:
             hook.cancel(f"task '{self.task_id}' was killed")
+        super().on_kill()
 
     def _wait(self, context: Context) -> Any:
         if not self.deferrable:

@@ -432,3 +432,21 @@ def test_if_session_running_fail_leaves_another_runs_session_alone(
 def test_if_session_running_is_checked_at_parse_time() -> None:
     with pytest.raises(CandelaInputError, match="Invalid `if_session_running` for task 't'"):
         CandelaStartSessionOperator(task_id="t", app=PIPELINE, model=MODEL, if_session_running="kill")
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_airflows_pre_and_post_execute_callbacks_run_around_a_prompt(candela: Any) -> None:
+    # The prompt operators extend Airflow's lifecycle: a task's pre_execute= / post_execute= callbacks run.
+    called: list[str] = []
+    with _dag("prompt_lifecycle_callbacks") as dag:
+        CandelaSubmitPipelinePromptOperator(
+            task_id="ask",
+            app=PIPELINE,
+            model=MODEL,
+            prompt="Count my words",
+            pre_execute=lambda context: called.append("pre"),
+            post_execute=lambda context, result: called.append(f"post {sorted(result)}"),
+        )
+    dr = run_dag(dag)
+    assert dr.states == {"ask": "success"}
+    assert called == ["pre", f"post {sorted(dr.xcom('ask'))}"]
