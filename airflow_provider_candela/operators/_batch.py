@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
 
+from airflow.providers.common.compat.sdk import AirflowFailException
+
 from airflow_provider_candela.exceptions import (
     CandelaAmbiguousError,
     CandelaApiError,
@@ -37,6 +39,7 @@ from airflow_provider_candela.exceptions import (
     CandelaError,
     CandelaInputError,
     CandelaOutputError,
+    CandelaRejectedError,
     CandelaResponseError,
     CandelaSlotError,
     CandelaTimeoutError,
@@ -407,6 +410,8 @@ class Worker:
     hook: CandelaHook
     session: Callable[[CandelaHook], Any]
     dropped: str | None = None
+    #: The error it dropped out for; None also when its session was lost mid-run (a retry may find it back).
+    cause: BaseException | None = None
 
 
 def run_batch(
@@ -442,6 +447,7 @@ def run_batch(
             _work(worker, todo, send=send, state=state, progress=progress, on_outcome=on_outcome)
         except _DropOut as drop:
             worker.dropped = str(drop)
+            worker.cause = None if drop.lost is not None else drop.__cause__
             if drop.requeue is not None:
                 state.forget(drop.requeue.index)
                 todo.put(drop.requeue)
@@ -460,6 +466,7 @@ def run_batch(
                 worker.hook.config  # noqa: B018
             except CandelaError as err:
                 worker.dropped = str(err)
+                worker.cause = err
                 log.warning("Connection %r drops out of the batch: %s", worker.conn_id, err)
         live = [w for w in workers if w.dropped is None]
         # Each worker runs in a copy of the task's context: its spans are children of the task's span.
@@ -480,10 +487,16 @@ def run_batch(
     if not todo.empty():
         reasons = "; ".join(f"{w.conn_id!r}: {w.dropped}" for w in workers if w.dropped)
         left = todo.qsize()
-        raise CandelaError(
-            f"No connection is left to answer the batch's {left} remaining input(s): {reasons}. Fix the "
-            "connections (their answered inputs are kept) and retry the task"
-        )
+        message = f"No connection is left to answer the batch's {left} remaining input(s): {reasons}. Fix the "
+        # The prompt operators' rule: an error a retry cannot fix is an AirflowFailException.  The batch
+        # fails fast only when every connection was refused so; any transient cause leaves it retryable.
+        causes = [w.cause for w in workers]
+        if all(isinstance(cause, AirflowFailException) for cause in causes):
+            final = (
+                CandelaRejectedError if any(isinstance(c, CandelaRejectedError) for c in causes) else CandelaInputError
+            )
+            raise final(message + "connections, then run the task again: no retry can change these answers")
+        raise CandelaError(message + "connections (their answered inputs are kept) and retry the task")
 
 
 class _MainThread:
