@@ -92,6 +92,14 @@ async def drop_connection(scope: Scope) -> None:
         await asyncio.sleep(0)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (latin-1), or None."""
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 def _headers_without(headers: list[tuple[bytes, bytes]], *names: bytes) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in headers if k.lower() not in names]
 
@@ -112,7 +120,7 @@ class EmulatorMiddleware:
         path: str = scope["path"]
         key = f"{method} {path}"
         state.stats.requests_total += 1
-        fault = state.take_fault(method, path) if state.faults else None
+        fault = state.take_fault(method, path, _header(scope, b"authorization")) if state.faults else None
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -126,6 +134,17 @@ class EmulatorMiddleware:
 
     async def _with_fault(self, fault: Fault, key: str, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.state.stats
+        if fault.lose:
+            self.state.lose(self.state.user_of(_header(scope, b"authorization")), fault.lose)
+            if not (fault.status is not None or fault.drop or fault.delay or fault.transforms):
+
+                async def counting(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        stats.count(key, message["status"])
+                    await send(message)
+
+                await self.app(scope, receive, counting)
+                return
         if fault.detach:
             receive = await _buffered(receive)
             send = _tolerant(send)

@@ -45,9 +45,22 @@ _FAULT_KEYS: Final = frozenset(
         "not_json",
         "missing_field",
         "extra_field",
+        "user",
+        "lose",
     }
 )
-_ACTION_KEYS: Final = ("status", "delay", "drop", "cut_after_events", "not_json", "missing_field", "extra_field")
+_ACTION_KEYS: Final = (
+    "status",
+    "delay",
+    "drop",
+    "cut_after_events",
+    "not_json",
+    "missing_field",
+    "extra_field",
+    "lose",
+)
+#: What the ``lose`` fault takes from the caller before its request is handled (as if done from outside).
+_LOSSES: Final = ("slot", "session", "slot_errored")
 _NO_BODY: Final = object()
 
 
@@ -110,8 +123,24 @@ class Fault:
             or self.spec.get("cut_after_events") is not None
         )
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (self.path is None or self.path == path)
+    @property
+    def user(self) -> str | None:
+        """Only this user's requests match (the bearer token's user)."""
+        value = self.spec.get("user")
+        return str(value) if value is not None else None
+
+    @property
+    def lose(self) -> str | None:
+        """Before the request is handled: dispose the caller's slot, stop its session, or make its slot ERRORED."""
+        value = self.spec.get("lose")
+        return str(value) if value is not None else None
+
+    def matches(self, method: str, path: str, user: str | None = None) -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and (self.path is None or self.path == path)
+            and (self.user is None or self.user == user)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.fault_id, **self.spec, "remaining": self.remaining, "skip": self.skip}
@@ -167,6 +196,10 @@ def parse_fault(raw: Any, fault_id: int) -> Fault:
         if isinstance(retry_after, bool) or not isinstance(retry_after, str | int | float):
             raise ValueError("'retry_after' must be seconds (number or string) or an HTTP date string")
         raw = {**raw, "retry_after": _format_retry_after(retry_after)}
+    if raw.get("lose") is not None and raw.get("lose") not in _LOSSES:
+        raise ValueError(f"'lose' must be one of {', '.join(_LOSSES)}, got {raw.get('lose')!r}")
+    if raw.get("user") is not None and not isinstance(raw.get("user"), str):
+        raise ValueError("'user' must be a username")
     missing = raw.get("missing_field")
     if missing is not None and (not isinstance(missing, str) or not missing):
         raise ValueError("'missing_field' must be the name of a JSON field, e.g. 'obj_id'")
@@ -284,10 +317,11 @@ class EmulatorState:
         self.faults.append(fault)
         return fault
 
-    def take_fault(self, method: str, path: str) -> Fault | None:
+    def take_fault(self, method: str, path: str, authorization: str | None = None) -> Fault | None:
         """The first fault matching this request (its count is used up), or None."""
+        user = self.user_of(authorization) if any(f.user is not None for f in self.faults) else None
         for fault in self.faults:
-            if fault.matches(method, path):
+            if fault.matches(method, path, user):
                 if fault.skip > 0:
                     fault.skip -= 1
                     continue
@@ -297,6 +331,27 @@ class EmulatorState:
                         self.faults.remove(fault)
                 return fault
         return None
+
+    def user_of(self, authorization: str | None) -> str | None:
+        """The user of an ``Authorization`` header, or None (never an error: faults match on it)."""
+        try:
+            return self.authenticate(authorization)
+        except ApiError:
+            return None
+
+    def lose(self, username: str | None, what: str) -> None:
+        """Take ``what`` (see :data:`_LOSSES`) from ``username``, as an administrator or a failure would."""
+        if username is None:
+            return
+        if what == "slot":
+            self.slots.pop(username, None)
+            self.running.pop(username, None)
+        elif what == "session":
+            self.running.pop(username, None)
+        elif username in self.slots:
+            self.slots[username].fails = True
+            self.slots[username].startup_seconds = 0
+            self.running.pop(username, None)
 
     def expire_tokens(self) -> int:
         """Invalidate every issued access token (refresh tokens and the PAT stay valid)."""

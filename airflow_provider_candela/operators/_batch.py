@@ -558,7 +558,6 @@ def _work(
     progress: Progress,
     on_outcome: Callable[[dict[str, Any]], None],
 ) -> None:
-    from airflow_provider_candela.hooks._lifecycle import explain_lost_session
 
     hook = worker.hook
     if todo.empty():
@@ -590,9 +589,9 @@ def _work(
                 raise _DropOut(str(err), requeue=item) from err
             except CandelaApiError as err:
                 if err.refused:
-                    explained = explain_lost_session(hook, err, session)
-                    if explained is not err:  # the session is gone: the prompt was refused, not run
-                        raise _DropOut(str(explained), requeue=item, lost=err) from err
+                    gone = _session_gone(hook, err, session)
+                    if gone is not None:  # the prompt was refused, not run: another connection may answer it
+                        raise _DropOut(gone, requeue=item, lost=err) from err
                 outcome = record(item, "failed", error=str(err))
             state.save(outcome)
             on_outcome(outcome)
@@ -606,6 +605,29 @@ def _work(
                 raise
         raise
     context.__exit__(None, None, None)
+
+
+def _session_gone(hook: CandelaHook, error: CandelaApiError, session: ObjectId) -> str | None:
+    """Why ``session`` takes no prompt any more (another start replaced it, its slot is gone or failed), or None.
+
+    Asked after Candela refused a prompt: the refusal is the input's only when the session and its slot
+    are still there.  A check that fails itself says nothing (None): the input keeps its refusal.
+    """
+    from airflow_provider_candela.hooks._lifecycle import explain_lost_session
+    from airflow_provider_candela.models import SlotState
+
+    explained = explain_lost_session(hook, error, session)
+    if explained is not error:
+        return str(explained)
+    try:
+        if not hook.user_has_slot():
+            return f"its slot is gone (disposed), and its session with it: Candela refused a prompt ({error})"
+        state = hook.get_slot_state()
+    except CandelaError:
+        return None
+    if state != SlotState.HOST_READY:
+        return f"its slot is {state.label}, its session gone: Candela refused a prompt ({error})"
+    return None
 
 
 @contextmanager

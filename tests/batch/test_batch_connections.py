@@ -99,3 +99,20 @@ def test_a_transient_cause_leaves_the_batch_retryable(candela: Any, users: list[
     )
     (ti,) = dr.dag_run.get_task_instances()
     assert (dr.states, ti.try_number) == ({"b": "failed"}, 2), "retried: a 503 may pass"
+
+
+@pytest.mark.parametrize("lose", ["slot", "slot_errored"])
+def test_a_connection_whose_slot_is_lost_drops_out_and_the_other_answers_its_input(
+    candela: Any, users: list[str], lose: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # u1's second prompt finds its slot disposed (or ERRORED), as if done from outside mid-run
+    candela.add_fault(match=SUBMIT, user="u1", lose=lose, skip=1)
+    prompts = [f"prompt {n}" for n in range(10)]
+    with caplog.at_level(logging.INFO):
+        dr = _run(users, prompts)
+    assert dr.states == {"b": "success"}
+    assert [r["status"] for r in dr.xcom("b")] == ["succeeded"] * 10, "no input failed: u2 answered u1's"
+    logged = _logged(caplog, capsys)
+    assert "Connection 'candela_u1' drops out of the batch: its slot is" in logged
+    assert _seen(candela) == 11, "u1's refused prompt was sent again, to u2"
+    assert candela.stats()["running_sessions"].get("u2") is None
