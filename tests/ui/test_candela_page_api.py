@@ -8,8 +8,10 @@ password shown as the hook's message, and a slow Candela cut off within the conn
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -17,7 +19,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from airflow_ui import VIEWER_USER, AirflowServer
+from airflow_ui import VIEWER_USER, AirflowServer, wait_for
 from candela_sessions import local_hook, slot_with_sessions
 
 from airflow_provider_candela.models import ObjectMetadata
@@ -51,11 +53,16 @@ def _token(server: AirflowServer, user: str) -> str:
     return str(answer["access_token"])
 
 
-@pytest.fixture
-def emulator_conn(airflow_server: AirflowServer, candela_emulator: CandelaEmulator) -> CandelaEmulator:
-    """A connection ``CONN_ID`` of the api-server to the (reset) emulator."""
+@pytest.fixture(scope="module")
+def _conn_added(airflow_server: AirflowServer, candela_emulator_server: CandelaEmulator) -> None:
+    """``CONN_ID`` added once (an ``airflow`` command takes seconds; no test deletes it)."""
     if CONN_ID not in airflow_server.cli("connections", "list", "-o", "plain"):
-        airflow_server.cli("connections", "add", CONN_ID, "--conn-json", candela_emulator.connection_json())
+        airflow_server.cli("connections", "add", CONN_ID, "--conn-json", candela_emulator_server.connection_json())
+
+
+@pytest.fixture
+def emulator_conn(_conn_added: None, candela_emulator: CandelaEmulator) -> CandelaEmulator:
+    """A connection ``CONN_ID`` of the api-server to the (reset) emulator."""
     return candela_emulator
 
 
@@ -288,3 +295,228 @@ def test_candelas_error_is_scrubbed_like_the_hooks(
     assert "500" in row["error"] and "client_secret=***" in row["error"] and "password=***" in row["error"]
     for secret in _secrets(emulator_conn):
         assert secret not in json.dumps(page)
+
+
+def _raw(server: AirflowServer, method: str, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, str]:
+    """A request exactly as given (no header added): status and body text."""
+    request = urllib.request.Request(server.url + path, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+#: What another origin's page can make the browser send with the admin's cookie, and headers only a script of
+#: another origin could claim (a foreign Origin, Sec-Fetch-Site other than same-origin); each is refused.
+JSON_FROM_PAGE = {"Content-Type": "application/json", "X-Candela-Page": "1"}
+FORGERIES = {
+    "form-urlencoded": ({"Content-Type": "application/x-www-form-urlencoded"}, b"slot_type=gpu-medium"),
+    "form-multipart": ({"Content-Type": "multipart/form-data; boundary=b"}, b"--b--\r\n"),
+    "text-plain-json": ({"Content-Type": "text/plain"}, b'{"slot_type": "gpu-medium"}'),
+    "no-body": ({}, None),
+    "json-without-page-header": ({"Content-Type": "application/json"}, b"{}"),
+    "page-header-text-plain": ({"X-Candela-Page": "1", "Content-Type": "text/plain"}, b"{}"),
+    "page-header-json-no-body": (JSON_FROM_PAGE, None),
+    "page-header-json-not-json": (JSON_FROM_PAGE, b"slot_type=gpu-medium"),
+    "foreign-origin": ({**JSON_FROM_PAGE, "Origin": "http://127.0.0.1:1"}, b"{}"),
+    "null-origin": ({**JSON_FROM_PAGE, "Origin": "null"}, b"{}"),
+    "cross-site": ({**JSON_FROM_PAGE, "Sec-Fetch-Site": "cross-site"}, b"{}"),
+    "same-site": ({**JSON_FROM_PAGE, "Sec-Fetch-Site": "same-site"}, b"{}"),
+}
+ACTIONS = [
+    ("POST", f"/candela/api/connections/{CONN_ID}/stop"),
+    ("POST", f"/candela/api/connections/{CONN_ID}/dispose"),
+    ("POST", f"/candela/api/connections/{CONN_ID}/assign"),
+    ("DELETE", f"/candela/api/connections/{CONN_ID}/sessions"),
+]
+
+
+@pytest.mark.parametrize("forgery", list(FORGERIES))
+def test_forged_actions_are_refused_and_nothing_reaches_candela(
+    airflow_server: AirflowServer, emulator_conn: CandelaEmulator, monkeypatch: pytest.MonkeyPatch, forgery: str
+) -> None:
+    (running,) = slot_with_sessions(emulator_conn, monkeypatch, "default/demo-pipeline")
+    before = emulator_conn.stats()["requests_total"]
+    extra, body = FORGERIES[forgery]
+    cookie = {"Cookie": f"_token={_token(airflow_server, 'admin')}"}  # what the browser adds to a forged request
+    for method, path in ACTIONS:
+        status, text = _raw(airflow_server, method, path, {**cookie, **extra}, body)
+        # a body that is not JSON, on a route that takes one, is refused by FastAPI's parsing before the check (422)
+        assert status in (400, 403, 415, 422), (method, path, status, text)
+        assert status == 422 or "The Candela page refused this request" in text, text
+    stats = emulator_conn.stats()
+    assert stats["requests_total"] == before, "a refused request reached Candela"
+    assert stats["running_sessions"][emulator_conn.username] is not None, "the session still runs"
+    assert stats["slots"][emulator_conn.username] is not None, "the slot still exists"
+    assert stats["running_sessions"][emulator_conn.username] == running.obj_id.model_dump()
+
+
+def test_the_pages_own_request_from_a_browser_is_accepted(
+    airflow_server: AirflowServer, emulator_conn: CandelaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Chromium sends from the page (own Origin, Sec-Fetch-Site: same-origin, the cookie) acts."""
+    slot_with_sessions(emulator_conn, monkeypatch, "default/demo-pipeline")
+    headers = {
+        **JSON_FROM_PAGE,
+        "Origin": airflow_server.url,
+        "Sec-Fetch-Site": "same-origin",
+        "Cookie": f"_token={_token(airflow_server, 'admin')}",
+    }
+    status, text = _raw(airflow_server, "POST", f"/candela/api/connections/{CONN_ID}/stop", headers, b"{}")
+    assert status == 200 and json.loads(text)["ok"] is True, text
+    assert emulator_conn.stats()["running_sessions"][emulator_conn.username] is None
+
+
+LONG = "x" * 5000
+#: query -> the total listed (the one stored session is a few seconds old, in scope default) or "4xx"
+FILTERS = {
+    "older_than_hours=0": 1,
+    "older_than_hours=1e-300": 1,
+    "older_than_hours=1": 0,
+    "older_than_hours=99999999999": 0,
+    "older_than_hours=1e308": 0,
+    "older_than_hours=1e400": "4xx",
+    "older_than_hours=inf": "4xx",
+    "older_than_hours=Infinity": "4xx",
+    "older_than_hours=-inf": "4xx",
+    "older_than_hours=nan": "4xx",
+    "older_than_hours=NaN": "4xx",
+    "older_than_hours=-1": "4xx",
+    "older_than_hours=abc": "4xx",
+    "older_than_hours=": "4xx",
+    "offset=1": 1,
+    "offset=1000000000": 1,
+    "offset=99999999999999999999999": "4xx",
+    "offset=1e30": "4xx",
+    "offset=-1": "4xx",
+    "offset=1.5": "4xx",
+    "offset=inf": "4xx",
+    "offset=abc": "4xx",
+    "limit=500": 1,
+    "limit=0": "4xx",
+    "limit=-1": "4xx",
+    "limit=501": "4xx",
+    "limit=1e308": "4xx",
+    "limit=nan": "4xx",
+    "scope=default": 1,
+    "scope=%00": 0,
+    "scope=%FF": 0,
+    "scope=d%C3%A9faut%F0%9F%92%A1": 0,
+    f"scope={LONG}": "4xx",
+    "identifier_prefix=%00": 0,
+    "identifier_prefix=%25": 0,
+    "identifier_prefix=%E2%80%AE": 0,
+    f"identifier_prefix={LONG}": "4xx",
+    "scope=&identifier_prefix=&offset=0": 1,
+}
+
+
+@pytest.mark.parametrize("query", list(FILTERS), ids=[q[:40] for q in FILTERS])
+def test_every_filter_value_gets_an_answer_or_a_4xx(
+    airflow_server: AirflowServer, emulator_conn: CandelaEmulator, monkeypatch: pytest.MonkeyPatch, query: str
+) -> None:
+    slot_with_sessions(emulator_conn, monkeypatch, "default/demo-pipeline")
+    status, answer = _send(
+        airflow_server,
+        "GET",
+        f"/candela/api/connections/{CONN_ID}/sessions?{query}",
+        None,
+        _token(airflow_server, "admin"),
+    )
+    expected = FILTERS[query]
+    if expected == "4xx":
+        assert 400 <= status < 500, (status, answer)
+    else:
+        assert status == 200, answer
+        assert "error" not in answer, answer
+        assert answer["total"] == expected and len(answer["sessions"]) == (0 if "offset=1" in query else expected)
+
+
+def test_no_docs_pages_nothing_from_the_internet_and_a_login_everywhere_but_the_openapi_document(
+    airflow_server: AirflowServer, emulator_conn: CandelaEmulator
+) -> None:
+    """Airflow's own Swagger UI is on here ([api] enable_swagger_ui defaults to True): the page serves none anyway."""
+    token = _token(airflow_server, "admin")
+    for path in ("/candela/docs", "/candela/redoc", "/candela/docs/oauth2-redirect"):
+        assert _send(airflow_server, "GET", path, None, token)[0] == 404, path
+    status, schema = _send(airflow_server, "GET", "/candela/openapi.json")
+    assert status == 200 and "/api/connections" in schema["paths"]
+
+    request = urllib.request.Request(f"{airflow_server.url}/candela/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        html = response.read().decode()
+        policy = response.headers["Content-Security-Policy"]
+    assert "<script>" in html and "<style>" in html
+    for loads in ("<script src", "<link", "@import", "url(", "<img", "<iframe"):
+        assert loads not in html, f"the page loads something ({loads})"
+    assert "default-src 'none'" in policy and "frame-ancestors 'self'" in policy
+    assert "http" not in policy and "unsafe-inline" not in policy
+
+
+class _Stalled:
+    """A Candela on loopback that accepts connections and never answers (holds them until closed)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_stalled_candela_does_not_stall_airflow(
+    airflow_server: AirflowServer, emulator_conn: CandelaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_candela.plugins._app import PER_CONNECTION
+
+    slot_with_sessions(emulator_conn, monkeypatch, "default/demo-pipeline")
+    stalled = _Stalled()
+    conn_id = "candela_page_stalled"
+    conn = json.loads(emulator_conn.connection_json(pat=True, timeout="10,300"))
+    airflow_server.cli("connections", "add", conn_id, "--conn-json", json.dumps({**conn, "host": stalled.url}))
+    token = _token(airflow_server, "admin")
+    loads = 40
+    answers: list[tuple[int, Any]] = []
+
+    def load() -> None:
+        answers.append(_send(airflow_server, "GET", "/candela/api/connections", None, token))
+
+    threads = [threading.Thread(target=load) for _ in range(loads)]
+    try:
+        for thread in threads:
+            thread.start()
+        # The page holds PER_CONNECTION calls on the stalled Candela; every other page load is answered at once.
+        wait_for(lambda: len(answers) == loads - PER_CONNECTION, 120, "the page loads beyond the page's bound")
+        assert len(stalled.accepted) == PER_CONNECTION
+        for status, page in answers:
+            rows = {c["conn_id"]: c for c in page["connections"]}
+            assert status == 200 and rows[conn_id]["error"].startswith(
+                f"The Candela page is busy: {PER_CONNECTION} call(s)"
+            )
+
+        # Meanwhile Airflow's own routes and the page's other connections answer, and correctly.
+        status, version = _send(airflow_server, "GET", "/api/v2/version", None, token)
+        assert status == 200 and version["version"].startswith("3.")
+        status, health = _send(airflow_server, "GET", "/api/v2/monitor/health", None, token)
+        assert status == 200 and health["metadatabase"]["status"] == "healthy"
+        status, dags = _send(airflow_server, "GET", "/api/v2/dags", None, token)
+        assert status == 200 and "total_entries" in dags
+        status, listed = _send(airflow_server, "GET", f"/candela/api/connections/{CONN_ID}/sessions", None, token)
+        assert status == 200 and listed["total"] == 1 and "error" not in listed
+        assert len(answers) == loads - PER_CONNECTION, "all that answered before the stalled page loads did"
+    finally:
+        stalled.close()  # the held calls fail now (connection closed), ending their page loads
+        for thread in threads:
+            thread.join(timeout=120)
+        airflow_server.cli("connections", "delete", conn_id)
+    assert len(answers) == loads and all(status == 200 for status, _ in answers)
