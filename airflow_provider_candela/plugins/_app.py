@@ -70,10 +70,12 @@ PER_CONNECTION: Final = 4
 #: The longest the page waits for one answer (seconds), however long the connection's timeout.
 LONGEST_WAIT: Final = 30.0
 BUSY: Final = (
-    "The Candela page is busy: {running} call(s) to Candela for connection {conn_id!r} are still waiting for an "
-    "answer (the page runs at most {per_connection} per connection and {size} in all, each for at most "
-    "{longest:g} s). Refresh in a moment"
+    "The Candela page is busy: {running} call(s) to Candela are still waiting for an answer ({here} for "
+    "connection {conn_id!r}; the page runs at most {per_connection} per connection and {size} in all, each for at "
+    "most {longest:g} s). Refresh in a moment"
 )
+#: Rows of one answer of the connection list read at once (the others wait for them, not for other answers).
+ROWS_AT_ONCE: Final = 8
 #: Bounds of what a person can type into the filters (a longer text is refused with 422).
 LONGEST_FILTER: Final = 256
 #: Session versions one delete may name (the page shows at most 500 at once).
@@ -220,9 +222,10 @@ class CandelaCalls:
             if self._running[conn_id] < self._per_connection and self._running.total() < self._size:
                 self._running[conn_id] += 1
                 return None
-            running = self._running[conn_id]
+            running, here = self._running.total(), self._running[conn_id]
         return BUSY.format(
             running=running,
+            here=here,
             conn_id=conn_id,
             per_connection=self._per_connection,
             size=self._size,
@@ -410,7 +413,13 @@ def create_app() -> FastAPI:
     @app.get("/api/connections", dependencies=[_guard("GET")])
     async def connections(user: GetUserDep) -> dict[str, Any]:
         loaded = await anyio.to_thread.run_sync(_readable_hooks, user)
-        return {"connections": list(await asyncio.gather(*(_summary(hook, error) for hook, error in loaded)))}
+        rows_at_once = asyncio.Semaphore(ROWS_AT_ONCE)
+
+        async def row(hook: CandelaHook, error: str | None) -> dict[str, Any]:
+            async with rows_at_once:
+                return await _summary(hook, error)
+
+        return {"connections": list(await asyncio.gather(*(row(hook, error) for hook, error in loaded)))}
 
     @app.get("/api/connections/{connection_id}/sessions", dependencies=[_guard("GET")])
     async def sessions(

@@ -499,10 +499,9 @@ def test_a_stalled_candela_does_not_stall_airflow(
         wait_for(lambda: len(answers) == loads - PER_CONNECTION, 120, "the page loads beyond the page's bound")
         assert len(stalled.accepted) == PER_CONNECTION
         for status, page in answers:
-            rows = {c["conn_id"]: c for c in page["connections"]}
-            assert status == 200 and rows[conn_id]["error"].startswith(
-                f"The Candela page is busy: {PER_CONNECTION} call(s)"
-            )
+            error = {c["conn_id"]: c for c in page["connections"]}[conn_id]["error"]
+            assert status == 200 and error.startswith("The Candela page is busy: "), error
+            assert f"({PER_CONNECTION} for connection {conn_id!r}; the page runs at most" in error
 
         # Meanwhile Airflow's own routes and the page's other connections answer, and correctly.
         status, version = _send(airflow_server, "GET", "/api/v2/version", None, token)
