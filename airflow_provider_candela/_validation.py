@@ -71,6 +71,7 @@ __all__ = [
     "parse_bool",
     "parse_max_retries",
     "parse_timeout",
+    "set_on_task",
     "shorten",
     "time_limit",
     "validation_problems",
@@ -173,6 +174,30 @@ def coerce_hook_params(value: Any, *, task_id: str) -> dict[str, Any]:
                 f"Invalid `hook_params['{key}']` for task '{task_id}': {err}, got {item!r}."
             ) from None
     return {key: list(item) if isinstance(item, tuple) else item for key, item in value.items()}
+
+
+def set_on_task(
+    values: Mapping[str, Any], defaults: Mapping[str, Any], default_args: Mapping[str, Any] | None
+) -> list[str]:
+    """The names in ``values`` the task itself set: not left at their default, not filled from ``default_args``.
+
+    Airflow fills a named argument from the DAG's ``default_args`` before the operator sees it; an option
+    that applies to some tasks only (e.g. a start option beside a running session) is ignored when it came
+    from there, and refused only when the task itself set it.
+    """
+    from_dag = default_args or {}
+
+    def left_alone(name: str, value: Any) -> bool:
+        default = defaults[name]
+        if isinstance(default, tuple) and isinstance(value, list | tuple):
+            return not value  # an empty collection is the empty default
+        return bool(value is default or value == default)
+
+    return [
+        name
+        for name, value in values.items()
+        if not left_alone(name, value) and not (name in from_dag and from_dag[name] is value)
+    ]
 
 
 def coerce_conn_id(value: Any, *, task_id: str | None = None) -> str:

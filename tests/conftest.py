@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_candela.testing import wait_until
+
 _TEMP = Path(tempfile.mkdtemp(prefix="candela-tests-"))
 atexit.register(shutil.rmtree, _TEMP, True)  # also when no test ran (e.g. --collect-only)
 _SESSION_VAR = "CANDELA_TEST_SESSION"

@@ -1,8 +1,8 @@
 """A person reviews Candela's answer before the task returns it (Airflow 3.1+ human-in-the-loop).
 
-The review options are attributes of the prompt operators (and so of the prompt decorators), taken out of their
-keyword arguments by :func:`pop_review_options` and set and checked at parse by :func:`set_review_options`;
-the names are common-ai's (``require_approval``, ``allow_modifications``, ``approval_timeout``, ...).
+The review options are named arguments and attributes of the prompt operators (and so of the prompt decorators),
+set and checked at parse by :func:`set_review_options`; the names are common-ai's (``require_approval``,
+``allow_modifications``, ``approval_timeout``, ...).
 
 At run time (:class:`Review`) the answer is shown on Airflow's Required Actions page: the task, the prompt and
 the answer rendered for a person (:func:`review_body`).  The task then waits without a worker slot
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from airflow_provider_candela._validation import coerce_answer, coerce_choice, coerce_flag, shorten
+from airflow_provider_candela._validation import coerce_answer, coerce_choice, coerce_flag, set_on_task, shorten
 from airflow_provider_candela.exceptions import CandelaInputError, CandelaOutputError, CandelaReviewError
 
 if TYPE_CHECKING:
@@ -35,11 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ON_APPROVAL_TIMEOUT",
-    "REVIEW_OPTION_DOCS",
+    "REVIEW_DEFAULTS",
     "Review",
-    "ReviewOptions",
     "literal",
-    "pop_review_options",
     "review_body",
     "set_review_options",
 ]
@@ -47,8 +45,8 @@ __all__ = [
 APPROVE: Final = "Approve"
 REJECT: Final = "Reject"
 ON_APPROVAL_TIMEOUT: Final = ("fail", "approve", "reject")
-#: The review options and their defaults.
-_DEFAULTS: Final[Mapping[str, Any]] = {
+#: The review options and their defaults, as the prompt operators declare them.
+REVIEW_DEFAULTS: Final[Mapping[str, Any]] = {
     "require_approval": False,
     "allow_modifications": False,
     "approval_timeout": None,
@@ -69,44 +67,15 @@ _PROMPT_CHARS: Final = 2_000
 #: Rows of a result table shown at most.
 _TABLE_ROWS: Final = 50
 
-REVIEW_OPTION_DOCS: Final = """
-    :param require_approval: a person approves (or rejects) Candela's answer on Airflow's Required Actions page
-        before the task returns it (Airflow 3.1+; default False).  A one-task session is stopped before the
-        review opens; the task waits without a worker slot.
-    :param allow_modifications: with ``require_approval``: the reviewer may edit the answer (the JSON; with
-        ``output_type`` the model's JSON form; for an agent ``response`` and ``results``) before approving;
-        the edit is validated like Candela's answer.
-    :param approval_timeout: with ``require_approval``: how long to wait for a reviewer (a ``timedelta``;
-        default: no limit).
-    :param on_approval_timeout: with ``approval_timeout``: ``"fail"`` the task (default), or ``"approve"`` /
-        ``"reject"`` the answer as if a reviewer had.
-    :param approval_notifiers: with ``require_approval``: notifiers called when the review opens.
-    :param approval_assigned_users: with ``require_approval``: the only users who may answer the review, as
-        ``{"id": ..., "name": ...}`` dicts (default: anyone allowed to review in Airflow).
-"""
 
-
-class ReviewOptions:
-    """The review options as attributes of a prompt operator (declarations only)."""
-
-    require_approval: bool
-    allow_modifications: bool
-    approval_timeout: timedelta | None
-    on_approval_timeout: str
-    approval_notifiers: Sequence[Callable[..., Any]]
-    approval_assigned_users: list[dict[str, str]]
-
-
-def pop_review_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the review options out of an operator's keyword arguments (before ``BaseOperator`` sees them)."""
-    return {name: kwargs.pop(name, default) for name, default in _DEFAULTS.items()}
-
-
-def set_review_options(op: Any, options: Mapping[str, Any]) -> None:
+def set_review_options(op: Any, options: Mapping[str, Any], *, default_args: Mapping[str, Any] | None) -> None:
     """Set the review options on ``op`` and check them (none is templated).
 
-    :raises CandelaInputError: a malformed option, a review option without ``require_approval=True``, or
-        ``require_approval=True`` on an Airflow older than 3.1.
+    Review options other than ``require_approval`` that came from the DAG's ``default_args`` apply to the
+    tasks that require approval, and are ignored by the others.
+
+    :raises CandelaInputError: a malformed option, a review option set on a task without
+        ``require_approval=True``, or ``require_approval=True`` on an Airflow older than 3.1.
     """
     tid = op.task_id
     op.require_approval = coerce_flag(options["require_approval"], argument="require_approval", task_id=tid)
@@ -124,7 +93,7 @@ def set_review_options(op: Any, options: Mapping[str, Any]) -> None:
     op.approval_notifiers = _notifiers(options["approval_notifiers"], task_id=tid)
     op.approval_assigned_users = _users(options["approval_assigned_users"], task_id=tid)
     if not op.require_approval:
-        given = [name for name, default in _DEFAULTS.items() if name != "require_approval" and _set(options, name)]
+        given = [name for name in set_on_task(options, REVIEW_DEFAULTS, default_args) if name != "require_approval"]
         if given:
             raise CandelaInputError(
                 f"Task '{tid}' sets {', '.join(f'`{name}`' for name in given)} without require_approval=True: "
@@ -145,11 +114,6 @@ def set_review_options(op: Any, options: Mapping[str, Any]) -> None:
             f"Task '{tid}' sets on_approval_timeout={options['on_approval_timeout']!r} without `approval_timeout`: "
             "with no timeout it would never apply. Add approval_timeout=timedelta(...), or drop it."
         )
-
-
-def _set(options: Mapping[str, Any], name: str) -> bool:
-    value, default = options[name], _DEFAULTS[name]
-    return bool(value) if isinstance(default, tuple) else value != default
 
 
 def _notifiers(value: Any, *, task_id: str) -> list[Callable[..., Any]]:

@@ -1,17 +1,17 @@
 """Starting a session from a task: the start options, the slot (waited for in the worker or the triggerer), the start.
 
-Plain functions over the operator, not a base class: the start operators and the prompt operators'
-one-task sessions call them.  The start options are attributes of the operator (so that Airflow
-renders the templated ones), taken out of its keyword arguments by :func:`pop_start_options` and set
-and checked by :func:`set_start_options`.  Imported at every DAG parse: the hook and the trigger are
-imported inside functions only.
+Plain functions over the operator, not a base class: the start operators, the prompt operators' and the
+batch operators' sessions call them.  The start options are named arguments of those operators' ``__init__``
+(so that ``default_args`` and ``.partial()`` reach them) and attributes of the operator (so that Airflow
+renders the templated ones), set and checked by :func:`set_start_options`; a prompt or batch task's session
+(a running one, or ``app`` + ``model`` of its own) by :func:`set_session`.  Imported at every DAG parse: the
+hook and the trigger are imported inside functions only.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -28,6 +28,7 @@ from airflow_provider_candela._validation import (
     coerce_positive_seconds,
     coerce_session,
     is_resolved,
+    set_on_task,
 )
 from airflow_provider_candela.exceptions import (
     CandelaError,
@@ -45,47 +46,17 @@ if TYPE_CHECKING:
     from airflow_provider_candela.models import ObjectId, ObjectMetadata
 
 __all__ = [
-    "START_OPTIONS",
-    "START_OPTION_DOCS",
-    "SessionArguments",
-    "SessionForm",
-    "StartOptions",
+    "START_DEFAULTS",
     "app_start",
     "check_app_ids_now",
     "may_defer",
     "optional_id",
-    "pop_start_options",
     "ready_slot",
     "resume",
+    "set_session",
     "set_start_options",
     "start_on_slot",
 ]
-
-
-class StartOptions:
-    """The start options as attributes of an operator that starts sessions (declarations only)."""
-
-    scope: Any
-    parent_session: Any
-    ensure_slot: bool
-    slot_type: Any
-    slot_ready_timeout: float
-    if_session_running: str
-    deferrable: bool
-    slot_poll_interval: float
-    #: Set by :func:`resume`: the trigger saw the slot ready.
-    slot_ready: bool
-
-
-class SessionArguments:
-    """The session arguments as attributes of a prompt or batch operator (declarations; see :class:`SessionForm`)."""
-
-    session: Any
-    session_id: Any
-    app: Any
-    model: Any
-    circuit_override: Any
-    directive_override: Any
 
 
 class StartingOperator(Protocol):
@@ -116,115 +87,71 @@ class StartingOperator(Protocol):
     def _check_id_now(self, value: Any, argument: str) -> None: ...
 
 
-#: The start options and their defaults (``deferrable``'s is read from the configuration when the task is made).
-_DEFAULTS: Final[Mapping[str, Any]] = {
+#: The start options and their defaults, as the operators declare them (``deferrable``: ``None`` is the
+#: ``[operators] default_deferrable`` option where a task can defer, i.e. not with ``ensure_slot=False``).
+START_DEFAULTS: Final[Mapping[str, Any]] = {
     "scope": None,
     "parent_session": None,
     "ensure_slot": True,
     "slot_type": None,
     "slot_ready_timeout": 600.0,
     "if_session_running": "stop",
+    "deferrable": None,
     "slot_poll_interval": 5.0,
 }
-#: The start options a one-task session takes (``scope`` aside: it is also a running session's scope).
-START_OPTIONS: Final = (*(name for name in _DEFAULTS if name != "scope"), "deferrable")
-
-#: The docs of the start options, appended to the docstring of each operator that takes them.
-START_OPTION_DOCS: Final = """
-    :param scope: scope of the new session (Candela's default is ``"default"``) (templated).
-    :param parent_session: the session this one continues, if any (templated).
-    :param ensure_slot: assign a slot when the user has none and wait until it is ready (default True).
-    :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``)
-        (templated).
-    :param slot_ready_timeout: seconds to wait for the slot to become ready (default 600; ``float("inf")``
-        waits without a deadline).
-    :param if_session_running: when Candela answers that the user already runs a session: ``"stop"`` it
-        and start again (default; makes retries safe, but stops another DAG run's session if it uses the
-        same Candela user) or ``"fail"`` (never stop a session this task did not start).
-    :param deferrable: wait for the slot in the triggerer instead of a worker (default: the
-        ``[operators] default_deferrable`` option); needs ``ensure_slot``.  The task assigns the slot when
-        the user has none, checks it once and, while it is not ready, defers to
-        :class:`~airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger`; it resumes to start the
-        session as without deferral.
-    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state (default 5).
-"""
+#: The session arguments of a prompt or batch task and their defaults.
+_SESSION_DEFAULTS: Final[Mapping[str, Any]] = {
+    "session": None,
+    "session_id": None,
+    "app": None,
+    "model": None,
+    "circuit_override": None,
+    "directive_override": None,
+}
 
 
-def pop_start_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the start options out of an operator's keyword arguments (before ``BaseOperator`` sees them)."""
-    options = {**_DEFAULTS, **{name: kwargs.pop(name) for name in (*_DEFAULTS, "deferrable") if name in kwargs}}
-    if "deferrable" not in options:
-        # The configured default applies where a task can defer: not with ensure_slot=False.
-        options["deferrable"] = options["ensure_slot"] is not False and conf.getboolean(
-            "operators", "default_deferrable", fallback=False
-        )
-    return options
+def set_session(
+    op: StartingOperator,
+    arguments: Mapping[str, Any],
+    options: Mapping[str, Any],
+    *,
+    default_args: Mapping[str, Any] | None,
+    argument: str = "session",
+) -> None:
+    """Set a prompt or batch task's session arguments and start options on ``op``; check the form.
 
+    The session is a running one (``session`` or ``session_id``) or one the task starts (``app`` + ``model``,
+    and the start options).  Beside a running session, ``app``, ``model`` and the start options that came
+    from the DAG's ``default_args`` are ignored (they are meant for the DAG's other tasks), and ``deferrable``
+    is off (a running session has no slot to wait for); set on the task itself, they are an error.
 
-@dataclass
-class SessionForm:
-    """The session arguments of a prompt or batch task: a running session, or ``app`` + ``model`` of its own.
-
-    Taken out of the operator's keyword arguments by :meth:`take` (before ``BaseOperator.__init__``: the start
-    options leave them; ``deferrable`` is dropped with a running session, which cannot defer, e.g. when it came
-    from ``default_args``), then set on the operator and checked by :meth:`apply`.
+    :param arguments: ``session``, ``session_id``, ``app``, ``model``, ``circuit_override``, ``directive_override``.
+    :param options: the start options (:data:`START_DEFAULTS`).
+    :param default_args: the ``default_args`` the task was made with.
     """
-
-    arguments: dict[str, Any]
-    options: dict[str, Any]
-    #: The start options given (they apply only to a session of the task's own).
-    given: list[str]
-
-    @property
-    def running(self) -> bool:
-        return self.arguments["session"] is not None or bool(self.arguments["session_id"])
-
-    @classmethod
-    def take(
-        cls,
-        kwargs: dict[str, Any],
-        *,
-        session: Any,
-        session_id: Any,
-        app: Any,
-        model: Any,
-        circuit_override: Any,
-        directive_override: Any,
-    ) -> SessionForm:
-        arguments = {
-            "session": session,
-            "session_id": session_id,
-            "app": app,
-            "model": model,
-            "circuit_override": circuit_override,
-            "directive_override": directive_override,
-        }
-        given = [name for name in START_OPTIONS if name in kwargs and name != "deferrable"]
-        given += [name for name in ("circuit_override", "directive_override") if arguments[name] is not None]
-        if session is not None or session_id:
-            kwargs.pop("deferrable", None)
-        return cls(arguments, pop_start_options(kwargs), given)
-
-    def apply(self, op: StartingOperator, *, argument: str = "session") -> None:
-        """Set the session arguments and the start options on ``op``; check the form (templated values later)."""
-        for name, value in self.arguments.items():
-            setattr(op, name, value)
-        set_start_options(op, self.options)
-        tid = op.task_id
-        given = self.arguments
-        running = self.running
-        check_session_form(
-            running=running,
-            app=given["app"],
-            model=given["model"],
-            start_options=self.given,
-            task_id=tid,
-            argument=argument,
-        )
-        if running and all(is_resolved(v) for v in (given["session"], given["session_id"], op.scope)):
-            coerce_session(given["session"], session_id=given["session_id"], scope=op.scope, task_id=tid)
-        if not running:
-            check_app_ids_now(op, given["app"], given["model"], given["circuit_override"], given["directive_override"])
+    values = dict(arguments)
+    running = values["session"] is not None or bool(values["session_id"])
+    own = set(set_on_task(values, _SESSION_DEFAULTS, default_args))
+    given = [name for name in set_on_task(options, START_DEFAULTS, default_args) if name not in ("deferrable", "scope")]
+    given += [name for name in ("circuit_override", "directive_override") if name in own]
+    start = dict(options)
+    if running:
+        for name in ("app", "model", "circuit_override", "directive_override"):
+            if name not in own:
+                values[name] = None
+        start.update({name: START_DEFAULTS[name] for name in START_DEFAULTS if name not in given and name != "scope"})
+        start["deferrable"] = False
+    for name, value in values.items():
+        setattr(op, name, value)
+    set_start_options(op, start)
+    tid = op.task_id
+    check_session_form(
+        running=running, app=values["app"], model=values["model"], start_options=given, task_id=tid, argument=argument
+    )
+    if running and all(is_resolved(v) for v in (values["session"], values["session_id"], op.scope)):
+        coerce_session(values["session"], session_id=values["session_id"], scope=op.scope, task_id=tid)
+    if not running:
+        check_app_ids_now(op, values["app"], values["model"], values["circuit_override"], values["directive_override"])
 
 
 def set_start_options(op: StartingOperator, options: Mapping[str, Any]) -> None:
@@ -240,7 +167,10 @@ def set_start_options(op: StartingOperator, options: Mapping[str, Any]) -> None:
     op.if_session_running = coerce_choice(
         options["if_session_running"], IF_SESSION_RUNNING, argument="if_session_running", task_id=tid
     )
-    op.deferrable = coerce_flag(options["deferrable"], argument="deferrable", task_id=tid)
+    deferrable = options["deferrable"]
+    if deferrable is None:
+        deferrable = op.ensure_slot and conf.getboolean("operators", "default_deferrable", fallback=False)
+    op.deferrable = coerce_flag(deferrable, argument="deferrable", task_id=tid)
     op.slot_poll_interval = coerce_positive_seconds(
         options["slot_poll_interval"], argument="slot_poll_interval", task_id=tid
     )

@@ -29,20 +29,18 @@ from airflow_provider_candela._validation import (
     coerce_session,
     id_json,
     is_resolved,
+    set_on_task,
     shorten,
 )
 from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
 from airflow_provider_candela.operators._session_start import (
-    START_OPTION_DOCS,
-    SessionArguments,
-    SessionForm,
-    StartOptions,
     app_start,
     may_defer,
     ready_slot,
     resume,
+    set_session,
 )
 
 if TYPE_CHECKING:
@@ -60,10 +58,27 @@ _CHANGED_INPUTS = ("fail", "restart")
 #: Inputs named in the error of a partial batch (the others are counted).
 _NAMED = 10
 
-_BATCH_ARGUMENT_DOCS = """
-    :param prompts: the inputs: a list (or an XCom, e.g. ``upstream.output``) of prompt strings or dicts
-        ``{"prompt": str, "key": str}`` (``key`` defaults to the input's index and must be unique)
-        (templated).
+
+class _BatchOperatorBase(CandelaOperator):
+    """The inputs, the sessions (one per connection), the state and the results of the batch operators.
+
+    XCom return value, without ``result_path``: a list in input order, one record per input,
+    ``{"index", "key", "status", "answer", "error", "request_id"}`` (``status`` one of ``succeeded``,
+    ``failed``, ``invalid_output``, ``ambiguous``).  With ``result_path``: the same records in that file,
+    and XCom ``{"counts": {status: n}, "result_uri": ..., "inputs": n}``.
+
+    Resuming: the outcome of each input is kept as it ends (beside ``result_path``, else in Airflow 3.3's
+    task state store), keyed on the task instance (DAG, task, run, map index) with a fingerprint of the
+    inputs; a retried task sends only the inputs that did not succeed.  Without either (Airflow 2.11 and
+    no ``result_path``) a retry starts over.
+
+    Every argument is a named parameter (``default_args``, ``.partial()``, ``.expand()`` over the templated
+    ones); beside a running session, start options that came from ``default_args`` are ignored, and so is
+    ``deferrable`` from there for a fan-out (which waits for its slots in the worker).
+
+    :param prompts: the inputs: a sequence (a list, an XCom such as ``upstream.output``, or the outputs of a
+        mapped task) of prompt strings or dicts ``{"prompt": str, "key": str}`` (``key`` defaults to the
+        input's index and must be unique) (templated).
     :param session: a running session to send every input to: ``start.output`` (an ``ObjectMetadata``
         dict), an ``ObjectId``, a dict or ``"scope/identifier"`` (templated).
     :param session_id: instead of ``session``: the session identifier (templated).
@@ -74,13 +89,10 @@ _BATCH_ARGUMENT_DOCS = """
     :param directive_override: with ``app``: a directive to use instead of the app's (templated).
     :param output_type: a pydantic model class each answer is validated into; an answer that does not fit
         makes its input ``invalid_output`` (the fields listed), the others go on.
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
     :param candela_conn_ids: instead of ``candela_conn_id``, with ``app``: several connections (Candela
         users), a session each at the same time, the inputs handed out from one queue.  A connection that
-        cannot authenticate or whose slot fails drops out with a warning; the task fails only when none is
-        left (templated).
-    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
-        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
+        cannot authenticate or whose slot or session is gone drops out with a warning (its input goes back to
+        the queue); the task fails only when none is left (templated).
     :param result_path: where to write the records as JSON Lines (``file:///...`` or any URL Airflow's
         ``ObjectStoragePath`` supports, e.g. ``s3://...``); XCom then holds a manifest.  The batch's state
         is kept beside it, so a retry resumes on any Airflow version.  Required above 1,000 inputs
@@ -93,23 +105,21 @@ _BATCH_ARGUMENT_DOCS = """
         ``"restart"`` (forget the earlier tries' outcomes).
     :param scope: with ``session_id``: the session's scope (default ``"default"``); with ``app``: the
         scope of the new session (templated).
-""" + START_OPTION_DOCS.split("\n", 2)[2]
-
-_BATCH_BEHAVIOUR = """
-    XCom return value, without ``result_path``: a list in input order, one record per input,
-    ``{"index", "key", "status", "answer", "error", "request_id"}`` (``status`` one of ``succeeded``,
-    ``failed``, ``invalid_output``, ``ambiguous``).  With ``result_path``: the same records in that file,
-    and XCom ``{"counts": {status: n}, "result_uri": ..., "inputs": n}``.
-
-    Resuming: the outcome of each input is kept as it ends (beside ``result_path``, else in Airflow 3.3's
-    task state store), keyed on the task instance (DAG, task, run, map index) with a fingerprint of the
-    inputs; a retried task sends only the inputs that did not succeed.  Without either (Airflow 2.11 and
-    no ``result_path``) a retry starts over.
-"""
-
-
-class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
-    """The inputs, the sessions (one per connection), the state and the results of the batch operators."""
+    :param parent_session: with ``app``: the session the new one continues, if any (templated).
+    :param ensure_slot: with ``app``: assign a slot when the user has none and wait until it is ready
+        (default True).
+    :param slot_type: with ``app``: slot type to assign (default: the connection's ``slot_type``, else
+        ``gpu-medium``) (templated).
+    :param slot_ready_timeout: with ``app``: seconds to wait for the slot to become ready (default 600;
+        ``float("inf")`` waits without a deadline).
+    :param if_session_running: with ``app``: when Candela answers that the user already runs a session:
+        ``"stop"`` it and start again (default) or ``"fail"``.
+    :param deferrable: with ``app`` and one connection: wait for the slot in the triggerer instead of a worker
+        (default: the ``[operators] default_deferrable`` option); needs ``ensure_slot``.
+    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state (default 5).
+    :param kwargs: ``candela_conn_id`` and ``hook_params`` of
+        :class:`~airflow_provider_candela.operators._base.CandelaOperator`, and the arguments of ``BaseOperator``.
+    """
 
     template_fields: Sequence[str] = (
         "candela_conn_id",
@@ -121,6 +131,24 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
         *_APP_START_FIELDS,
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"prompts": "json", "session": "json"}
+
+    # Set and checked by set_session and set_start_options:
+    session: Any
+    session_id: Any
+    app: Any
+    model: Any
+    circuit_override: Any
+    directive_override: Any
+    scope: Any
+    parent_session: Any
+    ensure_slot: bool
+    slot_type: Any
+    slot_ready_timeout: float
+    if_session_running: str
+    deferrable: bool
+    slot_poll_interval: float
+    #: Set by :func:`~._session_start.resume`: the trigger saw the slot ready.
+    slot_ready: bool
 
     def __init__(
         self,
@@ -138,21 +166,21 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
         fail_on_partial_error: bool = True,
         resend_ambiguous: bool = False,
         on_changed_inputs: str = "fail",
+        scope: str | None = None,
+        parent_session: Any = None,
+        ensure_slot: bool = True,
+        slot_type: str | None = None,
+        slot_ready_timeout: float = 600.0,
+        if_session_running: str = "stop",
+        deferrable: bool | None = None,
+        slot_poll_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        default_args = kwargs.get("default_args")
         both_conns = candela_conn_ids is not None and "candela_conn_id" in kwargs
         fan_out = candela_conn_ids is not None
-        if fan_out and "deferrable" not in kwargs:
-            kwargs["deferrable"] = False  # the configured default: a fan-out waits for its slots in the worker
-        form = SessionForm.take(
-            kwargs,
-            session=session,
-            session_id=session_id,
-            app=app,
-            model=model,
-            circuit_override=circuit_override,
-            directive_override=directive_override,
-        )
+        if fan_out and not set_on_task({"deferrable": deferrable}, {"deferrable": None}, default_args):
+            deferrable = False  # a fan-out waits for its slots in the worker (the configured default aside)
         super().__init__(**kwargs)
         tid = self.task_id
         self.prompts = prompts
@@ -164,13 +192,34 @@ class _BatchOperatorBase(SessionArguments, StartOptions, CandelaOperator):
         self.on_changed_inputs = coerce_choice(
             on_changed_inputs, _CHANGED_INPUTS, argument="on_changed_inputs", task_id=tid
         )
-        form.apply(self)
+        set_session(
+            self,
+            {
+                "session": session,
+                "session_id": session_id,
+                "app": app,
+                "model": model,
+                "circuit_override": circuit_override,
+                "directive_override": directive_override,
+            },
+            {
+                "scope": scope,
+                "parent_session": parent_session,
+                "ensure_slot": ensure_slot,
+                "slot_type": slot_type,
+                "slot_ready_timeout": slot_ready_timeout,
+                "if_session_running": if_session_running,
+                "deferrable": deferrable,
+                "slot_poll_interval": slot_poll_interval,
+            },
+            default_args=default_args,
+        )
         if both_conns:
             raise CandelaInputError(
                 f"Task '{tid}' got both `candela_conn_id` and `candela_conn_ids`: pass `candela_conn_ids` to "
                 "spread the inputs over several connections, or `candela_conn_id` for one."
             )
-        if fan_out and form.running:
+        if fan_out and self.app is None:
             raise CandelaInputError(
                 f"Task '{tid}' got `candela_conn_ids` with a running session: a session belongs to one "
                 "Candela user. Pass `app=` and `model=` (a session per connection) or one `candela_conn_id`."
@@ -511,9 +560,9 @@ class CandelaPipelineBatchOperator(_BatchOperatorBase):
 
     Each record's ``answer`` is Candela's JSON answer (with ``output_type``, its ``result`` as that model's
     JSON form, by alias), its ``request_id`` Candela's request id.
-    """
 
-    __doc__ = (__doc__ or "") + _BATCH_BEHAVIOUR + _BATCH_ARGUMENT_DOCS
+    Arguments, XCom and resuming: as :class:`_BatchOperatorBase` says.
+    """
 
     def _send(self, hook: CandelaHook, session: ObjectId, item: BatchInput) -> dict[str, Any]:
         from airflow_provider_candela.operators._batch import record
@@ -534,10 +583,11 @@ class CandelaAgentBatchOperator(_BatchOperatorBase):
     progress, not every event of every answer (``log_answers=True`` writes each answer as the agent
     operator does).
 
+    Arguments, XCom and resuming: as :class:`_BatchOperatorBase` says, and:
+
     :param log_answers: write each answer's events into the task log as they arrive (default False).
     """
 
-    __doc__ = (__doc__ or "") + _BATCH_BEHAVIOUR + _BATCH_ARGUMENT_DOCS
     prompt_kind: ClassVar[str] = "agent"
 
     def __init__(self, *, log_answers: bool = False, **kwargs: Any) -> None:

@@ -31,25 +31,15 @@ from airflow_provider_candela.exceptions import CandelaApiError, CandelaError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
-from airflow_provider_candela.operators._review import (
-    REVIEW_OPTION_DOCS,
-    Review,
-    ReviewOptions,
-    pop_review_options,
-    set_review_options,
-)
+from airflow_provider_candela.operators._review import Review, set_review_options
 from airflow_provider_candela.operators._session_start import (
-    START_OPTION_DOCS,
-    SessionArguments,
-    SessionForm,
-    StartOptions,
     app_start,
     check_app_ids_now,
     may_defer,
     optional_id,
-    pop_start_options,
     ready_slot,
     resume,
+    set_session,
     set_start_options,
     start_on_slot,
 )
@@ -60,6 +50,8 @@ from airflow_provider_candela.operators.stored_sessions import (
 )
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from airflow.providers.common.compat.sdk import Context
     from pydantic import BaseModel
 
@@ -88,13 +80,81 @@ _APP_START_RENDERERS = {
 # Start
 
 
-class _StartOperatorBase(StartOptions, CandelaOperator):
-    """The start options, the slot (deferred or not), the start and its XCom, shared by the two start operators."""
+class _StartOperatorBase(CandelaOperator):
+    """The start options, the slot (deferred or not), the start and its XCom, shared by the two start operators.
 
-    def __init__(self, **kwargs: Any) -> None:
-        options = pop_start_options(kwargs)
+    Before starting, the task makes sure the user has a ready slot (``ensure_slot``).  Candela runs at
+    most one session per user: when it answers that a session already runs (perhaps one an earlier try
+    left), ``if_session_running="stop"`` (the default) stops it and starts again, so a retried start never
+    leaves a second session running; ``"fail"`` never stops a session it did not start.  A start Candela
+    refused (a mistyped app) stops nothing; a start that failed otherwise (a lost answer, a kill, a
+    timeout) stops whatever it may have started, also a session Candela starts after the task stopped
+    waiting.  With ``deferrable=True`` the wait for the slot runs in the triggerer; a retried task reuses
+    the user's slot, and killing the deferred task on Airflow 3.3 disposes of a slot it assigned that is
+    still starting.
+
+    XCom return value: the new session's ``ObjectMetadata`` as a JSON dict,
+    ``{"obj_id": {"scope", "identifier", "version"}, "domain", "created_by", "created_at", "description"}``.
+
+    :param scope: scope of the new session (Candela's default is ``"default"``) (templated).
+    :param parent_session: the session this one continues, if any (templated).
+    :param ensure_slot: assign a slot when the user has none and wait until it is ready (default True).
+    :param slot_type: slot type to assign (default: the connection's ``slot_type``, else ``gpu-medium``)
+        (templated).
+    :param slot_ready_timeout: seconds to wait for the slot to become ready (default 600; ``float("inf")``
+        waits without a deadline).
+    :param if_session_running: when Candela answers that the user already runs a session: ``"stop"`` it
+        and start again (default; makes retries safe, but stops another DAG run's session if it uses the
+        same Candela user) or ``"fail"`` (never stop a session this task did not start).
+    :param deferrable: wait for the slot in the triggerer instead of a worker (default: the
+        ``[operators] default_deferrable`` option); needs ``ensure_slot``.  The task assigns the slot when
+        the user has none, checks it once and, while it is not ready, defers to
+        :class:`~airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger`; it resumes to start the
+        session as without deferral.
+    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state (default 5).
+    :param kwargs: the arguments of :class:`~airflow_provider_candela.operators._base.CandelaOperator`
+        (``candela_conn_id``, ``hook_params``) and of ``BaseOperator``.
+    """
+
+    # Set and checked by set_start_options:
+    scope: Any
+    parent_session: Any
+    ensure_slot: bool
+    slot_type: Any
+    slot_ready_timeout: float
+    if_session_running: str
+    deferrable: bool
+    slot_poll_interval: float
+    #: Set by :func:`~._session_start.resume`: the trigger saw the slot ready.
+    slot_ready: bool
+
+    def __init__(
+        self,
+        *,
+        scope: str | None = None,
+        parent_session: Any = None,
+        ensure_slot: bool = True,
+        slot_type: str | None = None,
+        slot_ready_timeout: float = 600.0,
+        if_session_running: str = "stop",
+        deferrable: bool | None = None,
+        slot_poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        set_start_options(self, options)
+        set_start_options(
+            self,
+            {
+                "scope": scope,
+                "parent_session": parent_session,
+                "ensure_slot": ensure_slot,
+                "slot_type": slot_type,
+                "slot_ready_timeout": slot_ready_timeout,
+                "if_session_running": if_session_running,
+                "deferrable": deferrable,
+                "slot_poll_interval": slot_poll_interval,
+            },
+        )
 
     def _run_start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
         """Ready the slot, ``start(hook)`` on it; the new session's metadata as a JSON dict.
@@ -113,22 +173,6 @@ class _StartOperatorBase(StartOptions, CandelaOperator):
         return resume(self, context, event)
 
 
-_START_BEHAVIOUR = """
-    Before starting, the task makes sure the user has a ready slot (``ensure_slot``).  Candela runs at
-    most one session per user: when it answers that a session already runs (perhaps one an earlier try
-    left), ``if_session_running="stop"`` (the default) stops it and starts again, so a retried start never
-    leaves a second session running; ``"fail"`` never stops a session it did not start.  A start Candela
-    refused (a mistyped app) stops nothing; a start that failed otherwise (a lost answer, a kill, a
-    timeout) stops whatever it may have started, also a session Candela starts after the task stopped
-    waiting.  With ``deferrable=True`` the wait for the slot runs in the triggerer; a retried task reuses
-    the user's slot, and killing the deferred task on Airflow 3.3 disposes of a slot it assigned that is
-    still starting.
-
-    XCom return value: the new session's ``ObjectMetadata`` as a JSON dict,
-    ``{"obj_id": {"scope", "identifier", "version"}, "domain", "created_by", "created_at", "description"}``.
-"""
-
-
 class CandelaStartSessionOperator(_StartOperatorBase):
     """Start a Candela app session (agent or pipeline) and push its ``ObjectMetadata`` to XCom.
 
@@ -140,12 +184,10 @@ class CandelaStartSessionOperator(_StartOperatorBase):
     :param model: the model configuration to run it with (templated).
     :param circuit_override: a circuit to use instead of the app's (same scope as the app) (templated).
     :param directive_override: a directive to use instead of the app's (same scope as the app) (templated).
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
-    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
-        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
+    :param kwargs: the start options of :class:`_StartOperatorBase` (``scope``, ``slot_type``, ``deferrable``,
+        ...), ``candela_conn_id`` and ``hook_params`` of
+        :class:`~airflow_provider_candela.operators._base.CandelaOperator`, and the arguments of ``BaseOperator``.
     """
-
-    __doc__ = (__doc__ or "") + START_OPTION_DOCS + _START_BEHAVIOUR
 
     template_fields: Sequence[str] = ("candela_conn_id", *_APP_START_FIELDS)
     template_fields_renderers: ClassVar[dict[str, str]] = dict(_APP_START_RENDERERS)
@@ -177,12 +219,10 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
     :param directive: the directive, a ``Directive`` or a dict (``identity``, ``purpose``, ``style``, ...).
     :param tool_module: optional tool classes: a ``ToolModule``, a dict ``{"content": source}`` or the
         Python source as a string.
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
-    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
-        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
+    :param kwargs: the start options of :class:`_StartOperatorBase` (``scope``, ``slot_type``, ``deferrable``,
+        ...), ``candela_conn_id`` and ``hook_params`` of
+        :class:`~airflow_provider_candela.operators._base.CandelaOperator`, and the arguments of ``BaseOperator``.
     """
-
-    __doc__ = (__doc__ or "") + START_OPTION_DOCS + _START_BEHAVIOUR
 
     template_fields: Sequence[str] = ("candela_conn_id", "model", "scope", "parent_session", "slot_type")
     template_fields_renderers: ClassVar[dict[str, str]] = {"model": "json", "parent_session": "json"}
@@ -243,8 +283,10 @@ class CandelaStartDevSessionOperator(_StartOperatorBase):
 # --------------------------------------------------------------------------------------------------
 # Prompts
 
-_PROMPT_ARGUMENT_DOCS = (
-    """
+
+class _PromptOperatorBase(CandelaOperator):
+    """The session (running, or one of the task's own), the prompt, the typed answer and its review.
+
     The session comes in one of two forms (anything else fails when the DAG is parsed):
 
     * a running session: ``session`` (e.g. ``start.output``), or ``session_id`` + ``scope``; it is left
@@ -253,6 +295,11 @@ _PROMPT_ARGUMENT_DOCS = (
       the triggerer with ``deferrable=True``), starts the session, sends the prompt and stops the
       session, whether the prompt succeeded, failed or timed out, or the task was killed.  Once the
       answer arrived, a failed stop is a warning: a retry never sends an answered prompt again.
+
+    Every argument is a named parameter: the DAG's ``default_args`` fill any of them, ``.partial()`` takes any
+    of them and ``.expand()`` maps over the templated ones.  Beside a running session, start options and
+    ``app`` / ``model`` that came from ``default_args`` are ignored (set on the task itself, they are an
+    error), and so are review options without ``require_approval``.
 
     :param prompt: the prompt text (templated).
     :param session: the session: ``start.output`` (an ``ObjectMetadata`` dict), an ``ObjectId``, a dict
@@ -265,22 +312,65 @@ _PROMPT_ARGUMENT_DOCS = (
     :param output_type: a pydantic model class: the answer is validated into it and its JSON form (by
         alias) is returned; an answer that does not fit fails the task at once (no retry), listing the
         fields that did not fit (the answer itself goes to the task log, truncated).
-    :param candela_conn_id: the Airflow connection of type ``candela`` to use (templated).
-    :param hook_params: per-task overrides of the connection's ``timeout`` (seconds, ``(connect, read)`` or
-        ``'connect,read'``) and ``max_retries``, e.g. ``{"timeout": (10, 900), "max_retries": 2}``.
     :param scope: with ``session_id``: the session's scope (default ``"default"``); with ``app``: the
         scope of the new session (templated).
-"""
-    + START_OPTION_DOCS.split("\n", 2)[2]
-    + REVIEW_OPTION_DOCS.split("\n", 1)[1]
-)
-
-
-class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, CandelaOperator):
-    """The session (running, or one of the task's own), the prompt, the typed answer and its review."""
+    :param parent_session: with ``app``: the session the new one continues, if any (templated).
+    :param ensure_slot: with ``app``: assign a slot when the user has none and wait until it is ready
+        (default True).
+    :param slot_type: with ``app``: slot type to assign (default: the connection's ``slot_type``, else
+        ``gpu-medium``) (templated).
+    :param slot_ready_timeout: with ``app``: seconds to wait for the slot to become ready (default 600;
+        ``float("inf")`` waits without a deadline).
+    :param if_session_running: with ``app``: when Candela answers that the user already runs a session:
+        ``"stop"`` it and start again (default) or ``"fail"``.
+    :param deferrable: with ``app``: wait for the slot in the triggerer instead of a worker (default: the
+        ``[operators] default_deferrable`` option); needs ``ensure_slot``.
+    :param slot_poll_interval: with ``deferrable``: seconds between two checks of the slot's state (default 5).
+    :param require_approval: a person approves (or rejects) Candela's answer on Airflow's Required Actions page
+        before the task returns it (Airflow 3.1+; default False).  A one-task session is stopped before the
+        review opens; the task waits without a worker slot.
+    :param allow_modifications: with ``require_approval``: the reviewer may edit the answer (the JSON; with
+        ``output_type`` the model's JSON form; for an agent ``response`` and ``results``) before approving;
+        the edit is validated like Candela's answer.
+    :param approval_timeout: with ``require_approval``: how long to wait for a reviewer (a ``timedelta``;
+        default: no limit).
+    :param on_approval_timeout: with ``approval_timeout``: ``"fail"`` the task (default), or ``"approve"`` /
+        ``"reject"`` the answer as if a reviewer had.
+    :param approval_notifiers: with ``require_approval``: notifiers called when the review opens (one that
+        raises is logged; the review stays open).
+    :param approval_assigned_users: with ``require_approval``: the only users who may answer the review, as
+        ``{"id": ..., "name": ...}`` dicts (default: anyone allowed to review in Airflow).
+    :param kwargs: ``candela_conn_id`` and ``hook_params`` of
+        :class:`~airflow_provider_candela.operators._base.CandelaOperator`, and the arguments of ``BaseOperator``.
+    """
 
     template_fields: Sequence[str] = ("candela_conn_id", "session", "session_id", "prompt", *_APP_START_FIELDS)
     template_fields_renderers: ClassVar[dict[str, str]] = {"session": "json", **_APP_START_RENDERERS}
+
+    # Set and checked by set_session and set_start_options:
+    session: Any
+    session_id: Any
+    app: Any
+    model: Any
+    circuit_override: Any
+    directive_override: Any
+    scope: Any
+    parent_session: Any
+    ensure_slot: bool
+    slot_type: Any
+    slot_ready_timeout: float
+    if_session_running: str
+    deferrable: bool
+    slot_poll_interval: float
+    #: Set by :func:`~._session_start.resume`: the trigger saw the slot ready.
+    slot_ready: bool
+    # Set and checked by set_review_options:
+    require_approval: bool
+    allow_modifications: bool
+    approval_timeout: timedelta | None
+    on_approval_timeout: str
+    approval_notifiers: list[Callable[..., Any]]
+    approval_assigned_users: list[dict[str, str]]
 
     def __init__(
         self,
@@ -293,28 +383,61 @@ class _PromptOperatorBase(SessionArguments, StartOptions, ReviewOptions, Candela
         circuit_override: Any = None,
         directive_override: Any = None,
         output_type: type[BaseModel] | None = None,
+        scope: str | None = None,
+        parent_session: Any = None,
+        ensure_slot: bool = True,
+        slot_type: str | None = None,
+        slot_ready_timeout: float = 600.0,
+        if_session_running: str = "stop",
+        deferrable: bool | None = None,
+        slot_poll_interval: float = 5.0,
+        require_approval: bool = False,
+        allow_modifications: bool = False,
+        approval_timeout: timedelta | None = None,
+        on_approval_timeout: str = "fail",
+        approval_notifiers: Sequence[Callable[..., Any]] | Callable[..., Any] = (),
+        approval_assigned_users: list[dict[str, str]] | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        form = SessionForm.take(
-            kwargs,
-            session=session,
-            session_id=session_id,
-            app=app,
-            model=model,
-            circuit_override=circuit_override,
-            directive_override=directive_override,
-        )
-        review_options = pop_review_options(kwargs)
+        default_args = kwargs.get("default_args")
         super().__init__(**kwargs)
-        set_review_options(self, review_options)
         self.prompt = prompt
-        self.app = app
-        self.model = model
-        self.circuit_override = circuit_override
-        self.directive_override = directive_override
         self.output_type = coerce_output_type(output_type, task_id=self.task_id)
         self._check_now(prompt, lambda v: coerce_prompt(v, task_id=self.task_id))
-        form.apply(self)
+        set_session(
+            self,
+            {
+                "session": session,
+                "session_id": session_id,
+                "app": app,
+                "model": model,
+                "circuit_override": circuit_override,
+                "directive_override": directive_override,
+            },
+            {
+                "scope": scope,
+                "parent_session": parent_session,
+                "ensure_slot": ensure_slot,
+                "slot_type": slot_type,
+                "slot_ready_timeout": slot_ready_timeout,
+                "if_session_running": if_session_running,
+                "deferrable": deferrable,
+                "slot_poll_interval": slot_poll_interval,
+            },
+            default_args=default_args,
+        )
+        set_review_options(
+            self,
+            {
+                "require_approval": require_approval,
+                "allow_modifications": allow_modifications,
+                "approval_timeout": approval_timeout,
+                "on_approval_timeout": on_approval_timeout,
+                "approval_notifiers": approval_notifiers,
+                "approval_assigned_users": approval_assigned_users,
+            },
+            default_args=default_args,
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the slot trigger fired: start the one-task session and prompt it, or fail."""
@@ -446,9 +569,9 @@ class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
     ``{"metadata": {"request_id": ...}, "result": {...}}``; with ``output_type``, the answer's
     ``result`` validated into that model, in its JSON form (by alias), and the request id under the
     XCom key ``request_id``.
-    """
 
-    __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
+    Arguments: those of :class:`_PromptOperatorBase` (the prompt, the session, the start and review options).
+    """
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Submit the prompt (in a session of its own with ``app``); return the answer (once reviewed)."""
@@ -500,10 +623,12 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
     validated into that model and ``results`` holds their JSON forms; an answer without a ``result``
     event fails the task.
 
+    Arguments: those of :class:`_PromptOperatorBase` (the prompt, the session, the start and review options),
+    and:
+
     :param return_events: also return the full event list (can be large: XCom lives in the metadata DB).
     """
 
-    __doc__ = (__doc__ or "") + _PROMPT_ARGUMENT_DOCS
     prompt_kind: ClassVar[str] = "agent"
 
     def __init__(self, *, return_events: bool = False, **kwargs: Any) -> None:
