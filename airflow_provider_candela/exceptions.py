@@ -45,6 +45,7 @@ class CandelaSlotError(CandelaError):
 class CandelaApiError(CandelaError):
     """Candela answered with an error status (or a body that is not what the API promises).
 
+    :param message: the whole message: what failed, the server's detail and what to check.
     :param status: the HTTP status code (``None`` when no response was received).
     :param method: the HTTP method of the failed call.
     :param path: the API path of the failed call (no host, no query string secrets).

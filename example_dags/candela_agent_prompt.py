@@ -59,12 +59,14 @@ with DAG(
         """The prompts to map over (a task, so that the list can come from the run's params)."""
         return list((params or {})["questions"])
 
+    # [START howto_operator_agent_prompt]
     answers = CandelaSubmitAgentPromptOperator.partial(
         task_id="ask",
         session=start.output,
         # One prompt at a time: a Candela session answers prompts in sequence.
         max_active_tis_per_dagrun=1,
     ).expand(prompt=questions())
+    # [END howto_operator_agent_prompt]
 
     @task
     def report(summaries: list[dict[str, Any]]) -> list[str]:

@@ -56,6 +56,7 @@ with DAG(
             )
         ]
 
+    # [START howto_decorator_candela_pipeline_batch]
     @task.candela_pipeline_batch(app="{{ params.pipeline }}", model="{{ params.model }}", output_type=BreakVerdict)
     def classify(day_breaks: list[dict[str, Any]]) -> list[dict[str, str]]:
         """The function returns the inputs; the task returns one record per input."""
@@ -76,3 +77,4 @@ with DAG(
         return counts
 
     report(classify(breaks()))
+    # [END howto_decorator_candela_pipeline_batch]

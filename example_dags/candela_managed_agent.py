@@ -49,6 +49,7 @@ if ManagedAgentToolset is not None:
         tags=["candela", "example", "common-ai"],
     ) as dag:
         # Built at parse time without any request: the hook reads its connection at the first call.
+        # [START howto_managed_agent_toolset]
         fund_analyst = ManagedAgentToolset(
             CandelaManagedAgentHook("candela_default", model=MODEL).agent(APP),
             tool_name="ask_fund_analyst",
@@ -64,6 +65,8 @@ if ManagedAgentToolset is not None:
         def brief(params: dict[str, Any] | None = None) -> str:
             """The prompt of the calling agent."""
             return str((params or {})["question"])
+
+        # [END howto_managed_agent_toolset]
 
         @task
         def publish(answer: Any) -> str:

@@ -47,6 +47,7 @@ class ClientSummary(BaseModel):
     tags=["candela", "example", "review"],
 )
 def candela_reviewed_summary() -> None:
+    # [START howto_review_require_approval]
     @task.candela_pipeline(
         app="{{ params.pipeline }}",
         model="{{ params.model }}",
@@ -60,6 +61,8 @@ def candela_reviewed_summary() -> None:
     def summarise(ds: str | None = None) -> str:
         """The function returns the prompt; the task returns the answer once a person approved it."""
         return f"Summarise for the client the positions that changed on {ds}, in plain words."
+
+    # [END howto_review_require_approval]
 
     @task
     def send(summary: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ with DAG(
     },
     tags=["candela", "example"],
 ) as dag:
+    # [START howto_operator_start_session]
     start = CandelaStartSessionOperator(
         task_id="start_session",
         app="{{ params.app }}",
@@ -46,12 +47,15 @@ with DAG(
         # A slot can take minutes to come up: wait for it in the triggerer, not in a worker slot.
         deferrable=True,
     )
+    # [END howto_operator_start_session]
 
+    # [START howto_operator_pipeline_prompt]
     prompt = CandelaSubmitPipelinePromptOperator(
         task_id="prompt",
         session=start.output,
         prompt="Summarise the positions and the notable market moves of {{ ds }} in three bullet points.",
     )
+    # [END howto_operator_pipeline_prompt]
 
     @task
     def publish(answer: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +64,9 @@ with DAG(
         print(f"Pipeline answer for request {request_id}: {answer.get('result')}")
         return {"request_id": request_id, "result": answer.get("result")}
 
+    # [START howto_operator_stop_session]
     stop = CandelaStopSessionOperator(task_id="stop_session", session=start.output)
 
     published = publish(prompt.output)
     start >> prompt >> published >> stop.as_teardown(setups=start)
+    # [END howto_operator_stop_session]

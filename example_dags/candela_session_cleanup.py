@@ -33,12 +33,14 @@ with DAG(
     },
     tags=["candela", "example", "maintenance"],
 ) as dag:
+    # [START howto_operator_cleanup_sessions]
     delete = CandelaCleanupSessionsOperator(
         task_id="delete_old_sessions",
         older_than="{{ params.older_than_days * 86400 }}",
         scope="{{ params.scope }}",
         dry_run="{{ params.dry_run }}",
     )
+    # [END howto_operator_cleanup_sessions]
 
     @task
     def report(deleted: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -46,7 +46,7 @@ with DAG(
     },
     tags=["candela", "example", "taskflow"],
 ) as dag:
-
+    # [START howto_decorator_candela_pipeline]
     @task.candela_pipeline(app="{{ params.pipeline }}", model="{{ params.model }}", output_type=DailySummary)
     def summarise(ds: str | None = None) -> str:
         """The function returns the prompt; the task returns the typed answer."""
@@ -59,6 +59,9 @@ with DAG(
         print(f"Daily summary ({typed.word_count} words): {typed.answer}")
         return typed.answer
 
+    # [END howto_decorator_candela_pipeline]
+
+    # [START howto_decorator_candela_agent]
     start = CandelaStartSessionOperator(task_id="start_agent", app="{{ params.agent }}", model="{{ params.model }}")
 
     @task.candela_agent(session=start.output)
@@ -75,3 +78,4 @@ with DAG(
     breaks = ask_breaks(summary)
     report(summary)
     summary >> start >> breaks >> ask_owner(breaks) >> stop.as_teardown(setups=start)
+    # [END howto_decorator_candela_agent]

@@ -17,7 +17,11 @@ __all__ = ["EmulatorConfig", "create_app", "load_catalog"]
 
 
 def create_app(config: EmulatorConfig | None = None, **overrides: Any) -> FastAPI:
-    """Build the emulator's FastAPI app (``config`` defaults to the demo settings)."""
+    """Build the emulator's FastAPI app.
+
+    :param config: the emulator's settings (default: the demo settings, changed by ``overrides``).
+    :param overrides: :class:`EmulatorConfig` fields, used when ``config`` is not given.
+    """
     from airflow_provider_candela.emulator.app import create_app as _create_app
 
     if config is None:

@@ -154,6 +154,8 @@ def load_catalog(source: str | Path | dict[str, Any], base: Catalog | None = Non
                         "events": [{"event_type": "chat", "content": "Sunny."}]},
                        {"pattern": "sum", "pipeline": {"answer": 42}}]}
 
+    :param source: the path of a JSON file, or its content already parsed.
+    :param base: the catalogue to add to (default: the built-in apps, models, slot types and user).
     :raises CatalogError: naming the malformed entry.
     """
     if isinstance(source, dict):

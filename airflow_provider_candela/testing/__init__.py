@@ -111,6 +111,7 @@ class StatsdListener:
         return [line for line in found if all(f"{k}={v}" in line for k, v in tags.items())]
 
     def close(self) -> None:
+        """Stop listening and close the socket."""
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
@@ -122,6 +123,9 @@ def wait_until(condition: Callable[[], _T | None], timeout: float = 20.0, interv
     For tests that wait on the emulator (``wait_until(lambda: emu.stats()["sessions_started"] >= 1)``)
     instead of sleeping a fixed time.
 
+    :param condition: called until it returns something truthy.
+    :param timeout: seconds to keep trying.
+    :param interval: seconds between two calls.
     :raises AssertionError: with the last value seen, when the condition is not met in time.
     """
     deadline = time.monotonic() + timeout
@@ -158,6 +162,9 @@ class CandelaEmulator:
 
         with CandelaEmulator(token_ttl=5) as emulator:
             print(emulator.url, emulator.token_url, emulator.username, emulator.password)
+
+    :param startup_timeout: seconds :meth:`start` waits for the emulator to answer.
+    :param flags: the command-line flags, as above.
     """
 
     def __init__(self, *, startup_timeout: float = 20.0, **flags: Any) -> None:
@@ -347,6 +354,7 @@ class CandelaEmulator:
         return result
 
     def clear_faults(self) -> None:
+        """``DELETE /_emulator/faults``: remove every fault not yet used up."""
         self._control("DELETE", "/_emulator/faults")
 
     def tokens(self) -> dict[str, list[str]]:

@@ -116,6 +116,7 @@ class ApiServer:
         return server
 
     def healthy(self) -> bool:
+        """Whether the API server answers its health check."""
         try:
             with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=2) as response:
                 body = json.loads(response.read())
@@ -124,9 +125,11 @@ class ApiServer:
         return bool(body.get("metadatabase", {}).get("status") == "healthy")
 
     def reviewer(self) -> Reviewer:
+        """A :class:`Reviewer` logged in as this server's admin user."""
         return Reviewer(self.url, self.username, self.password)
 
     def stop(self) -> None:
+        """Stop the API server (its whole process group)."""
         stop_process_group(self.process)
 
 
@@ -153,6 +156,7 @@ class Reviewer:
         return json.loads(text) if text else None
 
     def token(self) -> str:
+        """The API's access token of this reviewer (logs in at the first call)."""
         if self._token is None:
             login = {"username": self.username, "password": self.password}
             answer = self._call("POST", "/auth/token", login, auth=False)

@@ -125,6 +125,7 @@ def _reschedules(dag_run: Any, task_id: str) -> int:
 def test_deferrable_mode_resumes_when_the_session_appears(candela: Any, trigger_runs: list[dict[str, Any]]) -> None:
     parent = _start().obj_id
     with _dag("sensor_deferrable") as dag:
+        # [START howto_sensor_deferrable]
         CandelaSessionExistsSensor(
             task_id="wait",
             session=f"{parent.scope}/{parent.identifier}:1.1.0",
@@ -133,6 +134,7 @@ def test_deferrable_mode_resumes_when_the_session_appears(candela: Any, trigger_
             timeout=60,
             hook_params={"timeout": 30, "max_retries": 1},
         )
+        # [END howto_sensor_deferrable]
     # one check by the sensor before deferring, then at least one by the trigger
     thread = _child_after(candela, parent, checks=2)
     dr = run_dag(dag)
