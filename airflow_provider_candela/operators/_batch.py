@@ -9,8 +9,8 @@ Imported when a batch task runs (not at DAG parse).  The pieces:
   before it is sent: one found so after a kill is ``ambiguous`` (Candela may have acted on it);
 * :class:`Progress`: the task log, a line every few seconds, never a line per input of a large batch;
 * :func:`run_batch`: one worker per connection (a session each), all taking inputs from one queue; a
-  connection that cannot work (credentials, slot, its session replaced) drops out and its input goes back
-  to the queue.
+  connection that cannot work (credentials, slot, its session replaced or refusing what another connection
+  answers) drops out and its input goes back to the queue.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -432,9 +432,6 @@ def run_batch(
     :raises CandelaCancelledError: the task was killed (every worker stopped what it started).
     :raises CandelaError: every worker dropped out with inputs left (each one's reason named).
     """
-    todo: queue.SimpleQueue[BatchInput] = queue.SimpleQueue()
-    for item in pending:
-        todo.put(item)
     fatal: list[BaseException] = []
     relay = _MainThread()
     if len(workers) > 1:  # the task's state store and its log talk to Airflow from the task's main thread only
@@ -442,23 +439,33 @@ def run_batch(
         progress = relay.proxy(progress)
         on_outcome = relay.wrap(on_outcome)
 
+    def keep(outcome: dict[str, Any], seconds: float) -> None:
+        state.save(outcome)
+        on_outcome(outcome)
+        progress.add(outcome, seconds)
+
     def work(worker: Worker) -> None:
         try:
-            _work(worker, todo, send=send, state=state, progress=progress, on_outcome=on_outcome)
+            _work(worker, todo, send=send, state=state, keep=keep)
         except _DropOut as drop:
             worker.dropped = str(drop)
             worker.cause = None if drop.lost is not None else drop.__cause__
             if drop.requeue is not None:
                 state.forget(drop.requeue.index)
-                todo.put(drop.requeue)
+                todo.put_back(drop.requeue)
             log.warning("Connection %r drops out of the batch: %s", worker.conn_id, drop)
         except BaseException as exc:  # a kill, or a bug: the batch stops
             fatal.append(exc)
+            todo.leave(worker.conn_id)
             for other in workers:
                 if other is not worker:
                     other.hook.cancel(f"connection {worker.conn_id!r} of the batch failed: {exc}")
+            return
+        for item, error in todo.leave(worker.conn_id):  # refused by every connection still there
+            keep(record(item, "failed", error=error), 0.0)
 
     if len(workers) == 1:
+        todo = _Inputs(pending, [workers[0].conn_id])
         work(workers[0])
     else:
         for worker in workers:  # the connections are read here: Airflow 3 serves them to the task's main thread
@@ -469,6 +476,7 @@ def run_batch(
                 worker.cause = err
                 log.warning("Connection %r drops out of the batch: %s", worker.conn_id, err)
         live = [w for w in workers if w.dropped is None]
+        todo = _Inputs(pending, [w.conn_id for w in live])
         # Each worker runs in a copy of the task's context: its spans are children of the task's span.
         threads = [
             threading.Thread(target=contextvars.copy_context().run, args=(work, w), name=f"candela-batch-{w.conn_id}")
@@ -484,9 +492,9 @@ def run_batch(
     if fatal:
         cancelled = [exc for exc in fatal if isinstance(exc, CandelaCancelledError)]
         raise (cancelled or fatal)[0]
-    if not todo.empty():
+    left = todo.left()
+    if left:
         reasons = "; ".join(f"{w.conn_id!r}: {w.dropped}" for w in workers if w.dropped)
-        left = todo.qsize()
         message = f"No connection is left to answer the batch's {left} remaining input(s): {reasons}. Fix the "
         # The prompt operators' rule: an error a retry cannot fix is an AirflowFailException.  The batch
         # fails fast only when every connection was refused so; any transient cause leaves it retryable.
@@ -497,6 +505,139 @@ def run_batch(
             )
             raise final(message + "connections, then run the task again: no retry can change these answers")
         raise CandelaError(message + "connections (their answered inputs are kept) and retry the task")
+
+
+class _Inputs:
+    """The inputs left to send, shared by the workers; in a fan-out, a refused input is offered to the others.
+
+    Candela refusing a prompt (a 4xx) carried nothing out, so the input may go to another connection.  Whether
+    the refusal is the input's or the session's (e.g. stopped from outside: Candela has no call saying a
+    session still runs) shows when another connection tries it: answered there, the connection that refused
+    it drops out; refused by every connection still in the batch, it ends ``failed``.  Until its refused
+    inputs are settled, a connection takes only inputs that others refused, so a dead session does not
+    refuse the whole queue.  With one connection a refusal is the input's at once.
+    """
+
+    def __init__(self, pending: Sequence[BatchInput], live: Sequence[str]) -> None:
+        self._changed = threading.Condition()
+        self._fresh: deque[BatchInput] = deque(pending)
+        #: Inputs some connection refused, waiting for another one.
+        self._offered: deque[BatchInput] = deque()
+        #: Inputs taken and not yet settled or put back: they may come back.
+        self._out = 0
+        self._live = set(live)
+        #: Input index -> connection -> the error of its refusal.
+        self._refusals: dict[int, dict[str, CandelaApiError]] = {}
+        #: Connection -> the inputs it refused that are not settled yet.
+        self._unsettled: dict[str, set[int]] = {}
+        #: Connection -> why it drops out, and the refusal it drops out for.
+        self._drop: dict[str, tuple[str, CandelaApiError]] = {}
+
+    def left(self) -> int:
+        """How many inputs no connection took (or took and put back)."""
+        with self._changed:
+            return len(self._fresh) + len(self._offered)
+
+    def finished(self) -> bool:
+        """Nothing left to take, and nothing taken that may come back."""
+        with self._changed:
+            return not (self._fresh or self._offered or self._out)
+
+    def take(self, worker: Worker) -> BatchInput | None:
+        """The next input for ``worker``; None when the batch has nothing left for it.
+
+        Waits while the only inputs left are ones it refused, or while its refusals are tried elsewhere.
+
+        :raises _DropOut: another connection answered an input this one refused.
+        :raises CandelaCancelledError: the worker's hook was cancelled while it waited.
+        """
+        conn = worker.conn_id
+        with self._changed:
+            while True:
+                if conn in self._drop:
+                    reason, refusal = self._drop[conn]
+                    raise _DropOut(reason, lost=refusal)
+                for item in self._offered:
+                    if conn not in self._refusals[item.index]:
+                        self._offered.remove(item)
+                        self._out += 1
+                        return item
+                if self._fresh and not self._unsettled.get(conn):
+                    self._out += 1
+                    return self._fresh.popleft()
+                if not (self._fresh or self._offered or self._out):
+                    return None
+                why = worker.hook.cancelled
+                if why is not None:
+                    raise CandelaCancelledError(f"Connection {conn!r} stopped waiting for the batch's inputs: {why}")
+                self._changed.wait(0.25)
+
+    def answered(self, worker: Worker, item: BatchInput, outcome: Mapping[str, Any]) -> None:
+        """``worker`` is done with ``item`` (``outcome``); when others refused it and it was answered, they drop out."""
+        with self._changed:
+            self._out -= 1
+            refusals = self._refusals.pop(item.index, None)
+            if refusals is not None:
+                ran = outcome["status"] in ("succeeded", "invalid_output")  # Candela ran it on this session
+                for conn, refusal in refusals.items():
+                    self._unsettled.get(conn, set()).discard(item.index)
+                    if ran:
+                        self._drop.setdefault(
+                            conn,
+                            (
+                                "its session refuses prompts that another connection answers (stopped from "
+                                f"outside?): Candela refused input {item.index} {item.key!r}, which connection "
+                                f"{worker.conn_id!r} answered ({refusal})",
+                                refusal,
+                            ),
+                        )
+            self._changed.notify_all()
+
+    def refused(self, worker: Worker, item: BatchInput, error: CandelaApiError) -> str | None:
+        """Candela refused ``item`` on ``worker``'s session (still there): None when offered to another
+        connection, else the input's error (every connection still in the batch refused it)."""
+        with self._changed:
+            self._out -= 1
+            refusals = self._refusals.setdefault(item.index, {})
+            refusals[worker.conn_id] = error
+            if self._live <= refusals.keys():
+                return self._settle(item)
+            self._offered.append(item)
+            self._unsettled.setdefault(worker.conn_id, set()).add(item.index)
+            self._changed.notify_all()
+            return None
+
+    def put_back(self, item: BatchInput) -> None:
+        """``item`` was not carried out (its connection dropped out): the next connection takes it first."""
+        with self._changed:
+            self._out -= 1
+            (self._offered if item.index in self._refusals else self._fresh).appendleft(item)
+            self._changed.notify_all()
+
+    def leave(self, conn: str) -> list[tuple[BatchInput, str]]:
+        """``conn`` takes no more inputs: the offered ones every connection still there refused, with their error."""
+        with self._changed:
+            self._live.discard(conn)
+            self._unsettled.pop(conn, None)
+            failed = []
+            if self._live:
+                for item in list(self._offered):
+                    if self._live <= self._refusals[item.index].keys():
+                        self._offered.remove(item)
+                        failed.append((item, self._settle(item)))
+            self._changed.notify_all()
+            return failed
+
+    def _settle(self, item: BatchInput) -> str:
+        """``item`` ends ``failed``: its error (the refusals' own when several connections refused it)."""
+        refusals = self._refusals.pop(item.index)
+        for conn in refusals:
+            self._unsettled.get(conn, set()).discard(item.index)
+        self._changed.notify_all()
+        error = list(refusals.values())[-1]
+        if len(refusals) == 1:
+            return str(error)
+        return f"{error} (refused by every connection of the batch: {', '.join(map(repr, refusals))})"
 
 
 class _MainThread:
@@ -551,16 +692,15 @@ class _MainThread:
 
 def _work(
     worker: Worker,
-    todo: queue.SimpleQueue[BatchInput],
+    todo: _Inputs,
     *,
     send: Callable[[CandelaHook, ObjectId, BatchInput], dict[str, Any]],
     state: BatchState,
-    progress: Progress,
-    on_outcome: Callable[[dict[str, Any]], None],
+    keep: Callable[[dict[str, Any], float], None],
 ) -> None:
 
     hook = worker.hook
-    if todo.empty():
+    if todo.finished():
         return
     try:
         context = worker.session(hook)
@@ -570,11 +710,7 @@ def _work(
     except (CandelaError, OSError) as err:
         raise _DropOut(f"it could not start its session: {err}") from err
     try:
-        while True:
-            try:
-                item = todo.get_nowait()
-            except queue.Empty:
-                break
+        while (item := todo.take(worker)) is not None:
             state.sending(item.index)
             began = time.monotonic()
             try:
@@ -588,14 +724,21 @@ def _work(
             except _CONNECTION_ERRORS as err:
                 raise _DropOut(str(err), requeue=item) from err
             except CandelaApiError as err:
-                if err.refused:
+                if not err.refused:
+                    outcome = record(item, "failed", error=str(err))
+                else:
                     gone = _session_gone(hook, err, session)
                     if gone is not None:  # the prompt was refused, not run: another connection may answer it
                         raise _DropOut(gone, requeue=item, lost=err) from err
-                outcome = record(item, "failed", error=str(err))
-            state.save(outcome)
-            on_outcome(outcome)
-            progress.add(outcome, time.monotonic() - began)
+                    error = todo.refused(worker, item, err)
+                    if error is None:  # another connection tries it: nothing was carried out here
+                        state.forget(item.index)
+                        continue
+                    outcome = record(item, "failed", error=error)
+                    keep(outcome, time.monotonic() - began)
+                    continue
+            todo.answered(worker, item, outcome)
+            keep(outcome, time.monotonic() - began)
     except BaseException as exc:
         passed = exc.lost if isinstance(exc, _DropOut) and exc.lost is not None else exc
         try:

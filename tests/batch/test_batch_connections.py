@@ -116,3 +116,53 @@ def test_a_connection_whose_slot_is_lost_drops_out_and_the_other_answers_its_inp
     assert "Connection 'candela_u1' drops out of the batch: its slot is" in logged
     assert _seen(candela) == 11, "u1's refused prompt was sent again, to u2"
     assert candela.stats()["running_sessions"].get("u2") is None
+
+
+def test_a_connection_whose_session_is_stopped_from_outside_drops_out_and_the_other_answers_its_inputs(
+    candela: Any, users: list[str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # u1's first prompt finds its session stopped (slot still ready, no newer session: Candela says nothing
+    # more than a refusal). u2's answers take a while, so u1 gets an input before u2 has answered them all.
+    candela.add_fault(match=SUBMIT, user="u1", lose="session")
+    candela.add_fault(match=SUBMIT, user="u2", delay=0.1, count=20)
+    prompts = [f"prompt {n}" for n in range(10)]
+    with caplog.at_level(logging.INFO):
+        dr = _run(users, prompts)
+    assert dr.states == {"b": "success"}
+    assert [r["status"] for r in dr.xcom("b")] == ["succeeded"] * 10, "no input failed: u2 answered u1's"
+    logged = _logged(caplog, capsys)
+    assert (
+        "Connection 'candela_u1' drops out of the batch: its session refuses prompts that another connection "
+        "answers (stopped from outside?)" in logged
+    )
+    assert "which connection 'candela_u2' answered" in logged
+    assert _seen(candela) == 11, "u1's refused prompt was sent again, to u2, and u1 sent nothing more"
+    assert not any(candela.stats()["running_sessions"].values()), "u2's session stopped when done"
+
+
+def test_an_input_every_connection_refuses_ends_failed_and_no_connection_drops_out(
+    candela: Any, users: list[str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candela.add_fault(match=SUBMIT, status=400, body={"detail": "prompt too long"}, count=2)
+    with caplog.at_level(logging.INFO):
+        dr = _run(users, ["a very long prompt"], fail_on_partial_error=False)
+    assert dr.states == {"b": "success"}
+    (outcome,) = dr.xcom("b")
+    assert outcome["status"] == "failed"
+    assert "prompt too long" in outcome["error"]
+    assert "refused by every connection of the batch: 'candela_u" in outcome["error"]
+    assert _seen(candela) == 2, "tried once on each connection"
+    assert "drops out" not in _logged(caplog, capsys)
+
+
+def test_an_ambiguous_input_in_a_fan_out_is_not_sent_again(
+    candela: Any, users: list[str], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candela.add_fault(match=SUBMIT, user="u1", drop=True, after=True)  # sent, then the answer is lost
+    candela.add_fault(match=SUBMIT, user="u2", delay=0.1, count=20)
+    with caplog.at_level(logging.INFO):
+        dr = _run(users, [f"prompt {n}" for n in range(6)], fail_on_partial_error=False)
+    statuses = [r["status"] for r in dr.xcom("b")]
+    assert sorted(statuses) == ["ambiguous"] + ["succeeded"] * 5
+    assert _seen(candela) == 6, "the ambiguous input went to no other connection"
+    assert "drops out" not in _logged(caplog, capsys)
