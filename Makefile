@@ -165,6 +165,7 @@ clean:
 	rm -rf $(VENV) $(VENV_AF2) $(TOOLS_VENV) .venv-sdk .venv-deploy $(BENCH_VENV) bench/.venv-sdk
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache tests/ui/output
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf docs/.venv docs/_build
 
 # ---- ui-test ------------------------------------------------------------------------------------------------
 # The browser tests alone (make test, and so .ci/run, runs them too): the Candela connection form, the Candela
@@ -189,3 +190,27 @@ ui-test: venv
 deployment-test: uv
 	$(call section,deployment-test: the example DAGs on Airflow 3.3 with CeleryExecutor and PostgreSQL and Redis)
 	PYTHON="$(PYTHON)" bash tests/deployment/run.sh
+
+# ---- docs -----------------------------------------------------------------------------------------------------
+# The documentation site: docs/*.md and docs/*.rst -> docs/_build/html (open docs/_build/html/index.html).
+# docs/.venv holds Sphinx, its theme and MyST (the `docs` extra) beside Airflow 3.3 and the provider (editable,
+# with the emulator and common-ai extras, so that the API reference imports every module); keyed like the other
+# venvs. The build is warnings-as-errors and nitpicky (-W -n), from a fresh environment (-E) so that a warning is
+# never hidden by an earlier build; docs/_ext/candela_docs.py fails it on a public name without a docstring or
+# whose :param: lines differ from its signature, and on an internal link or anchor that leads nowhere. Nothing is
+# fetched from the internet (no intersphinx, no linkcheck builder). make test builds it too (tests/ui/test_docs_site.py).
+DOCS_VENV := docs/.venv
+DOCS_STAMP := $(DOCS_VENV)/.installed-$(shell (cat pyproject.toml; echo 'docs $(AF3_REQS)') | sha256sum | cut -c1-16)
+
+$(DOCS_STAMP): | uv
+	$(call section,docs venv: $(DOCS_VENV) with Sphinx and the provider on Airflow 3.3)
+	@test -x $(DOCS_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(DOCS_VENV)
+	@rm -f $(DOCS_VENV)/.installed-*
+	$(UV) pip install -q --python $(DOCS_VENV)/bin/python -e ".[docs,emulator,common-ai]" $(AF3_REQS)
+	@touch $@
+
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	$(call section,docs: sphinx-build -W -n into docs/_build/html)
+	$(DOCS_VENV)/bin/sphinx-build -E -W -n --keep-going -q -b html docs docs/_build/html
+	@echo "docs: file://$(CURDIR)/docs/_build/html/index.html"
