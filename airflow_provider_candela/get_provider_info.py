@@ -15,6 +15,8 @@ CONN_TYPE: Final = "candela"
 HOOK_CLASS: Final = "airflow_provider_candela.hooks.candela.CandelaHook"
 #: The one description of the package: also the ``description`` of pyproject.toml and the README's first sentence.
 DESCRIPTION: Final = "Apache Airflow provider for FINBOURNE Candela: run LLM agent and pipeline sessions as DAG tasks"
+#: The docs' sources on the forge (``make docs`` builds them into a site); also pyproject.toml's Documentation.
+DOCS_URL: Final = "https://github.com/finbourne/airflow-provider-candela/tree/main/docs"
 
 #: The ``[candela]`` options the provider reads (``airflow config list`` shows them; the docs are made from this).
 CONFIG: Final[dict[str, Any]] = {
@@ -59,6 +61,7 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "Candela",
                 "external-doc-url": "https://www.finbourne.com/",
+                "how-to-guide": [f"{DOCS_URL}/{page}.md" for page in ("quickstart", "operators", "taskflow")],
                 "tags": ["service"],
             }
         ],

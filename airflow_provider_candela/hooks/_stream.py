@@ -47,9 +47,16 @@ class CandelaEventStream(Iterator[Event]):
     time trips it too) and ``total`` seconds for the whole stream; the hook's ``exchange`` is aborted
     when either passes, or when the hook is cancelled, and the stream then raises saying which.
 
+    :param response: the streamed HTTP response of the prompt (``stream=True``).
+    :param method: the request's HTTP method, for messages.
+    :param path: the request's API path, for messages.
+    :param scrub: removes secrets from a text before it goes into a message.
+    :param chunk_size: bytes read from the body at a time.
     :param exchange: the hook's exchange of this request (its deadline is moved as events arrive).
     :param release: called once when the stream is closed (the hook forgets the exchange).
     :param cancelled: why the hook was cancelled, or None.
+    :param event_gap: seconds allowed between two events.
+    :param total: seconds allowed for the whole stream.
     """
 
     def __init__(

@@ -399,6 +399,7 @@ class CandelaHook(CandelaHttpCore):
         budget, whichever comes first, and stops it too.
 
         :param reason: why the session is stopped, for the log (e.g. ``"task 'prompt' was killed"``).
+        :param budget: seconds the stop (and the watch for a late start) may take in all.
         :return: whether the session was stopped (False: the failure was logged as a warning).
         """
         unanswered, self._unanswered_start = self._unanswered_start, None

@@ -118,6 +118,8 @@ def test_wheel_and_sdist_carry_the_license_and_only_what_they_should(dists: Dist
     for expected in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "PKG-INFO", "tests/conftest.py"):
         assert expected in names
     assert any(name.startswith("example_dags/") for name in names)
+    assert {"docs/conf.py", "docs/emulator.md"} <= names, "the docs' sources (tests/packaging reads the emulator page)"
+    assert not [name for name in names if name.startswith(("docs/.venv", "docs/_build"))]
     assert not [name for name in names if name.split("/", 1)[0] in {".ci", "bench", "Makefile", ".venv", "dist"}]
 
 
