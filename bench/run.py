@@ -15,6 +15,7 @@ Exit status: 0 when every figure ran (targets met or not: the table says), 1 whe
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import platform
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
+            "airflow": importlib.metadata.version("apache-airflow"),
         },
         "table": table.splitlines(),
         "figures": [row.to_json() for row in rows],
