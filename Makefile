@@ -1,7 +1,8 @@
 # airflow-provider-candela: developer and CI entry points.
 #
 #   make venv       .venv (Airflow 3.3 + the provider, editable, with the dev extra)
-#   make test       lint + format check + mypy --strict + pytest on Airflow 3.3 + pytest on Airflow 2.11
+#   make test       lint + format check + mypy --strict + pytest on Airflow 3.3 + pytest on Airflow 2.11, then the
+#                   version-sensitive tests on the latest Airflow 3.1 and the newest Airflow 3.4 pre-release
 #   make demo       every example DAG run with `airflow dags test` against the local Candela emulator
 #   make lint       ruff check + ruff format --check
 #   make typecheck  mypy --strict on the package
@@ -32,6 +33,8 @@ export UV_NO_PROGRESS := 1
 
 VENV := .venv
 VENV_AF2 := .venv-af2
+VENV_AF31 := .venv-af31
+VENV_AF34 := .venv-af34
 
 # common-compat >= 1.22: the first release whose `airflow.providers.common.compat.sdk` exports every name the
 # provider imports (`mask_secret` arrived in 1.22, `conf` in 1.12; 1.7.x has no `sdk` module at all).
@@ -43,11 +46,34 @@ AF3_REQS := "apache-airflow==3.3.*" $(COMPAT_REQ)
 # Airflow 2.11 (latest 2.11.x), second environment for the operator, hook and example-DAG tests.
 AF2_REQS := "apache-airflow==2.11.*" $(COMPAT_REQ)
 
+# Airflow 3.1 (latest 3.1.x): the oldest Airflow of the review and the Candela page; the review defers to the
+# standard provider's HITLTrigger there (3.3 waits in `awaiting_input` instead).
+AF31_REQS := "apache-airflow==3.1.*" $(COMPAT_REQ)
+
+# Airflow 3.4: the newest pre-release, pinned exactly (uv takes its pre-release dependencies from the pin). Move the
+# pin to 3.4.0 when it is released.
+AF34_REQS := "apache-airflow==3.4.0b2" $(COMPAT_REQ)
+
 PYTEST_AF2_DIRS := tests/operators tests/batch tests/decorators tests/sensors tests/triggers tests/e2e tests/hooks tests/compat tests/managed_agent tests/reliability/test_cleanup.py
+
+# The version-sensitive tests, run on 3.1 and 3.4 too: the review, the Candela page (its API; the browser tests of
+# the page and the review where Chromium is there), the connection form, the batch's task state, the triggers, the
+# example DAGs, one hook per task, fail-fast, the compat layer. The review's 3.1/3.2 path on a real scheduler and
+# triggerer is tests/compat/test_review_deferred.py (skipped on 3.3+).
+PYTEST_VERSION_TESTS := tests/review tests/ui/test_candela_page_api.py tests/ui/test_candela_page.py \
+	tests/ui/test_review_ui.py tests/ui/test_airflow_ui_connection.py tests/hooks/test_hook_form.py \
+	tests/batch/test_batch_resume.py tests/batch/test_batch_in_loop.py tests/triggers tests/e2e tests/operators/test_one_hook_per_task.py \
+	tests/operators/test_fail_fast.py tests/compat
+PYTEST_AF31_TESTS := $(PYTEST_VERSION_TESTS)
+PYTEST_AF34_TESTS := $(PYTEST_VERSION_TESTS)
 
 STAMP_KEY := $(shell (cat pyproject.toml; echo 'uv-bin compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)
 VENV_AF2_STAMP := $(VENV_AF2)/.installed-$(STAMP_KEY)
+# Each further venv is keyed on pyproject.toml and its own pins, so that moving one pin rebuilds that venv alone.
+venv_key = $(shell (cat pyproject.toml; echo 'uv-bin compileall $(1)') | sha256sum | cut -c1-16)
+VENV_AF31_STAMP := $(VENV_AF31)/.installed-$(call venv_key,$(AF31_REQS))
+VENV_AF34_STAMP := $(VENV_AF34)/.installed-$(call venv_key,$(AF34_REQS))
 
 # Byte-compile site-packages once: every `airflow` process and every task imports hundreds of modules, and
 # without .pyc files (PYTHONDONTWRITEBYTECODE=1 is common in CI) each start compiles them again (seconds each).
@@ -60,7 +86,7 @@ define section
 	@printf '\n\033[1m==> %s\033[0m\n' "$(1)"
 endef
 
-.PHONY: venv venv-af2 uv test test-py3 test-af2 lint typecheck demo bench clean
+.PHONY: venv venv-af2 venv-af31 venv-af34 uv test test-py3 test-af2 test-af31 test-af34 lint typecheck demo bench clean
 
 uv: $(if $(filter $(TOOLS_UV),$(UV)),$(TOOLS_UV))
 	@echo "uv: $$("$(UV)" --version) ($(UV))"
@@ -106,6 +132,25 @@ $(VENV_AF2_STAMP): | uv
 	$(call compile_venv,$(VENV_AF2))
 	@touch $@
 
+venv-af31: $(VENV_AF31_STAMP)
+venv-af34: $(VENV_AF34_STAMP)
+
+# A venv of the provider (editable, dev extra) on one Airflow: $(1) the venv, $(2) its pins, $(3) the section title.
+define install_venv
+	$(call section,venv: $(1) with $(3) and the provider (editable with the dev extra))
+	@test -x $(1)/bin/python || $(UV) venv -q --python $(PYTHON) $(1)
+	@rm -f $(1)/.installed-*
+	$(UV) pip install -q --python $(1)/bin/python -e ".[dev]" $(2)
+	$(call compile_venv,$(1))
+	@touch $@
+endef
+
+$(VENV_AF31_STAMP): | uv
+	$(call install_venv,$(VENV_AF31),$(AF31_REQS),Airflow 3.1)
+
+$(VENV_AF34_STAMP): | uv
+	$(call install_venv,$(VENV_AF34),$(AF34_REQS),Airflow 3.4 (pre-release))
+
 lint: venv
 	$(call section,ruff check)
 	$(VENV)/bin/ruff check .
@@ -127,7 +172,19 @@ test-af2: venv-af2
 	echo "$(VENV_AF2)/bin/python -m pytest$$dirs"; \
 	$(VENV_AF2)/bin/python -m pytest --durations=10 $$dirs
 
-test: lint typecheck test-py3 test-af2
+# The version-sensitive tests on one more Airflow: $(1) the venv, $(2) the tests.
+define pytest_on
+	$(call section,pytest on Airflow $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') (version-sensitive tests))
+	$(1)/bin/python -m pytest --durations=10 $(2)
+endef
+
+test-af31: venv-af31
+	$(call pytest_on,$(VENV_AF31),$(PYTEST_AF31_TESTS))
+
+test-af34: venv-af34
+	$(call pytest_on,$(VENV_AF34),$(PYTEST_AF34_TESTS))
+
+test: lint typecheck test-py3 test-af2 test-af31 test-af34
 	$(call section,make test: all green)
 
 # KEEP=1 keeps the temporary Airflow home and its logs (the run prints where). The calling agent of
@@ -162,7 +219,7 @@ bench: venv $(BENCH_STAMP)
 # ---------------------------------------------------------------------------------------------------------------
 
 clean:
-	rm -rf $(VENV) $(VENV_AF2) $(TOOLS_VENV) .venv-sdk .venv-deploy $(BENCH_VENV) bench/.venv-sdk
+	rm -rf $(VENV) $(VENV_AF2) $(VENV_AF31) $(VENV_AF34) $(TOOLS_VENV) .venv-sdk .venv-deploy $(BENCH_VENV) bench/.venv-sdk
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache tests/ui/output
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf docs/.venv docs/_build

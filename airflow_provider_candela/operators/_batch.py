@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
+from uuid import UUID
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 
@@ -263,8 +264,16 @@ def _changed(task_id: str) -> CandelaInputError:
 
 
 def state_folder(result_path: Any, ti: Any) -> Any:
-    """Where task instance ``ti`` keeps its state: ``<result_path>.state/<dag>/<run>/<task>/<map index>``."""
-    parts = (ti.dag_id, ti.run_id, ti.task_id, str(getattr(ti, "map_index", -1)))
+    """Where task instance ``ti`` keeps its state: ``<result_path>.state/<dag>/<run>/<task>/<map index>``.
+
+    Each iteration of a task-group loop (Airflow 3.4+) is a task instance of its own with the same map index, told
+    apart by its region: its state goes one level down, ``.../<map index>/<region id>-<region index>``, so that an
+    iteration resumes its own inputs, never another iteration's.
+    """
+    parts = [ti.dag_id, ti.run_id, ti.task_id, str(getattr(ti, "map_index", -1))]
+    region_id = getattr(ti, "region_id", None)
+    if region_id is not None and UUID(str(region_id)).int != 0:  # the nil UUID: no region
+        parts.append(f"{region_id}-{getattr(ti, 'region_index', None)}")
     folder = result_path.parent / f"{result_path.name}.state"
     for part in parts:
         folder = folder / quote(str(part), safe="")

@@ -100,14 +100,12 @@ def set_review_options(op: Any, options: Mapping[str, Any], *, default_args: Map
                 "they would have no effect. Add require_approval=True, or drop them."
             )
         return
-    from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
+    from airflow_provider_candela._compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_VERSION
 
     if not AIRFLOW_V_3_1_PLUS:
-        from airflow import __version__ as airflow_version
-
         raise CandelaInputError(
             f"Task '{tid}' has require_approval=True, which needs Airflow 3.1 or newer (its human-in-the-loop "
-            f"review); this is Airflow {airflow_version}. Upgrade Airflow, or drop require_approval."
+            f"review); this is Airflow {AIRFLOW_VERSION}. Upgrade Airflow, or drop require_approval."
         )
     if options["on_approval_timeout"] != "fail" and timeout is None:
         raise CandelaInputError(
@@ -403,8 +401,9 @@ class Review:
         stopped: the wait holds nothing.  A notifier that fails is logged; the review stays open (failing the
         task would cost a second prompt on retry).
         """
-        from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
         from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        from airflow_provider_candela._compat import AIRFLOW_V_3_3_PLUS
 
         op = self.op
         ti = context["task_instance"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_candela.plugins._version import AIRFLOW_V_3_1_PLUS
+from airflow_provider_candela._compat import AIRFLOW_V_3_1_PLUS
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, MutableMapping

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, TypeVar
 
-from airflow_provider_candela.testing._reviewer import ApiServer, Reviewer, ReviewerError
+from airflow_provider_candela.testing._reviewer import ApiServer, Reviewer, ReviewerError, ReviewReplacedError
 from airflow_provider_candela.testing._run_dag import DagRunResult, run_dag
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "CandelaEmulator",
     "CandelaEmulatorError",
     "DagRunResult",
+    "ReviewReplacedError",
     "Reviewer",
     "ReviewerError",
     "StatsdListener",

@@ -4,7 +4,7 @@
     python -m airflow_provider_candela.testing._dag_worker report DAG_ID [DAG_ID ...]
 
 ``inspect`` parses the folder with a DagBag (DAG ids, their files, import errors, the DAGs whose answers a
-person reviews); ``report`` reads the
+person reviews, whether this Airflow's ``dags test`` can serve a review); ``report`` reads the
 latest run of each DAG back from the metadata database (state, times, task instances and their
 ``return_value`` XComs).  Either prints its answer as one JSON line, the last line of its output.
 """
@@ -27,7 +27,12 @@ def inspect_folder(folder: str) -> dict[str, Any]:
         from airflow.models.dagbag import DagBag as DagBag2
 
         bag = DagBag2(dag_folder=folder, include_examples=False)
+    from airflow_provider_candela._compat import AIRFLOW_V_3_3_PLUS, AIRFLOW_VERSION
+
     return {
+        "airflow_version": AIRFLOW_VERSION,
+        # Before 3.3 a review waits deferred on the HITL trigger, which `airflow dags test` cannot serve.
+        "reviews_in_dags_test": AIRFLOW_V_3_3_PLUS,
         "dags": {dag_id: str(bag.dags[dag_id].fileloc) for dag_id in sorted(bag.dags)},
         "import_errors": {str(path): str(error) for path, error in bag.import_errors.items()},
         # The DAGs with a task that waits for a person (``require_approval``): run_dags answers their reviews.

@@ -25,13 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["ApiServer", "Reviewer", "ReviewerError"]
+__all__ = ["ApiServer", "ReviewReplacedError", "Reviewer", "ReviewerError"]
 
 SIMPLE_AUTH_MANAGER: Final = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
 class ReviewerError(RuntimeError):
     """The api-server did not start, or answered a review request with an error (the message has its answer)."""
+
+
+class ReviewReplacedError(ReviewerError):
+    """The task replaced the review after it was read (Airflow 3.4+ answers 409): read it again and answer that."""
 
 
 def _free_port() -> int:
@@ -142,7 +146,11 @@ class Reviewer:
     password: str = field(repr=False)
     _token: str | None = field(default=None, repr=False)
 
-    def _call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        """One call of the API server's REST API as this reviewer: the JSON answer (``None`` when empty).
+
+        :raises ReviewerError: the server answered with an error (its status and message).
+        """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
@@ -152,14 +160,16 @@ class Reviewer:
             with urllib.request.urlopen(request, timeout=30) as response:
                 text = response.read()
         except urllib.error.HTTPError as err:
-            raise ReviewerError(f"{method} {path}: {err.code} {err.read()[:2000].decode(errors='replace')}") from None
+            detail = err.read()[:2000].decode(errors="replace")
+            error = ReviewReplacedError if err.code == 409 and "replaced" in detail else ReviewerError
+            raise error(f"{method} {path}: {err.code} {detail}") from None
         return json.loads(text) if text else None
 
     def token(self) -> str:
         """The API's access token of this reviewer (logs in at the first call)."""
         if self._token is None:
             login = {"username": self.username, "password": self.password}
-            answer = self._call("POST", "/auth/token", login, auth=False)
+            answer = self.call("POST", "/auth/token", login, auth=False)
             self._token = str(answer["access_token"])
         return self._token
 
@@ -171,15 +181,26 @@ class Reviewer:
             f"{quote(task_id, safe='')}/{map_index}"
         )
 
+    @classmethod
+    def _review_path(cls, ti: Mapping[str, Any]) -> str:
+        """The ``hitlDetails`` URL of task instance ``ti`` (as the API lists it), with its region when it has one.
+
+        An iteration of a task-group loop (Airflow 3.4+) shares dag, run, task and map index with the other
+        iterations; ``region_id`` and ``region_index`` say which one it is.
+        """
+        path = cls._ti_path(ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti["map_index"]) + "/hitlDetails"
+        region = {key: ti[key] for key in ("region_id", "region_index") if ti.get(key) is not None}
+        return f"{path}?{urllib.parse.urlencode(region)}" if region else path
+
     def pending(self, dag_id: str = "~") -> list[dict[str, Any]]:
         """The reviews nobody answered yet (of ``dag_id``, or of every DAG), each with its ``task_instance``."""
         path = f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='~')}/dagRuns/~/hitlDetails?response_received=false"
-        details: list[dict[str, Any]] = self._call("GET", path)["hitl_details"]
+        details: list[dict[str, Any]] = self.call("GET", path)["hitl_details"]
         return details
 
     def detail(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
         """The review of one task instance (its latest try)."""
-        detail: dict[str, Any] = self._call("GET", self._ti_path(dag_id, run_id, task_id, map_index) + "/hitlDetails")
+        detail: dict[str, Any] = self.call("GET", self._ti_path(dag_id, run_id, task_id, map_index) + "/hitlDetails")
         return detail
 
     def respond(
@@ -188,12 +209,18 @@ class Reviewer:
         option: str,
         params_input: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Answer ``review`` (an entry of :meth:`pending`) with ``option`` (``"Approve"`` / ``"Reject"``)."""
-        ti = review["task_instance"]
-        path = self._ti_path(ti["dag_id"], ti["dag_run_id"], ti["task_id"], ti["map_index"]) + "/hitlDetails"
-        answer: dict[str, Any] = self._call(
-            "PATCH", path, {"chosen_options": [option], "params_input": dict(params_input or {})}
-        )
+        """Answer ``review`` (an entry of :meth:`pending`) with ``option`` (``"Approve"`` / ``"Reject"``).
+
+        The answer names the request it answers (``request_created_at``, the review's ``created_at``): when the
+        task replaced it since (a retry or a clear asked again), Airflow 3.4+ refuses the answer instead of applying
+        it to content the reviewer did not see.  Older Airflow ignores the field.
+
+        :raises ReviewReplacedError: the review was replaced; read :meth:`pending` again and answer the new one.
+        """
+        body: dict[str, Any] = {"chosen_options": [option], "params_input": dict(params_input or {})}
+        if review.get("created_at"):
+            body["request_created_at"] = review["created_at"]
+        answer: dict[str, Any] = self.call("PATCH", self._review_path(review["task_instance"]), body)
         return answer
 
     def wait_for(

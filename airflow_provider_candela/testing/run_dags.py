@@ -12,7 +12,9 @@ Candela session was left running; 1 otherwise; 130 when interrupted.
 
 A DAG with a task that waits for a person's review (``require_approval=True``, Airflow 3.1+) runs with an ``airflow
 api-server`` beside it, sharing its metadata database: each review is approved, unedited, through Airflow's REST
-API, as a person would in the UI, and the output says so.
+API, as a person would in the UI, and the output says so.  Before Airflow 3.3 such a DAG is skipped, and the output
+says why: there the review waits deferred on Airflow's HITL trigger, which ``airflow dags test`` cannot serve (it
+needs a scheduler and a triggerer).  A skipped DAG is no failure.
 
 Your real Airflow configuration is not used: ``AIRFLOW__*`` settings and ``AIRFLOW_HOME`` are dropped from the
 environment of the Airflow commands (``AIRFLOW_CONN_*`` and ``AIRFLOW_VAR_*`` are kept, so DAGs can still
@@ -293,7 +295,8 @@ class _AutoReviewer:
 
 def _run_folder(
     folder: Path, home: Path, connection_json: str, runner: _Runner, timeout: float
-) -> tuple[list[_DagResult], dict[str, str]]:
+) -> tuple[list[_DagResult], dict[str, str], list[str]]:
+    """Run every DAG of ``folder``: the results, the import errors, and the DAGs skipped (each said why)."""
     env = _airflow_env(home, folder, connection_json)
     logs = home / "run-dags-logs"
     print(f"\n==> {folder}: Airflow home {home}")
@@ -309,6 +312,18 @@ def _run_folder(
         print(f"FAIL import error in {path}:\n{_tail(error, 20)}")
     print(f"   {len(dags)} DAG(s): {', '.join(dags) or '-'}")
     reviewed = set(found.get("reviewed", []))
+    skipped: list[str] = []
+    if reviewed and not found["reviews_in_dags_test"]:
+        skipped = sorted(reviewed)
+        print(
+            f"   SKIP {', '.join(skipped)}: a person reviews an answer there (require_approval), and on Airflow "
+            f"{found['airflow_version']} `airflow dags test` cannot serve a review (it waits deferred on Airflow's "
+            "HITL trigger, which needs a scheduler and a triggerer). Run it on a deployment, or on Airflow 3.3+ "
+            "where this runner answers its review.",
+            flush=True,
+        )
+        dags = {dag_id: path for dag_id, path in dags.items() if dag_id not in reviewed}
+        reviewed = set()
     reviewer = None
     if reviewed:
         from airflow_provider_candela.testing._reviewer import ApiServer
@@ -342,7 +357,7 @@ def _run_folder(
         runs = _worker(runner, ["report", *(r.dag_id for r in results)], env, logs / "report.log")
         for result in results:
             result.run = runs.get(result.dag_id)
-    return results, import_errors
+    return results, import_errors, skipped
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -400,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="candela-run-dags-"))
     results: list[_DagResult] = []
     import_errors: dict[str, str] = {}
+    skipped: list[str] = []
     stats: dict[str, Any] | None = None
     error: str | None = None
     interrupted = False
@@ -407,11 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator.start()
         print(f"Candela emulator: {emulator.url} (user {emulator.username}, {'PAT' if args.pat else 'OAuth2'})")
         for index, folder in enumerate(args.folders):
-            found, errors = _run_folder(
+            found, errors, not_run = _run_folder(
                 folder, work / f"home-{index}", emulator.connection_json(pat=args.pat), runner, args.timeout
             )
             results += found
             import_errors.update(errors)
+            skipped += not_run
         stats = emulator.stats()
     except (KeyboardInterrupt, _Interrupted):
         interrupted = True
@@ -434,6 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n==> Results")
     for result in results:
         _print_result(result)
+    for dag_id in skipped:
+        print(f"SKIP {dag_id}: not run (its review needs a scheduler and a triggerer before Airflow 3.3)")
     left_running = _print_stats(stats) if stats is not None else []
     if runner.stray_groups:
         print(f"Ended {len(runner.stray_groups)} process group(s) that Airflow commands left behind.")
@@ -454,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems.append(f"the emulator on port {emulator.port} did not stop")
     if left_running:
         problems.append(f"Candela session(s) left running for: {', '.join(left_running)}")
-    if not results and not problems:
+    if not results and not skipped and not problems:
         problems.append("no DAG found")
     if args.keep:
         print(f"Airflow home(s) and logs kept in {work}")
@@ -465,7 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         print("\nFAILED: " + "; ".join(problems))
         return 130 if interrupted else 1
-    print(f"\nAll {len(results)} DAG run(s) succeeded.")
+    print(
+        f"\nAll {len(results)} DAG run(s) succeeded."
+        + (f" {len(skipped)} skipped: {', '.join(skipped)}." if skipped else "")
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_candela._compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_3_PLUS
 from airflow_provider_candela.testing import wait_until
 
 GOOD_DAG = '''
@@ -161,3 +162,29 @@ def test_run_dags_ctrl_c_leaves_nothing_running(dag_folder: Path, processes_with
     with contextlib.suppress(AssertionError):
         wait_until(lambda: not processes_with_env(_MARKER_VAR, marker), timeout=10, interval=0.1)
     assert processes_with_env(_MARKER_VAR, marker) == []
+
+
+@pytest.mark.skipif(
+    not AIRFLOW_V_3_1_PLUS or AIRFLOW_V_3_3_PLUS, reason="before 3.3 `airflow dags test` cannot serve a review"
+)
+def test_run_dags_skips_a_reviewed_dag_before_airflow_3_3_saying_why(tmp_path: Path) -> None:
+    folder = tmp_path / "reviewed"
+    folder.mkdir()
+    example = Path(__file__).resolve().parents[2] / "example_dags" / "candela_reviewed_summary.py"
+    (folder / example.name).write_text(example.read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_candela.testing.run_dags", str(folder)],
+        env=_env(uuid.uuid4().hex, tmp_path / "tmp"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "SKIP candela_reviewed_summary: a person reviews an answer there (require_approval)" in out
+    assert "`airflow dags test` cannot serve a review" in out
+    assert "airflow dags test candela_reviewed_summary" not in out, "not run, so it cannot hang"
+    assert "All 0 DAG run(s) succeeded. 1 skipped: candela_reviewed_summary." in out
+    assert "requests:          0" in out
