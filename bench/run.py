@@ -6,16 +6,20 @@ Figures (each a ratio measured side by side in this run; see each module's docst
 2. per-call overhead (``call_overhead``)   5. deferral at scale (``triggers``)
 3. lifecycle cost (``lifecycle``)          6. emulator throughput (``throughput``)
 7. deferrable start: worker-slot seconds while a slot takes 60 s to start (``deferral``)
-8. batch: 100 inputs in one batch task vs mapped tasks, fan-out over 4 users, memory with ``result_path`` (``batch``)
+8. batch: 100 inputs in one batch task vs mapped tasks, fan-out over 4 users, memory with ``result_path``, the
+   resume's memory, the task state store's cost per input against ``result_path`` (``batch``)
 
 The HTTP figures share one emulator subprocess on a free loopback port (reset between figures).
 Exit status: 0 when every figure ran (targets met or not: the table says), 1 when a figure failed.
+
+``--only 8 --merge`` runs figure 8 alone and replaces its rows in the existing JSON, keeping the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -65,7 +69,9 @@ def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> lis
     if number == 8:
         from bench import batch
 
-        return batch.run(emulator, inputs=40 if quick else 100, many=2_000 if quick else 10_000)
+        if quick:
+            return batch.run(emulator, inputs=40, many=2_000, resumed=500, state_inputs=20, state_rounds=2)
+        return batch.run(emulator, inputs=100, many=10_000, resumed=2_000, state_inputs=100, state_rounds=5)
     raise ValueError(f"no figure {number}: the figures are {FIGURES}")
 
 
@@ -122,11 +128,30 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
+def _figure_number(row: Row) -> int:
+    """The figure a row belongs to: ``"8a batch ..."`` -> 8."""
+    head = row.figure.split(" ", 1)[0]
+    return int("".join(char for char in head if char.isdigit()) or 0)
+
+
+def _merged(output: Path, rows: list[Row], wanted: Sequence[int]) -> tuple[list[Row], dict[str, Any]]:
+    """``rows`` in place of the rows of figures ``wanted`` in the JSON at ``output``: every row, and that JSON."""
+    earlier: dict[str, Any] = json.loads(output.read_text())
+    kept = [Row(**row) for row in earlier["figures"]]
+    kept = [row for row in kept if _figure_number(row) not in wanted]
+    return sorted(kept + rows, key=_figure_number), earlier
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--only", default="", help="comma-separated figure numbers to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.json", help="where to write the JSON")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace only those figures' rows in the existing JSON at --output, keep the others",
+    )
     args = parser.parse_args(argv)
     out = private_stdout()  # the table goes here; Airflow's log lines (stdout) go to stderr with the progress
     wanted = [int(n) for n in args.only.split(",") if n.strip()] or list(FIGURES)
@@ -162,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = format_table(rows)
     print(table, file=out)
     print(f"\n{sum(r.met for r in rows)}/{len(rows)} targets met; {elapsed:.0f} s; results in {args.output}", file=out)
-    result: dict[str, Any] = {
+    run: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(elapsed, 1),
         "quick": args.quick,
@@ -173,9 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average": os.getloadavg(),
             "airflow": importlib.metadata.version("apache-airflow"),
         },
-        "table": table.splitlines(),
-        "figures": [row.to_json() for row in rows],
     }
+    result: dict[str, Any] = {**run, "table": table.splitlines(), "figures": [row.to_json() for row in rows]}
+    if args.merge and args.only and args.output.exists():
+        every, earlier = _merged(args.output, rows, wanted)
+        result = {
+            **{key: value for key, value in earlier.items() if key not in ("table", "figures", "merged")},
+            "table": format_table(every).splitlines(),
+            "figures": [row.to_json() for row in every],
+            "merged": [*earlier.get("merged", []), {**run, "figures": wanted}],
+        }
     dump_json(args.output, result)
     return 1 if failed else 0
 
