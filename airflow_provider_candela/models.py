@@ -357,10 +357,15 @@ class AgentAnswer:
         if event_type == "chat":
             self._chat.append(content)
         elif event_type == "result":
-            try:
-                self.results.append(json.loads(content))
-            except ValueError:
-                self.results.append(content)
+            self.results.append(self.decoded(content))
+
+    @staticmethod
+    def decoded(content: str) -> Any:
+        """A ``result`` event's content decoded from JSON (the raw text when it is not JSON)."""
+        try:
+            return json.loads(content)
+        except ValueError:
+            return content
 
     @property
     def response(self) -> str:

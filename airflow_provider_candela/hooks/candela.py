@@ -48,6 +48,7 @@ from airflow_provider_candela.hooks._stream import CandelaEventStream
 from airflow_provider_candela.hooks._telemetry import count, route, timing
 from airflow_provider_candela.hooks._transport import Exchange
 from airflow_provider_candela.models import (
+    AgentAnswer,
     CircuitDTO,
     DevSessionStartRequest,
     Directive,
@@ -497,6 +498,32 @@ class CandelaHook(CandelaHttpCore):
             release=lambda: self._release(exchange),
             cancelled=lambda: self._cancelled,
         )
+
+    def agent_answer(
+        self,
+        session: SessionRef,
+        prompt: str,
+        *,
+        keep_events: bool = False,
+        on_event: Callable[[str, str], object] | None = None,
+    ) -> AgentAnswer:
+        """Send a prompt to a running agent session and read its whole answer (:meth:`submit_prompt_to_agent`).
+
+        The events are summed up as they arrive (never buffered, unless ``keep_events``); ``on_event(type,
+        content)`` sees each one as it arrives (e.g. a transcript writing the task log).
+
+        :param session: the running agent session.
+        :param prompt: the prompt text.
+        :param keep_events: keep every event in the answer (``AgentAnswer.events``).
+        :param on_event: called with each event's type and content, in order.
+        """
+        answer = AgentAnswer(keep_events=keep_events)
+        with self.submit_prompt_to_agent(session, prompt) as stream:
+            for event in stream:
+                answer.add(event.event_type, event.content)
+                if on_event is not None:
+                    on_event(event.event_type, event.content)
+        return answer
 
     def stop_session(self) -> None:
         """Stop whatever session runs on the user's slot (``GET /session/stop``); fine when none runs."""

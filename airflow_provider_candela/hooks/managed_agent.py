@@ -56,10 +56,10 @@ from airflow_provider_candela.exceptions import (
     CandelaSlotError,
     CandelaTimeoutError,
 )
-from airflow_provider_candela.hooks._lifecycle import owned_session, start_cleanly
+from airflow_provider_candela.hooks._lifecycle import own_session, start_cleanly
 from airflow_provider_candela.hooks._telemetry import prompting
 from airflow_provider_candela.hooks.candela import CandelaHook
-from airflow_provider_candela.models import AgentAnswer, ObjectId
+from airflow_provider_candela.models import ObjectId, ObjectMetadata
 
 __all__ = ["CandelaManagedAgentHook"]
 
@@ -189,19 +189,27 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
     ) -> ManagedAgentResponse:
         """Start a session of ``app``, prompt it, stop it (also after a failure or a timeout)."""
         owner = f"the Candela agent {app}"
-        lifecycle = {"gen_ai.agent.id": f"{app.scope}/{app.identifier}", "candela.session.kind": "managed-agent"}
-        with (
-            self._bounded(deadline, timeout, f"The Candela agent {app}") as hook,
-            hook.telemetry.span(f"candela.session {app.identifier}", lifecycle),
-        ):
-            slot_wait = self.slot_ready_timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
-            with _sorted_errors(app, prompting=False):
-                hook.ensure_slot(timeout=slot_wait)
-                metadata = start_cleanly(
-                    hook, lambda: hook.start_session(app, model, scope=scope, if_session_running="stop"), owner=owner
-                )
-            self.log.info("Started Candela session %s of agent %s with model %s.", metadata.obj_id, app, model)
-            with _sorted_errors(app, prompting=True), owned_session(hook, metadata, owner=owner) as session:
+        with self._bounded(deadline, timeout, f"The Candela agent {app}") as hook:
+
+            def slot() -> None:
+                slot_wait = self.slot_ready_timeout if deadline is None else max(deadline - time.monotonic(), 0.001)
+                with _sorted_errors(app, prompting=False):
+                    hook.ensure_slot(timeout=slot_wait)
+
+            def start() -> ObjectMetadata:
+                with _sorted_errors(app, prompting=False):
+                    metadata = start_cleanly(
+                        hook,
+                        lambda: hook.start_session(app, model, scope=scope, if_session_running="stop"),
+                        owner=owner,
+                    )
+                self.log.info("Started Candela session %s of agent %s with model %s.", metadata.obj_id, app, model)
+                return metadata
+
+            with (
+                own_session(hook, app=app, kind="managed-agent", owner=owner, start=start, prepare=slot) as session,
+                _sorted_errors(app, prompting=True),
+            ):
                 return self._answer(hook, session, prompt, session_id=None, app=app, model=model)
 
     def _prompt_running(
@@ -232,10 +240,7 @@ class CandelaManagedAgentHook(CandelaHook, BaseManagedAgentHook):  # type: ignor
     def _stream(
         self, hook: CandelaHook, session: ObjectId, prompt: str, session_id: str | None
     ) -> ManagedAgentResponse:
-        answer = AgentAnswer(keep_events=True)
-        with hook.submit_prompt_to_agent(session, prompt) as stream:
-            for event in stream:
-                answer.add(event.event_type, event.content)
+        answer = hook.agent_answer(session, prompt, keep_events=True)
         return ManagedAgentResponse(
             text=answer.response,
             raw=answer.events,

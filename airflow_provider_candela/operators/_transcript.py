@@ -1,4 +1,7 @@
-"""The agent transcript: a stream of agent events as readable log lines (the summary is :class:`AgentAnswer`).
+"""The agent transcript: a stream of agent events as readable log lines.
+
+The summary of the same events is :class:`AgentAnswer`, read by
+:meth:`~airflow_provider_candela.hooks.candela.CandelaHook.agent_answer`, which hands each event here too.
 
 Imported by the agent prompt operator at every DAG parse: the standard library and the models only.
 """
@@ -9,14 +12,14 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_candela._validation import shorten
 from airflow_provider_candela.models import AgentAnswer
 
 if TYPE_CHECKING:
-    from airflow_provider_candela.models import Event
+    pass
 
 __all__ = ["AgentTranscript"]
 
@@ -26,7 +29,7 @@ _STREAMED_TYPES = ("chat", "intent")
 
 
 class AgentTranscript:
-    """Writes a stream of agent events as readable log lines, and sums it up in :attr:`answer`.
+    """Writes a stream of agent events as readable log lines (``hook.agent_answer(..., on_event=transcript.add)``).
 
     Chat (and intent) fragments are buffered and written as whole lines: at each ``\\n``, at a
     sentence end once the line is ``soft_limit`` characters long, or at a word boundary when it
@@ -35,7 +38,6 @@ class AgentTranscript:
     and the time taken grows linearly with the text, however it is split into events.
 
     :param write: where lines go (e.g. ``self.log.info``); called as ``write("%s", line)``.
-    :param keep_events: keep every event in :attr:`answer` (``return_events=True``).
     :param soft_limit: line length after which a sentence end flushes the line.
     :param hard_limit: line length at which the line is flushed at the last space.
     """
@@ -44,26 +46,17 @@ class AgentTranscript:
         self,
         write: Callable[..., Any],
         *,
-        keep_events: bool = False,
         soft_limit: int = 80,
         hard_limit: int = 300,
     ) -> None:
         self._write = write
         self._soft_limit = soft_limit
         self._hard_limit = hard_limit
-        #: The answer summed up (counts, chat text, results): the operator's XCom.
-        self.answer = AgentAnswer(keep_events=keep_events)
         self._buffer = ""
         self._buffer_type: str | None = None
 
-    def consume(self, events: Iterable[Event]) -> None:
-        """Handle every event of ``events`` as it arrives."""
-        for event in events:
-            self.add(event.event_type, event.content)
-
     def add(self, event_type: str, content: str) -> None:
-        """Handle one event."""
-        self.answer.add(event_type, content)
+        """Write one event (chat and intent fragments once a line is whole)."""
         if event_type in _STREAMED_TYPES:
             if self._buffer_type != event_type:
                 self.flush()
@@ -73,7 +66,7 @@ class AgentTranscript:
             return
         self.flush()
         if event_type == "result":
-            self._emit("result", _describe_result(self.answer.results[-1]))
+            self._emit("result", _describe_result(AgentAnswer.decoded(content)))
         elif event_type == "user":
             self._emit("user", _one_line(content, 200))
         else:

@@ -428,17 +428,24 @@ class _BatchOperatorBase(CandelaOperator):
     @contextmanager
     def _session(self, hook: CandelaHook, *, slot_ready: bool) -> Iterator[ObjectId]:
         """The session a worker prompts: the DAG's running one, or one it starts (and stops when done)."""
-        from airflow_provider_candela.hooks._lifecycle import owned_session
+        from airflow_provider_candela.hooks._lifecycle import own_session, running_session
 
-        if self.app is None:
-            yield coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
-            return
-        if self.ensure_slot and not slot_ready:
-            slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
-            hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
-        metadata = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)(hook)
         owner = f"task '{self.task_id}' (connection {hook.candela_conn_id!r})"
-        with owned_session(hook, metadata, owner=owner) as session:
+        if self.app is None:
+            oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
+            with running_session(hook, oid, owner=owner) as session:
+                yield session
+            return
+        app, _ = self._prompt_ids
+        assert app is not None
+
+        def slot() -> None:
+            if self.ensure_slot and not slot_ready:
+                slot_type = coerce_name(self.slot_type, kind="scope", argument="slot_type", task_id=self.task_id)
+                hook.ensure_slot(slot_type, timeout=float(self.slot_ready_timeout))
+
+        start = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)
+        with own_session(hook, app=app, kind="batch", owner=owner, start=lambda: start(hook), prepare=slot) as session:
             yield session
 
     #: The ``kind`` tag of ``candela.prompt``.
@@ -595,24 +602,18 @@ class CandelaAgentBatchOperator(_BatchOperatorBase):
         self.log_answers = coerce_flag(log_answers, argument="log_answers", task_id=self.task_id)
 
     def _send(self, hook: CandelaHook, session: ObjectId, item: BatchInput) -> dict[str, Any]:
-        from airflow_provider_candela.models import AgentAnswer
         from airflow_provider_candela.operators._batch import record
         from airflow_provider_candela.operators._transcript import AgentTranscript
 
+        transcript = None
         if self.log_answers:
             self.log.info("[input %d %r]", item.index, item.key)
             transcript = AgentTranscript(self.log.info)
-            answer = transcript.answer
-            try:
-                with hook.submit_prompt_to_agent(session, item.prompt) as stream:
-                    transcript.consume(stream)
-            finally:
+        try:
+            answer = hook.agent_answer(session, item.prompt, on_event=None if transcript is None else transcript.add)
+        finally:
+            if transcript is not None:
                 transcript.flush()
-        else:
-            answer = AgentAnswer()
-            with hook.submit_prompt_to_agent(session, item.prompt) as stream:
-                for event in stream:
-                    answer.add(event.event_type, event.content)
         summary = answer.summary(id_json(session))
         if self.output_type is not None:
             answer_to = f" to input {item.index} ({item.key!r})"

@@ -27,7 +27,6 @@ from airflow_provider_candela._validation import (
     coerce_session,
     id_json,
 )
-from airflow_provider_candela.exceptions import CandelaApiError, CandelaError
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
@@ -491,31 +490,35 @@ class _PromptOperatorBase(CandelaOperator):
     def _in_session(self, context: Context, send: Callable[[CandelaHook, ObjectId, str], _R]) -> _R:
         """``send(hook, session, prompt)`` on the running session, or on a session started and stopped here.
 
-        One hook serves the whole run (slot, start, prompt, stop).  A one-task session is stopped however
-        the prompt ends (:func:`~airflow_provider_candela.hooks._lifecycle.owned_session`); once its answer
-        arrived, a failed stop is a warning, so a retry never sends an answered prompt again.  The prompt is
-        taken before any request, except by a task that may still defer: it takes it once, after resuming.
+        One hook serves the whole run (slot, start, prompt, stop), and the session's lifecycle is the one of
+        :mod:`~airflow_provider_candela.hooks._lifecycle`: a one-task session is stopped however the prompt ends
+        (once its answer arrived, a failed stop is a warning, so a retry never sends an answered prompt again);
+        a running session is left running unless the prompt was abandoned.  The prompt is taken before any
+        request, except by a task that may still defer: it takes it once, after resuming.
         """
-        from airflow_provider_candela.hooks._lifecycle import owned_session
+        from airflow_provider_candela.hooks._lifecycle import own_session, running_session
 
+        owner = f"task '{self.task_id}'"
         if self.app is None:
             prompt = self._taken_prompt(context)
             oid = coerce_session(self.session, session_id=self.session_id, scope=self.scope, task_id=self.task_id)
-            with self._task_hook() as hook:
-                return self._on_running(hook, oid, lambda: self._prompting(hook, None, None, oid, prompt, send=send))
-        deferring = may_defer(self)
-        early = None if deferring else self._taken_prompt(context)
+            with self._task_hook() as hook, running_session(hook, oid, owner=owner) as session:
+                return self._prompting(hook, None, None, session, prompt, send=send)
+        if not may_defer(self):
+            self._taken_prompt(context)
         start = app_start(self, self.app, self.model, self.circuit_override, self.directive_override)
         app = coerce_object_id(self.app, argument="app", task_id=self.task_id)
         model = coerce_object_id(self.model, argument="model", task_id=self.task_id)
         with self._task_hook() as hook:
-            lifecycle = {"gen_ai.agent.id": f"{app.scope}/{app.identifier}", "candela.session.kind": "one-task"}
-            with hook.telemetry.span(f"candela.session {app.identifier}", lifecycle):
-                ready_slot(self, hook)
-                prompt = early if early is not None else self._taken_prompt(context)
-                metadata = start(hook)
-                with owned_session(hook, metadata, owner=f"task '{self.task_id}'") as session:
-                    return self._prompting(hook, app, model, session, prompt, send=send)
+
+            def slot() -> None:
+                ready_slot(self, hook)  # may defer: the prompt is then taken after resuming
+                self._taken_prompt(context)
+
+            with own_session(
+                hook, app=app, kind="one-task", owner=owner, start=lambda: start(hook), prepare=slot
+            ) as session:
+                return self._prompting(hook, app, model, session, self._taken_prompt(context), send=send)
 
     #: The ``kind`` tag of ``candela.prompt``.
     prompt_kind: ClassVar[str] = "pipeline"
@@ -541,25 +544,6 @@ class _PromptOperatorBase(CandelaOperator):
         ) as seen:
             seen["answer"] = answer = send(hook, session, prompt)
             return answer
-
-    def _on_running(self, hook: CandelaHook, session: ObjectId, send: Callable[[], _R]) -> _R:
-        """``send()`` to the DAG's running session: left running, unless the task is killed or times out.
-
-        A killed prompt stops the session, or Candela would go on working on the abandoned prompt.
-        """
-        from airflow_provider_candela.hooks._lifecycle import explain_lost_session
-
-        try:
-            return send()
-        except CandelaApiError as err:
-            explained = explain_lost_session(hook, err, session)
-            if explained is err:
-                raise
-            raise explained from err
-        except BaseException as exc:
-            if hook.cancelled is not None or not isinstance(exc, CandelaError):
-                hook.stop_session_best_effort(f"task '{self.task_id}' was stopped during its prompt")
-            raise
 
 
 class CandelaSubmitPipelinePromptOperator(_PromptOperatorBase):
@@ -647,13 +631,12 @@ class CandelaSubmitAgentPromptOperator(_PromptOperatorBase):
 
     def _submit(self, hook: CandelaHook, session: ObjectId, prompt: str) -> dict[str, Any]:
         self.log.info("Submitting an agent prompt (%d characters) to session %s.", len(prompt), session)
-        transcript = AgentTranscript(self.log.info, keep_events=self.return_events)
+        transcript = AgentTranscript(self.log.info)
         try:
-            with hook.submit_prompt_to_agent(session, prompt) as stream:
-                transcript.consume(stream)
+            answer = hook.agent_answer(session, prompt, keep_events=self.return_events, on_event=transcript.add)
         finally:
             transcript.flush()
-        summary = transcript.answer.summary(id_json(session))
+        summary = answer.summary(id_json(session))
         counts = ", ".join(f"{k}={v}" for k, v in sorted(summary["event_counts"].items())) or "none"
         self.log.info(
             "Agent stream ended: %d events (%s), %d characters of response, %d result(s).",

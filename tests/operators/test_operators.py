@@ -15,7 +15,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_candela.exceptions import CandelaCancelledError, CandelaInputError
-from airflow_provider_candela.models import ObjectId
+from airflow_provider_candela.models import AgentAnswer, ObjectId
 from airflow_provider_candela.operators.sessions import (
     AgentTranscript,
     CandelaCleanupSessionsOperator,
@@ -134,12 +134,17 @@ def test_every_session_form_is_accepted(session: Any) -> None:
 def test_transcript_joins_chat_fragments_into_lines_and_labels_other_events() -> None:
     lines: list[str] = []
     transcript = AgentTranscript(lambda fmt, line: lines.append(line), soft_limit=30, hard_limit=60)
-    transcript.add("user", "Show the table")
-    for fragment in ["Here", " is", " the", " summary.", " Line", " two\nand", " three"]:
-        transcript.add("chat", fragment)
-    transcript.add("info", "querying\nthe warehouse")
-    transcript.add("result", '{"content_type": "table", "content": {"data": "a,b\\n1,2\\n3,4\\n5,6\\n"}}')
-    transcript.add("chat", "x" * 70 + " tail")
+    answer = AgentAnswer()  # what hook.agent_answer sums up from the same events
+    events = [("user", "Show the table")]
+    events += [("chat", fragment) for fragment in ["Here", " is", " the", " summary.", " Line", " two\nand", " three"]]
+    events += [
+        ("info", "querying\nthe warehouse"),
+        ("result", '{"content_type": "table", "content": {"data": "a,b\\n1,2\\n3,4\\n5,6\\n"}}'),
+        ("chat", "x" * 70 + " tail"),
+    ]
+    for event_type, content in events:
+        answer.add(event_type, content)
+        transcript.add(event_type, content)
     transcript.flush()
     assert lines == [
         "[user] Show the table",
@@ -151,7 +156,7 @@ def test_transcript_joins_chat_fragments_into_lines_and_labels_other_events() ->
         "x" * 60,
         "x" * 10 + " tail",
     ]
-    summary = transcript.answer.summary({"scope": "s", "identifier": "i", "version": None})
+    summary = answer.summary({"scope": "s", "identifier": "i", "version": None})
     assert summary["response"] == "Here is the summary. Line two\nand three" + "x" * 70 + " tail"
     assert summary["results"] == [{"content_type": "table", "content": {"data": "a,b\n1,2\n3,4\n5,6\n"}}]
     assert summary["event_counts"] == {"user": 1, "chat": 8, "info": 1, "result": 1}

@@ -189,7 +189,8 @@ except jsonschema.ValidationError:
     pass
 import importlib.metadata
 groups = {ep.group for ep in importlib.metadata.distribution("airflow-provider-candela").entry_points}
-print(json.dumps({"module": airflow_provider_candela.__file__, "airflow": airflow.__version__, "groups": sorted(groups)}))
+found = {"module": airflow_provider_candela.__file__, "airflow": airflow.__version__, "groups": sorted(groups)}
+print(json.dumps(found))
 """
     found = json.loads(_run([str(python), "-c", check], env=env, cwd=dists.folder).splitlines()[-1])
     assert Path(found["module"]).is_relative_to(venv), found  # the installed wheel, not this checkout

@@ -113,6 +113,7 @@ def test_fifty_triggers_making_the_first_call_of_the_shared_hook_make_one_grant(
     candela: CandelaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_candela.hooks._auth import TokenManager
+    from airflow_provider_candela.triggers import _shared
     from airflow_provider_candela.triggers._shared import HOOKS, with_hook
 
     # The triggerer's shared hook has read its connection when it is handed out: what the first calls still
@@ -129,11 +130,16 @@ def test_fifty_triggers_making_the_first_call_of_the_shared_hook_make_one_grant(
         call = _first_call_together(threading.Barrier(THREADS))
 
         async def fifty() -> list[bool]:
-            # Enough worker threads for all fifty calls at once (the triggers' calls run in the default executor).
-            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(THREADS))
             return await asyncio.gather(*(with_hook("candela_default", call) for _ in range(THREADS)))
 
-        answers = asyncio.run(asyncio.wait_for(fifty(), 60))
+        # Enough threads for all fifty calls at once: the triggers' own pool, sized by [candela] trigger_threads.
+        monkeypatch.setenv("AIRFLOW__CANDELA__TRIGGER_THREADS", str(THREADS))
+        _shared._executor.cache_clear()
+        try:
+            answers = asyncio.run(asyncio.wait_for(fifty(), 60))
+        finally:
+            _shared._executor().shutdown(wait=False)
+            _shared._executor.cache_clear()
         assert answers == [False] * THREADS
         assert candela.stats()["token_grants"] == {"password": 1, "refresh": 0}
         assert HOOKS.users("candela_default") == 0

@@ -199,7 +199,10 @@ def test_a_fan_out_s_spans_are_children_of_the_task_s_span(
     prompts = _finished("invoke_agent")
     assert len(prompts) == 6
     task = task_span.get_span_context()
-    assert all(p.parent is not None and p.parent.span_id == task.span_id for p in prompts), "each prompt's span"
+    sessions = {s.context.span_id: s for s in _finished("candela.session")}
+    assert len(sessions) == 2, "a session span per connection"
+    assert all(s.parent is not None and s.parent.span_id == task.span_id for s in sessions.values())
+    assert all(p.parent is not None and p.parent.span_id in sessions for p in prompts), "each prompt in its session"
     by_id = {p.context.span_id for p in prompts}
     exchanges = _finished("POST /session/pipeline_submit")
     assert len(exchanges) == 6 and all(e.parent is not None and e.parent.span_id in by_id for e in exchanges)
