@@ -8,7 +8,6 @@ emulator's fault injection.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import itertools
 import json
 import logging
@@ -19,6 +18,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG
 from pydantic import BaseModel
 
+from airflow_provider_candela._compat import AIRFLOW_V_3_3_PLUS
 from airflow_provider_candela.decorators.sessions import candela_agent_batch_task, candela_pipeline_batch_task
 from airflow_provider_candela.exceptions import CandelaInputError
 from airflow_provider_candela.hooks.candela import CandelaHook
@@ -151,7 +151,7 @@ def test_an_answer_that_does_not_fit_output_type_is_invalid_output(candela: Any)
 
 @pytest.mark.parametrize("where", ["result_path", "task state store"])
 def test_a_retry_sends_only_what_did_not_succeed(candela: Any, tmp_path: Path, where: str) -> None:
-    if where == "task state store" and not importlib.metadata.version("apache-airflow").startswith("3.3"):
+    if where == "task state store" and not AIRFLOW_V_3_3_PLUS:
         pytest.skip("the task state store is Airflow 3.3's")
     candela.add_fault(match=SUBMIT, count=1, status=400, body={"detail": "try later"}, skip=2)
     extra = {"result_path": f"file://{tmp_path / 'out.jsonl'}"} if where == "result_path" else {}

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import DAG
 
+from airflow_provider_candela._compat import AIRFLOW_V_3_3_PLUS
 from airflow_provider_candela.operators.batch import CandelaPipelineBatchOperator
 from airflow_provider_candela.testing import run_dag, wait_until
 
@@ -32,7 +33,6 @@ PROMPTS = [f"prompt number {n}" for n in range(4)]
 _ids = itertools.count()
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-AIRFLOW_3_3 = importlib.metadata.version("apache-airflow").startswith("3.3")
 AIRFLOW_3 = importlib.metadata.version("apache-airflow").startswith("3.")
 
 
@@ -100,7 +100,7 @@ def test_a_write_that_fails_at_the_end_keeps_every_answer_for_the_retry(
     assert [(r["index"], r["status"]) for r in lines] == [(n, "succeeded") for n in range(len(PROMPTS))]
 
 
-@pytest.mark.skipif(not AIRFLOW_3_3, reason="the task state store is Airflow 3.3's")
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the task state store is Airflow 3.3's")
 def test_the_size_error_says_the_retry_with_result_path_takes_the_outcomes_over(
     candela: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -115,7 +115,7 @@ def test_the_size_error_says_the_retry_with_result_path_takes_the_outcomes_over(
     assert "the retry takes over the outcomes kept in Airflow's task state store" in logged
 
 
-@pytest.mark.skipif(not AIRFLOW_3_3, reason="the task state store is Airflow 3.3's")
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="the task state store is Airflow 3.3's")
 def test_a_retry_given_result_path_takes_over_what_the_task_state_store_kept(candela: Any, tmp_path: Path) -> None:
     # The first try keeps its outcomes in the task state store (no result_path), one input refused; the
     # retry (result_path rendered from the try number, as after the DAG was changed) takes the answered ones

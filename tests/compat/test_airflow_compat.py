@@ -1,4 +1,4 @@
-"""What the provider relies on from Airflow, checked on every Airflow version the suite runs on (3.3 and 2.11).
+"""What the provider relies on from Airflow, checked on every Airflow version the suite runs on (2.11, 3.1, 3.3, 3.4).
 
 The provider imports its Airflow base classes from ``airflow.providers.common.compat.sdk``; on Airflow 2.11
 that needs apache-airflow-providers-common-compat >= 1.22 (``mask_secret`` arrived in 1.22, ``conf`` in
@@ -77,6 +77,27 @@ def test_provider_is_registered_with_airflow() -> None:
         hook_info = manager.hooks.get("candela")
     assert hook_info is not None
     assert hook_info.hook_class_name == "airflow_provider_candela.hooks.candela.CandelaHook"
+
+
+def test_provider_info_fits_this_airflows_schema_and_every_decorator_resolves() -> None:
+    """The provider info against the ``provider_info.schema.json`` of this Airflow (3.4 types each entry)."""
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+
+    from airflow_provider_candela.get_provider_info import get_provider_info
+
+    info = get_provider_info()
+    schema = json.loads((files("airflow") / "provider_info.schema.json").read_text())
+    errors = [f"{list(error.path)}: {error.message}" for error in jsonschema.Draft7Validator(schema).iter_errors(info)]
+    assert errors == []
+    for decorator in info["task-decorators"]:
+        module, _, name = decorator["class-name"].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), decorator
+    for plugin in info["plugins"]:
+        module, _, name = plugin["plugin-class"].rpartition(".")
+        assert getattr(importlib.import_module(module), name).name == plugin["name"], plugin
 
 
 @pytest.mark.usefixtures("airflow_db")

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from airflow_provider_candela._compat import AIRFLOW_V_3_1_PLUS
 from airflow_provider_candela.testing import CandelaEmulator
 
@@ -60,3 +62,31 @@ def test_airflow_lists_the_plugin_with_the_page_on_3_1_and_later_only() -> None:
         assert [(v["name"], v["href"]) for v in views] == [("Candela", "/candela/")]
     else:
         assert (apps, views) == ([], [])
+
+
+def test_the_plugin_entries_fit_the_typed_entries_of_this_airflow() -> None:
+    """Airflow 3.4 types the entries (``ExternalViewDict``, ``FastAPIAppDict``): each key known, each value its type."""
+    import typing
+
+    plugins_manager = pytest.importorskip("airflow.plugins_manager")
+    if not hasattr(plugins_manager, "ExternalViewDict"):
+        pytest.skip("this Airflow has no typed plugin entries (3.4+)")
+    from airflow_provider_candela.plugins.candela_page import CandelaPagePlugin
+
+    for kind, entries in (
+        (plugins_manager.ExternalViewDict, CandelaPagePlugin.external_views),
+        (plugins_manager.FastAPIAppDict, CandelaPagePlugin.fastapi_apps),
+    ):
+        hints = typing.get_type_hints(kind, include_extras=True)  # the NotRequired[...] marks kept
+        required = {key for key, hint in hints.items() if typing.get_origin(hint) is not typing.NotRequired}
+        assert entries, kind.__name__
+        for entry in entries:
+            assert required <= set(entry) <= set(hints), (kind.__name__, entry)
+            for key, value in entry.items():
+                expected = typing.get_type_hints(kind)[key]
+                if typing.get_origin(expected) is typing.Literal:
+                    assert value in typing.get_args(expected), (key, value)
+                elif expected is not typing.Any:
+                    assert isinstance(value, typing.get_args(expected) or expected), (key, value)
+    # A view in the navigation applies everywhere: it has no record to scope to (no `applies_to`).
+    assert all("applies_to" not in view for view in CandelaPagePlugin.external_views)
