@@ -155,14 +155,15 @@ def literal(text: str) -> str:
 
     Every character Markdown reads as markup is backslash-escaped, so no image, link, HTML, emphasis, table or
     code block can start (or end one of ours); a line's leading blanks become no-break spaces (no indented code
-    block); lines stay lines (hard line breaks, a blank line between paragraphs).  A bare web address still
-    shows as itself (the page may make it a link to exactly that address).
+    block); lines stay lines (hard line breaks, a blank line between paragraphs).  A web address shows as
+    text, not a link: GFM links a bare address from the raw text (``http://``, ``www.``, ``a@b.c``), which the
+    escaped ``:`` of ``://`` and ``.`` break.
     """
     lines = []
     for line in text.splitlines():
         body = line.lstrip(" \t")
         indent = line[: len(line) - len(body)].replace("\t", "    ").replace(" ", "\u00a0")
-        lines.append(indent + body.translate(_ESCAPED) if body else "")
+        lines.append(indent + body.translate(_ESCAPED).replace("://", "\\://") if body else "")
     return "\n".join(
         line + "\\" if line and i + 1 < len(lines) and lines[i + 1] else line for i, line in enumerate(lines)
     )

@@ -178,6 +178,10 @@ def test_literal_keeps_lines_and_indentation_readable() -> None:
     assert literal("Total: 4 words.") == "Total: 4 words\\."
     assert literal("a\nb\n\nc") == "a\\\nb\n\nc", "lines stay lines; a blank line starts a paragraph"
     assert literal("  x") == "\u00a0\u00a0x", "leading blanks show, and start no indented code block"
+    assert (
+        literal("see https://evil.example/a, www.evil.example")
+        == "see https\\://evil\\.example/a, www\\.evil\\.example"
+    )
 
 
 @pytest.mark.parametrize("limit", [300, 301, 302, 303, 340])

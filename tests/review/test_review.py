@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def test_approved_answer_is_the_xcom_and_the_wait_held_no_session(
     body = seen.review["body"]
     assert "`review_approve.summarise`" in body
     assert f"> {PROMPT}" in body
-    assert "| field | value |" in body and "| word_count | 4 |" in body
+    assert "| field | value |" in body and "| word\\_count | 4 |" in body, "a field name as text (`_` escaped)"
     assert "```json" in body
     assert seen.review["params"] == {}, "no edit without allow_modifications"
     stats = candela.stats()
@@ -328,3 +328,166 @@ def test_each_on_approval_timeout(
     assert "nobody reviewed Candela's answer within approval_timeout (0:00:02)" in logged
     assert "approval_timeout (0:00:02) passed with on_approval_timeout='reject'" in logged
     assert candela.stats()["running_sessions"][candela.username] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# a failing notifier, an approval bound to its prompt, big integers through the form
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_failing_notifier_is_logged_and_the_review_stays_open(
+    api_server: ApiServer, candela: CandelaEmulator, caplog: pytest.LogCaptureFixture, capsys: Any
+) -> None:
+    called: list[str] = []
+
+    def broken(context: Any) -> None:
+        raise RuntimeError("the chat service is down")
+
+    def working(context: Any) -> None:
+        called.append(context["task_instance"].task_id)
+
+    with _dag("review_broken_notifier") as dag:
+        _pipeline(approval_notifiers=[broken, working], retries=1, retry_delay=dt.timedelta(0))
+
+    with caplog.at_level(logging.INFO):
+        result, reviewer = _reviewed(api_server, candela, dag, {"summarise": [("Approve", None)]})
+    assert result.states == {"summarise": "success"}
+    assert result.xcom("summarise") == ANSWER
+    assert len(reviewer.seen["summarise"]) == 1, "one review"
+    assert called == ["summarise"], "the next notifier was called"
+    assert candela.request_count("POST /session/pipeline_submit") == 1, "Candela was prompted once"
+    logged = _logged(caplog, capsys)
+    assert "The approval notifier broken failed (RuntimeError: the chat service is down)" in logged
+    assert "the review is open all the same" in logged
+
+
+class _DiesAfterTheApproval(CandelaSubmitPipelinePromptOperator):
+    """Its first try fails right after the review was approved: what a worker killed at that moment leaves behind.
+
+    A stand-in for killing the worker (the test cannot kill ``dag.test``'s own process): the approved answer
+    is in the task state store and the try did not succeed, so the task is retried.
+    """
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        if context["ti"].try_number == 1:
+            raise RuntimeError("the worker died after the approval")
+        super().post_execute(context, result)
+
+
+@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.parametrize("changed", [False, True], ids=["same prompt", "prompt changed"])
+def test_an_approval_of_an_earlier_try_is_used_for_its_own_prompt_only(
+    api_server: ApiServer,
+    candela: CandelaEmulator,
+    caplog: pytest.LogCaptureFixture,
+    capsys: Any,
+    changed: bool,
+) -> None:
+    # The retry's prompt differs from the first try's, as after a clear when the upstream changed it. (The
+    # retry runs in the same DAG run: a second `dag.test` would replace the run, and with it the task state store.)
+    later = "{{ ' of desk 7' if ti.try_number > 1 else '' }}" if changed else ""
+    with _dag(f"review_earlier_approval_{'changed' if changed else 'same'}") as dag:
+        _DiesAfterTheApproval(
+            task_id="summarise",
+            app=PIPELINE,
+            model=MODEL,
+            prompt=PROMPT + later,
+            output_type=Summary,
+            require_approval=True,
+            retries=1,
+            retry_delay=dt.timedelta(0),
+        )
+
+    script = {"summarise": [("Approve", None), ("Approve", None)]}
+    with caplog.at_level(logging.INFO):
+        result, reviewer = _reviewed(api_server, candela, dag, script)
+    assert result.states == {"summarise": "success"}
+    logged = _logged(caplog, capsys)
+    bodies = [seen.review["body"] for seen in reviewer.seen["summarise"]]
+    if not changed:
+        assert result.xcom("summarise") == ANSWER
+        assert len(bodies) == 1, "no second review"
+        assert candela.request_count("POST /session/pipeline_submit") == 1, "no second prompt"
+        assert "approved on an earlier try" in logged and "for the same prompt" in logged
+        return
+    assert result.xcom("summarise")["answer"] == "Processed 7 words: Summarise the changed positions of desk 7"
+    # Reviewed again.  (What the second review shows is Airflow's: its upsert of a task instance's review keeps
+    # the subject, body and form of the first try and only resets the response.)
+    assert len(bodies) == 2, "the new answer was reviewed"
+    assert candela.request_count("POST /session/pipeline_submit") == 2, "the new prompt was sent"
+    assert "An answer was approved on an earlier try, but for another prompt" in logged
+
+
+BIG = 2**63 - 5  # a trade id beyond 2**53: a browser's JSON.parse reads 9223372036854775808
+
+
+class Trade(BaseModel):
+    trade_id: int
+    note: str
+
+
+@pytest.fixture(scope="module")
+def trade_emulator() -> Iterator[CandelaEmulator]:
+    """An emulator whose pipeline answers a prompt about a trade with a big trade id (a canned answer)."""
+    catalog = {"responses": [{"pattern": "(?i)trade", "pipeline": {"trade_id": BIG, "note": "as booked"}}]}
+    with CandelaEmulator(catalog=catalog, slot_startup_seconds=0) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def trades(trade_emulator: CandelaEmulator, monkeypatch: pytest.MonkeyPatch, airflow_db: Any) -> CandelaEmulator:
+    trade_emulator.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_CANDELA_DEFAULT", trade_emulator.connection_json())
+    return trade_emulator
+
+
+def _as_the_form_sends(value: Any, number: Callable[[float], Any]) -> Any:
+    """``value`` through the browser: every number a JavaScript double, written back by ``number``."""
+    if isinstance(value, dict):
+        return {k: _as_the_form_sends(v, number) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_the_form_sends(v, number) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return json.loads(json.dumps(number(float(value))))
+    return value
+
+
+def test_a_big_integer_the_reviewer_did_not_touch_reaches_downstream_exactly(
+    api_server: ApiServer, trades: CandelaEmulator
+) -> None:
+    with _dag("review_big_integer") as dag:
+        for task_id in ("as_doubles", "as_integers"):
+            trade = CandelaSubmitPipelinePromptOperator(
+                task_id=task_id,
+                app=PIPELINE,
+                model=MODEL,
+                prompt="Describe the trade",
+                output_type=Trade,
+                require_approval=True,
+                allow_modifications=True,
+            )
+
+            @task(task_id=f"book_{task_id}")
+            def book(value: dict[str, Any]) -> int:
+                return int(value["trade_id"])  # as downstream sees it
+
+            book(trade.output)
+
+    def edited(number: Callable[[float], Any]) -> Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]:
+        def answer(review: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            value = _as_the_form_sends(review["params"]["answer"]["value"], number)
+            assert value["trade_id"] != BIG, "the browser's double is not the trade id"
+            return "Approve", {"answer": {**value, "note": "checked by ops"}}
+
+        return answer
+
+    # JavaScript's JSON.stringify writes 9223372036854775808 (an integer); a double-minded client writes 9.2e18
+    script = {"as_doubles": [edited(float)], "as_integers": [edited(int)]}
+    result, reviewer = _reviewed(api_server, trades, dag, script)
+    assert set(result.states.values()) == {"success"}, result.states
+    for task_id in ("as_doubles", "as_integers"):
+        assert reviewer.seen[task_id][0].review["params"]["answer"]["value"]["trade_id"] == BIG
+        assert result.xcom(task_id) == {"trade_id": BIG, "note": "checked by ops"}
+        assert result.xcom(task_id, key="review")["edited"] is True
+        assert result.xcom(f"book_{task_id}") == BIG
+    assert trades.request_count("POST /session/pipeline_submit") == 2
