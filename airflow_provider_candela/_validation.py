@@ -22,7 +22,7 @@ import ast
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeVar
 
@@ -75,6 +75,7 @@ __all__ = [
     "shorten",
     "time_limit",
     "validation_problems",
+    "when_resolved",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -284,6 +285,12 @@ def _parse_structured_text(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
         raise ValueError(f"{text!r} looks like a dict but could not be parsed ({err})") from None
+
+
+def when_resolved(value: Any, check: Callable[[Any], object]) -> None:
+    """``check(value)`` at parse, unless ``value`` is still a template or an XComArg (checked when the task runs)."""
+    if is_resolved(value):
+        check(value)
 
 
 def coerce_object_id(value: Any, *, argument: str, task_id: str | None = None) -> ObjectId:

@@ -58,7 +58,7 @@ from airflow_provider_candela.models import (
     HTTPValidationError,
 )
 
-__all__ = ["USER_AGENT", "CandelaHttpCore"]
+__all__ = ["SESSION_RUNNING", "USER_AGENT", "Ambiguous", "Call", "CandelaHttpCore"]
 
 T = TypeVar("T")
 _Kind = Literal["idempotent", "start", "submit"]
@@ -72,7 +72,7 @@ PROMPT_MAY_HAVE_RUN: Final = (
 
 
 @dataclass(frozen=True)
-class _Call:
+class Call:
     """One API call: what to send and how it may be retried."""
 
     method: str
@@ -87,7 +87,7 @@ class _Call:
         return f"{self.method} {self.path}"
 
 
-class _Ambiguous(Exception):
+class Ambiguous(Exception):
     """A start call failed after the server may have acted on it; reconcile before any retry."""
 
     def __init__(self, error: CandelaError, retry_after: float | None = None) -> None:
@@ -123,7 +123,7 @@ def _reseed_correlation_ids() -> None:
 os.register_at_fork(after_in_child=_reseed_correlation_ids)
 
 #: Candela's answer when a start finds another session running on the slot (409, or a 400 saying so).
-_SESSION_RUNNING = re.compile(r"already running|session is running|running session", re.IGNORECASE)
+SESSION_RUNNING = re.compile(r"already running|session is running|running session", re.IGNORECASE)
 
 
 def _keep_request(request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -476,7 +476,7 @@ class CandelaHttpCore(BaseHook):
         server = http_date(date)
         return None if server is None else server - received
 
-    def _send(self, call: _Call, authorization: str, *, retries: int = 0) -> requests.Response:
+    def _send(self, call: Call, authorization: str, *, retries: int = 0) -> requests.Response:
         """One exchange of ``call``: timed (``candela.request``) and, when Airflow traces, a span of its own."""
         headers = {"Authorization": authorization, "CorrelationId": next(_CORRELATION_IDS)}
         began = time.monotonic()
@@ -509,11 +509,11 @@ class CandelaHttpCore(BaseHook):
             self._server_date = (date, time.time())
         return resp
 
-    def _attempt(self, call: _Call, *, retries: int = 0) -> requests.Response:
+    def _attempt(self, call: Call, *, retries: int = 0) -> requests.Response:
         """One attempt (with at most one re-authentication and replay after a 401).
 
         :raises Retryable: when another attempt is safe and useful.
-        :raises _Ambiguous: (start calls) when the server may have acted on the request.
+        :raises Ambiguous: (start calls) when the server may have acted on the request.
         :raises CandelaError: otherwise.
         """
         refused: list[str] = []
@@ -560,10 +560,10 @@ class CandelaHttpCore(BaseHook):
             # 429: the server refused the request without acting on it, so even a start or a prompt may be resent.
             raise Retryable(error, retry_after)
         if call.kind == "start":
-            raise _Ambiguous(error, retry_after)
+            raise Ambiguous(error, retry_after)
         raise error.amended(PROMPT_MAY_HAVE_RUN, CandelaAmbiguousError)
 
-    def _transport_failure(self, call: _Call, exc: requests.RequestException) -> Exception:
+    def _transport_failure(self, call: Call, exc: requests.RequestException) -> Exception:
         cfg = self.config
         if isinstance(exc, _DeadlinePassed):
             failure = (
@@ -584,7 +584,7 @@ class CandelaHttpCore(BaseHook):
         if call.kind == "idempotent" or failed_before_sending(exc):
             return Retryable(error)
         if call.kind == "start":
-            return _Ambiguous(error)
+            return Ambiguous(error)
         return CandelaAmbiguousError(
             f"{call.what} failed after the prompt was sent ({type(exc).__name__}: {self.scrub(str(exc))[:300]}). "
             f"{PROMPT_MAY_HAVE_RUN}",
@@ -594,7 +594,7 @@ class CandelaHttpCore(BaseHook):
         )
 
     def _execute(
-        self, call: _Call, *, done_statuses: frozenset[int] = frozenset(), deadline: float | None = None
+        self, call: Call, *, done_statuses: frozenset[int] = frozenset(), deadline: float | None = None
     ) -> requests.Response | None:
         """Run an idempotent or prompt call with retries; return its 2xx response.
 
@@ -623,7 +623,7 @@ class CandelaHttpCore(BaseHook):
 
         return call_with_retries(attempt, lambda: self._retry_settings(deadline), call.what, self.log)
 
-    def _request(self, call: _Call, *, deadline: float | None = None) -> requests.Response:
+    def _request(self, call: Call, *, deadline: float | None = None) -> requests.Response:
         resp = self._execute(call, deadline=deadline)
         assert resp is not None
         return resp
@@ -652,7 +652,7 @@ class CandelaHttpCore(BaseHook):
                 return self.scrub("; ".join(parts)[:500])
         return self.scrub(str(data)[:300])
 
-    def _api_error(self, resp: requests.Response, call: _Call, *, reauthenticated: bool) -> CandelaApiError:
+    def _api_error(self, resp: requests.Response, call: Call, *, reauthenticated: bool) -> CandelaApiError:
         status = resp.status_code
         detail = self._detail(resp)
         conn = self.candela_conn_id
@@ -688,7 +688,7 @@ class CandelaHttpCore(BaseHook):
             message = f"{message.rstrip('.')}. {hint}"
         return cls(message, status=status, method=call.method, path=call.path, detail=detail)
 
-    def _parse(self, resp: requests.Response, adapter: TypeAdapter[T], expected: str, call: _Call) -> T:
+    def _parse(self, resp: requests.Response, adapter: TypeAdapter[T], expected: str, call: Call) -> T:
         try:
             data = resp.json()
         except ValueError:

@@ -38,7 +38,7 @@ from airflow_provider_candela.exceptions import (
     CandelaTimeoutError,
 )
 from airflow_provider_candela.hooks._config import DEFAULT_SLOT_TYPE
-from airflow_provider_candela.hooks._http import _SESSION_RUNNING, CandelaHttpCore, _Ambiguous, _Call
+from airflow_provider_candela.hooks._http import SESSION_RUNNING, Ambiguous, Call, CandelaHttpCore
 from airflow_provider_candela.hooks._retry import (
     Retryable,
     call_with_retries,
@@ -144,7 +144,7 @@ class CandelaHook(CandelaHttpCore):
         :return: ``(True, message)`` on success, ``(False, reason)`` otherwise; no secret in either.
         """
         try:
-            call = _Call("GET", "/slot/user_has_slot")
+            call = Call("GET", "/slot/user_has_slot")
             has_slot = self._parse(self._request(call, deadline=TEST_CONNECTION_DEADLINE), _BOOL, "true/false", call)
             cfg = self.config
             auth = "a personal access token" if cfg.uses_pat else f"user {cfg.username!r}"
@@ -221,7 +221,7 @@ class CandelaHook(CandelaHttpCore):
             return _same(session.app, app_id) and _same(session.model_cfg, model_id)
 
         return self._start(
-            _Call("POST", "/session", "start", body=request.model_dump(mode="json", exclude_none=True)),
+            Call("POST", "/session", "start", body=request.model_dump(mode="json", exclude_none=True)),
             matches,
             if_session_running,
             app=f"{app_id.scope}/{app_id.identifier}",
@@ -266,10 +266,10 @@ class CandelaHook(CandelaHttpCore):
             return (session.dev_session is True or session.app is None) and _same(session.model_cfg, model_id)
 
         body = request.model_dump(mode="json", exclude_none=True)
-        return self._start(_Call("POST", "/session/dev", "start", body=body), matches, if_session_running, app="dev")
+        return self._start(Call("POST", "/session/dev", "start", body=body), matches, if_session_running, app="dev")
 
     def _start(
-        self, call: _Call, matches: Callable[[Session], bool], if_session_running: str, *, app: str
+        self, call: Call, matches: Callable[[Session], bool], if_session_running: str, *, app: str
     ) -> ObjectMetadata:
         """Start; when Candela answers that a session runs and ``if_session_running="stop"``, stop it and start again.
 
@@ -290,12 +290,12 @@ class CandelaHook(CandelaHttpCore):
         self._running_app = app
         return started
 
-    def _start_once(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
+    def _start_once(self, call: Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
         """One start with retries and reconciliation; a "session running" refusal as its own error."""
         try:
             return self._start_reconciled(call, matches)
         except CandelaApiError as exc:
-            if exc.status == 409 or (exc.status == 400 and _SESSION_RUNNING.search(exc.detail)):
+            if exc.status == 409 or (exc.status == 400 and SESSION_RUNNING.search(exc.detail)):
                 raise exc.amended(
                     "Another session runs on the Candela user's slot: stop it first (stop_session), or wait "
                     "until it ends",
@@ -303,7 +303,7 @@ class CandelaHook(CandelaHttpCore):
                 ) from exc
             raise
 
-    def _start_reconciled(self, call: _Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
+    def _start_reconciled(self, call: Call, matches: Callable[[Session], bool]) -> ObjectMetadata:
         began = time.time()
         attempts = 0
         failed = ""  # why the last attempt is retried (candela.request.retries)
@@ -319,13 +319,13 @@ class CandelaHook(CandelaHttpCore):
             self._unanswered_start = _UnansweredStart(call.what, began, matches, time.monotonic() + connect + read)
             try:
                 resp = self._attempt(call, retries=attempts - 1)
-            except (_Ambiguous, Retryable, CandelaApiError) as failure:
+            except (Ambiguous, Retryable, CandelaApiError) as failure:
                 error = failure if isinstance(failure, CandelaApiError) else failure.error
                 if getattr(error, "status", None) is not None:
                     self._unanswered_start = None  # Candela answered: what it did is known
                 if isinstance(failure, Retryable):
                     failed = retry_reason(failure.error)
-                if not isinstance(failure, _Ambiguous):
+                if not isinstance(failure, Ambiguous):
                     raise
                 signal = failure
                 found = self._reconcile_start(call, began, matches, signal.error)
@@ -359,7 +359,7 @@ class CandelaHook(CandelaHttpCore):
         return self._me
 
     def _reconcile_start(
-        self, call: _Call, began: float, matches: Callable[[Session], bool], error: CandelaError
+        self, call: Call, began: float, matches: Callable[[Session], bool], error: CandelaError
     ) -> ObjectMetadata | None:
         """The session a lost start request created, if any (created by us, since ``began``, same app/model)."""
         try:
@@ -470,7 +470,7 @@ class CandelaHook(CandelaHttpCore):
         :return: the pipeline's answer (``metadata.request_id``, ``result`` and whatever else it sent).
         """
         body = self._prompt(session, prompt)
-        call = _Call("POST", "/session/pipeline_submit", "submit", body=body.model_dump(mode="json"))
+        call = Call("POST", "/session/pipeline_submit", "submit", body=body.model_dump(mode="json"))
         return self._parse(self._request(call), _PIPELINE_ANSWER, "a JSON object", call)
 
     def submit_prompt_to_agent(self, session: SessionRef, prompt: str) -> CandelaEventStream:
@@ -484,7 +484,7 @@ class CandelaHook(CandelaHttpCore):
         :param prompt: the prompt text.
         """
         body = self._prompt(session, prompt)
-        call = _Call("POST", "/session/agent_submit", "submit", body=body.model_dump(mode="json"), stream=True)
+        call = Call("POST", "/session/agent_submit", "submit", body=body.model_dump(mode="json"), stream=True)
         resp = self._request(call)
         exchange: Exchange = resp.candela_exchange  # type: ignore[attr-defined]
         return CandelaEventStream(
@@ -527,7 +527,7 @@ class CandelaHook(CandelaHttpCore):
 
     def stop_session(self) -> None:
         """Stop whatever session runs on the user's slot (``GET /session/stop``); fine when none runs."""
-        self._request(_Call("GET", "/session/stop")).close()
+        self._request(Call("GET", "/session/stop")).close()
         count("session.stopped", {"app": self._running_app or "unknown"})
         self._running_app = None
 
@@ -537,7 +537,7 @@ class CandelaHook(CandelaHttpCore):
         :return: the metadata of the deleted versions (empty when a retried call found them already gone).
         """
         oid = coerce_object_id(session, argument="session")
-        call = _Call("DELETE", "/sessions/", params=self._session_params(oid))
+        call = Call("DELETE", "/sessions/", params=self._session_params(oid))
         resp = self._execute(call, done_statuses=frozenset({404}))
         if resp is None:
             return []
@@ -546,24 +546,24 @@ class CandelaHook(CandelaHttpCore):
     def get_session(self, session: ObjectId | str) -> Session:
         """The stored session (``GET /sessions/``): app, model, host, overrides."""
         oid = coerce_object_id(session, argument="session")
-        call = _Call("GET", "/sessions/", params=self._session_params(oid))
+        call = Call("GET", "/sessions/", params=self._session_params(oid))
         return self._parse(self._request(call), _SESSION, "a Session object", call)
 
     def get_session_metadata(self, session: ObjectId | str) -> ObjectMetadata:
         """The session's metadata (``GET /sessions/metadata``)."""
         oid = coerce_object_id(session, argument="session")
-        call = _Call("GET", "/sessions/metadata", params=self._session_params(oid))
+        call = Call("GET", "/sessions/metadata", params=self._session_params(oid))
         return self._parse(self._request(call), _OBJECT_METADATA, "an ObjectMetadata object", call)
 
     def list_sessions(self, all_versions: bool = False) -> list[ObjectMetadata]:
         """The sessions the user can see (``GET /sessions/list``); latest versions unless ``all_versions``."""
-        call = _Call("GET", "/sessions/list", params={"all_versions": "true" if all_versions else "false"})
+        call = Call("GET", "/sessions/list", params={"all_versions": "true" if all_versions else "false"})
         return self._parse(self._request(call), _OBJECT_METADATA_LIST, "a list of ObjectMetadata", call)
 
     def session_exists(self, session: ObjectId | str) -> bool:
         """Whether the session exists (``GET /sessions/exists``)."""
         oid = coerce_object_id(session, argument="session")
-        call = _Call("GET", "/sessions/exists", params=self._session_params(oid))
+        call = Call("GET", "/sessions/exists", params=self._session_params(oid))
         return self._parse(self._request(call), _BOOL, "true/false", call)
 
     # ------------------------------------------------------------------------------------------
@@ -571,7 +571,7 @@ class CandelaHook(CandelaHttpCore):
 
     def user_has_slot(self) -> bool:
         """Whether the user has a slot (``GET /slot/user_has_slot``)."""
-        call = _Call("GET", "/slot/user_has_slot")
+        call = Call("GET", "/slot/user_has_slot")
         return self._parse(self._request(call), _BOOL, "true/false", call)
 
     def assign_slot(self, slot_type: str | None = None) -> None:
@@ -580,7 +580,7 @@ class CandelaHook(CandelaHttpCore):
         :param slot_type: e.g. ``"gpu-medium"``; default: the connection's ``slot_type`` extra.
         """
         slot = coerce_name(slot_type, kind="scope", argument="slot_type") or self.config.slot_type or DEFAULT_SLOT_TYPE
-        self._request(_Call("PUT", "/slot", params={"slot_type": slot})).close()
+        self._request(Call("PUT", "/slot", params={"slot_type": slot})).close()
 
     def assign_slot_if_none(self, slot_type: str | None = None) -> bool:
         """Assign a slot (``PUT /slot``) when the user has none; return whether one was assigned."""
@@ -592,7 +592,7 @@ class CandelaHook(CandelaHttpCore):
 
     def get_slot_state(self) -> SlotState:
         """The state of the user's slot (``GET /slot/state``); HOST_READY (3) means sessions can start."""
-        call = _Call("GET", "/slot/state")
+        call = Call("GET", "/slot/state")
         value = self._parse(self._request(call), _INT, "an integer", call)
         try:
             return SlotState(value)
@@ -608,12 +608,12 @@ class CandelaHook(CandelaHttpCore):
 
     def get_slot_metadata(self) -> SlotData:
         """The user's slot (``GET /slot/metadata``)."""
-        call = _Call("GET", "/slot/metadata")
+        call = Call("GET", "/slot/metadata")
         return self._parse(self._request(call), _SLOT_DATA, "a SlotData object", call)
 
     def dispose_slot(self) -> None:
         """Give the user's slot back (``DELETE /slot``).  Candela answers 400 when there is none."""
-        call = _Call("DELETE", "/slot")
+        call = Call("DELETE", "/slot")
         resp = self._execute(call, done_statuses=frozenset({400}))
         if resp is None:
             if self.user_has_slot():

@@ -17,7 +17,7 @@ from airflow_provider_candela._validation import (
     coerce_conn_id,
     coerce_hook_params,
     coerce_object_id,
-    is_resolved,
+    when_resolved,
 )
 from airflow_provider_candela.exceptions import CandelaCancelledError
 
@@ -104,10 +104,8 @@ class CandelaOperator(BaseOperator):
 
     def _check_id_now(self, value: Any, argument: str) -> None:
         """Validate an id argument at construction unless it is still a template or an XComArg."""
-        if is_resolved(value):
-            coerce_object_id(value, argument=argument, task_id=self.task_id)
+        when_resolved(value, lambda v: coerce_object_id(v, argument=argument, task_id=self.task_id))
 
     def _check_now(self, value: Any, check: Callable[[Any], object]) -> None:
         """Validate a value at construction unless it is still a template or an XComArg."""
-        if is_resolved(value):
-            check(value)
+        when_resolved(value, check)

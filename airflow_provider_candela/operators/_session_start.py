@@ -29,6 +29,7 @@ from airflow_provider_candela._validation import (
     coerce_session,
     is_resolved,
     set_on_task,
+    when_resolved,
 )
 from airflow_provider_candela.exceptions import (
     CandelaError,
@@ -81,10 +82,6 @@ class StartingOperator(Protocol):
     def defer(self, *, trigger: Any, method_name: str, timeout: timedelta | None = None) -> Any: ...
 
     def execute(self, context: Context) -> Any: ...
-
-    def _check_now(self, value: Any, check: Callable[[Any], object]) -> None: ...
-
-    def _check_id_now(self, value: Any, argument: str) -> None: ...
 
 
 #: The start options and their defaults, as the operators declare them (``deferrable``: ``None`` is the
@@ -180,10 +177,10 @@ def set_start_options(op: StartingOperator, options: Mapping[str, Any]) -> None:
             f"Task '{tid}' has deferrable=True and ensure_slot=False: a task that does not wait for its slot "
             "has nothing to defer. Drop one of them."
         )
-    op._check_now(op.scope, lambda v: coerce_name(v, kind="scope", argument="scope", task_id=tid))
-    op._check_now(op.slot_type, lambda v: coerce_name(v, kind="scope", argument="slot_type", task_id=tid))
+    when_resolved(op.scope, lambda v: coerce_name(v, kind="scope", argument="scope", task_id=tid))
+    when_resolved(op.slot_type, lambda v: coerce_name(v, kind="scope", argument="slot_type", task_id=tid))
     if op.parent_session is not None:
-        op._check_id_now(op.parent_session, "parent_session")
+        when_resolved(op.parent_session, lambda v: coerce_object_id(v, argument="parent_session", task_id=tid))
 
 
 def optional_id(op: StartingOperator, value: Any, argument: str) -> ObjectId | None:
@@ -203,8 +200,8 @@ def check_app_ids_now(
         ("circuit_override", circuit_override, False),
         ("directive_override", directive_override, False),
     ):
-        if value is not None or needed:
-            op._check_id_now(value, argument)
+        if (value is not None or needed) and is_resolved(value):
+            coerce_object_id(value, argument=argument, task_id=op.task_id)
 
 
 def app_start(
