@@ -155,9 +155,9 @@ def literal(text: str) -> str:
 
     Every character Markdown reads as markup is backslash-escaped, so no image, link, HTML, emphasis, table or
     code block can start (or end one of ours); a line's leading blanks become no-break spaces (no indented code
-    block); lines stay lines (hard line breaks, a blank line between paragraphs).  A web address shows as
-    text, not a link: GFM links a bare address from the raw text (``http://``, ``www.``, ``a@b.c``), which the
-    escaped ``:`` of ``://`` and ``.`` break.
+    block); lines stay lines (hard line breaks, a blank line between paragraphs).  A bare web address may
+    still become a link whose text is exactly its address (the page's GFM links addresses in text); its
+    ``://`` is escaped so that the link is made from the text as shown, not from the escaped source.
     """
     lines = []
     for line in text.splitlines():
