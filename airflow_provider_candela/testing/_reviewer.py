@@ -28,6 +28,8 @@ from typing import Any, Final
 __all__ = ["ApiServer", "ReviewReplacedError", "Reviewer", "ReviewerError"]
 
 SIMPLE_AUTH_MANAGER: Final = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+#: The states of a task that waits for its review: parked (3.3+) or deferred to the HITL trigger (3.1, 3.2).
+_PARKED: Final = ("awaiting_input", "deferred")
 
 
 class ReviewerError(RuntimeError):
@@ -193,10 +195,16 @@ class Reviewer:
         return f"{path}?{urllib.parse.urlencode(region)}" if region else path
 
     def pending(self, dag_id: str = "~") -> list[dict[str, Any]]:
-        """The reviews nobody answered yet (of ``dag_id``, or of every DAG), each with its ``task_instance``."""
+        """The reviews waiting for an answer (of ``dag_id``, or of every DAG), each with its ``task_instance``.
+
+        Only those whose task has parked to wait (``awaiting_input``, or ``deferred`` before Airflow 3.3): the
+        request is written a moment before.  On SQLite, which has no row locks, an answer given in that moment
+        can be recorded without resuming the task, which then waits forever; a person is never that quick, a
+        script is.
+        """
         path = f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='~')}/dagRuns/~/hitlDetails?response_received=false"
         details: list[dict[str, Any]] = self.call("GET", path)["hitl_details"]
-        return details
+        return [review for review in details if review["task_instance"].get("state") in _PARKED]
 
     def detail(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
         """The review of one task instance (its latest try)."""
