@@ -9,6 +9,7 @@ Import-cheap: the WTForms / Flask-AppBuilder classes are imported only when Airf
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Final
 
 __all__ = ["CONN_FIELDS", "UI_FIELD_BEHAVIOUR", "conn_fields", "form_widgets", "ui_field_behaviour"]
@@ -148,16 +149,20 @@ def form_widgets() -> dict[str, Any]:
     )
     from wtforms.validators import Optional  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
+    # Airflow 3.1 and 3.2 build their UI's form from this function with stand-ins for the WTForms fields that take
+    # no render_kw: there the placeholder goes into the description, as in ``conn_fields``.
+    placeholders = "render_kw" in inspect.signature(StringField.__init__).parameters
     widgets: dict[str, Any] = {}
     for name, field in CONN_FIELDS.items():
         schema = field.get("schema", {})
         types = schema.get("type", "string")
         types = [types] if isinstance(types, str) else list(types)
-        kwargs: dict[str, Any] = {
-            "label": field["label"],
-            "description": field.get("description", ""),
-            "render_kw": {"placeholder": field["placeholder"]} if field.get("placeholder") else None,
-        }
+        kwargs: dict[str, Any] = {"label": field["label"]}
+        if placeholders:
+            kwargs["description"] = field.get("description", "")
+            kwargs["render_kw"] = {"placeholder": field["placeholder"]} if field.get("placeholder") else None
+        else:
+            kwargs["description"] = _description_with_placeholder(field)
         if schema.get("format") == "password":
             widgets[name] = PasswordField(widget=BS3PasswordFieldWidget(), **kwargs)
         elif "integer" in types:

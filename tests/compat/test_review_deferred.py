@@ -50,7 +50,9 @@ DAG_FILE = textwrap.dedent(
         word_count: int
 
 
-    with DAG("{DAG_ID}", schedule=None, start_date=dt.datetime(2026, 1, 1), catchup=False):
+    # One task runs at a time (a deferred one does not count): each prompts in a session of its own on the same
+    # Candela user, and the slot holds one session.
+    with DAG("{DAG_ID}", schedule=None, start_date=dt.datetime(2026, 1, 1), catchup=False, max_active_tasks=1):
         for task_id, options in {{
             "approve": {{}},
             "edit": {{"allow_modifications": True}},
@@ -142,6 +144,8 @@ def test_approve_edit_reject_and_timeout_on_a_real_scheduler_and_triggerer(
         assert wait_until(finished, timeout=240, interval=0.5) == "failed", "a rejected review fails its task"
     except BaseException:
         print(_logs(tmp_path))
+        print("task states:", _task_states(reviewer, run_id) if "run_id" in locals() else "no run")
+        print("Candela saw:", candela.stats())
         raise
     assert _task_states(reviewer, run_id) == {
         "approve": "success",

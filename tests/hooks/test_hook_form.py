@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 
+from airflow_provider_candela._compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_3_PLUS
 from airflow_provider_candela.connection_form import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_candela.get_provider_info import get_provider_info
 from airflow_provider_candela.hooks.candela import CandelaHook
@@ -69,6 +70,39 @@ def test_providers_manager_sees_the_form() -> None:
         pytest.skip("the provider is not installed in this environment (no entry point)")
     assert manager.hooks["candela"] is not None
     assert manager.hooks["candela"].hook_class_name.endswith("CandelaHook")
+    if not AIRFLOW_V_3_3_PLUS and importlib.util.find_spec("flask_appbuilder") is None:
+        return  # 3.1/3.2 without Flask-AppBuilder: only the UI reads the form (next test)
     assert manager.field_behaviours["candela"]["relabeling"]["host"] == "Candela API URL"
     widgets = manager.connection_form_widgets
     assert "extra__candela__token_url" in widgets or "token_url" in str(list(widgets))
+
+
+UI_FORM = """
+import json
+from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+(candela,) = [hook for hook in HookMetaService.hook_meta_data() if hook.connection_type == "candela"]
+print(json.dumps(candela.model_dump(mode="json")))
+"""
+
+
+@pytest.mark.skipif(not AIRFLOW_V_3_1_PLUS, reason="the connection form of Airflow 3.1+'s UI")
+def test_the_ui_of_this_airflow_shows_every_field_of_the_form() -> None:
+    """What the UI's connection form is made of (``/ui/connections/hook_meta``): every field, labelled.
+
+    Airflow 3.1 and 3.2 build it from the hook's WTForms widgets with stand-ins for WTForms (no Flask-AppBuilder
+    needed), 3.3+ from the provider info.  In a process of its own: the stand-ins stay in ``sys.modules``.
+    """
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", UI_FORM], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    candela = json.loads(done.stdout.strip().splitlines()[-1])
+    assert candela["hook_class_name"].endswith("CandelaHook")
+    assert candela["standard_fields"]["host"]["title"] == "Candela API URL"
+    assert candela["standard_fields"]["login"]["hidden"] is False
+    fields = candela["extra_fields"]
+    assert set(fields) == set(CONN_FIELDS), "every extra field of the form"
+    for name, field in CONN_FIELDS.items():
+        assert fields[name]["schema"]["title"] == field["label"], name
