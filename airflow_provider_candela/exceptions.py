@@ -127,5 +127,13 @@ class CandelaReviewError(CandelaError):
     """
 
 
+class CandelaStaleReviewError(CandelaReviewError, AirflowFailException):
+    """Airflow (3.1 to 3.3) would show the reviewer an earlier try's answer, not this one: fails at once.
+
+    Those versions keep the request part (subject, body, form) of a task instance's first review on every later
+    try, so an approval could not be trusted to be of this answer; no retry changes that.
+    """
+
+
 class CandelaCancelledError(CandelaError):
     """The hook was cancelled (the task was killed) while a call was in flight; nothing was retried."""

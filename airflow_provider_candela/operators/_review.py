@@ -402,8 +402,6 @@ class Review:
         stopped: the wait holds nothing.  A notifier that fails is logged; the review stays open (failing the
         task would cost a second prompt on retry).
         """
-        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
-
         from airflow_provider_candela._compat import AIRFLOW_V_3_3_PLUS
 
         op = self.op
@@ -425,16 +423,16 @@ class Review:
                 "schema": {"type": "object"},
             }
         defaults = {"approve": [APPROVE], "reject": [REJECT]}.get(op.on_approval_timeout)
-        upsert_hitl_detail(
-            ti_id=ti.id,
-            options=[APPROVE, REJECT],
-            subject=subject,
-            body=body,
-            defaults=defaults,
-            multiple=False,
-            params=params,
-            assigned_users=op.approval_assigned_users,
-        )
+        request = {
+            "options": [APPROVE, REJECT],
+            "subject": subject,
+            "body": body,
+            "defaults": defaults,
+            "multiple": False,
+            "params": params,
+            "assigned_users": op.approval_assigned_users,
+        }
+        _upsert_fresh(ti.id, request, task_id=self.task_id)
         op.subject, op.body = subject, body  # for the notifiers' templates: {{ task.subject }}, {{ task.body }}
         for notifier in op.approval_notifiers:
             try:
@@ -576,6 +574,40 @@ class Review:
 
 
 _ADVICE: Final = "Clear the task to prompt Candela again and review the new answer."
+
+
+def _upsert_fresh(ti_id: Any, request: Mapping[str, Any], *, task_id: str) -> None:
+    """Open the review of the task instance ``ti_id`` with ``request``, and make sure the page shows this one.
+
+    Airflow 3.4 replaces the request part of a task instance's review on every try.  Airflow 3.1 to 3.3 keep
+    the first try's subject, body and form and only reset the response: a retried (or cleared) task's reviewer
+    would read, and could approve, an earlier try's answer, and an untouched form would read as an edit back
+    to it.  There the review is opened through the supervisor's answer, which carries what Airflow stored:
+    when that is not this try's review, the task fails at once, before anyone is asked.
+
+    :raises CandelaStaleReviewError: Airflow kept an earlier try's review (3.1 to 3.3).
+    """
+    from airflow_provider_candela._compat import AIRFLOW_V_3_4_PLUS, AIRFLOW_VERSION
+
+    if AIRFLOW_V_3_4_PLUS:
+        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
+
+        upsert_hitl_detail(ti_id=ti_id, **request)
+        return
+    from airflow.sdk.execution_time.comms import CreateHITLDetailPayload
+    from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
+
+    stored = SUPERVISOR_COMMS.send(CreateHITLDetailPayload.model_validate({"ti_id": ti_id, **request}))
+    shown = (getattr(stored, "subject", None), getattr(stored, "body", None))
+    if stored is not None and shown != (request["subject"], request["body"]):
+        from airflow_provider_candela.exceptions import CandelaStaleReviewError
+
+        raise CandelaStaleReviewError(
+            f"Task '{task_id}': Airflow {AIRFLOW_VERSION} keeps the first review of a task instance, so the Required "
+            "Actions page would show an earlier try's answer instead of this one, and an approval could not be "
+            "trusted (Candela's new answer is in the task log). Airflow 3.4 shows each try's review: upgrade, or "
+            "give reviewed tasks no retries and rerun them in a new DAG run."
+        )
 
 
 def _as_javascript(value: Any) -> Any:

@@ -21,6 +21,7 @@ from airflow.providers.common.compat.sdk import DAG, task
 from pydantic import BaseModel
 from reviewing import ScriptedReviewer
 
+from airflow_provider_candela._compat import AIRFLOW_V_3_4_PLUS
 from airflow_provider_candela.operators.sessions import (
     CandelaSubmitAgentPromptOperator,
     CandelaSubmitPipelinePromptOperator,
@@ -401,9 +402,18 @@ def test_an_approval_of_an_earlier_try_is_used_for_its_own_prompt_only(
     script = {"summarise": [("Approve", None), ("Approve", None)]}
     with caplog.at_level(logging.INFO):
         result, reviewer = _reviewed(api_server, candela, dag, script)
-    assert result.states == {"summarise": "success"}
     logged = _logged(caplog, capsys)
     bodies = [seen.review["body"] for seen in reviewer.seen["summarise"]]
+    if changed and not AIRFLOW_V_3_4_PLUS:
+        # Airflow 3.1-3.3 keep the first try's review: the page would show the old answer to approve. The task
+        # fails at once instead of asking the reviewer about an answer the page does not show.
+        assert result.states == {"summarise": "failed"}
+        assert "CandelaStaleReviewError" in logged and "keeps the first review of a task instance" in logged
+        assert len(bodies) == 1, "nobody was asked to review the stale page"
+        assert candela.request_count("POST /session/pipeline_submit") == 2, "the new prompt was sent"
+        assert "An answer was approved on an earlier try, but for another prompt" in logged
+        return
+    assert result.states == {"summarise": "success"}
     if not changed:
         assert result.xcom("summarise") == ANSWER
         assert len(bodies) == 1, "no second review"
@@ -411,9 +421,9 @@ def test_an_approval_of_an_earlier_try_is_used_for_its_own_prompt_only(
         assert "approved on an earlier try" in logged and "for the same prompt" in logged
         return
     assert result.xcom("summarise")["answer"] == "Processed 7 words: Summarise the changed positions of desk 7"
-    # Reviewed again.  (What the second review shows is Airflow's: its upsert of a task instance's review keeps
-    # the subject, body and form of the first try and only resets the response.)
+    # Reviewed again, and the page shows the new answer (Airflow 3.4 replaces a task instance's review per try).
     assert len(bodies) == 2, "the new answer was reviewed"
+    assert "desk 7" in bodies[1]
     assert candela.request_count("POST /session/pipeline_submit") == 2, "the new prompt was sent"
     assert "An answer was approved on an earlier try, but for another prompt" in logged
 
