@@ -8,6 +8,8 @@ Figures (each a ratio measured side by side in this run; see each module's docst
 7. deferrable start: worker-slot seconds while a slot takes 60 s to start (``deferral``)
 8. batch: 100 inputs in one batch task vs mapped tasks, fan-out over 4 users, memory with ``result_path``, the
    resume's memory, the task state store's cost per input against ``result_path`` (``batch``)
+9. triggers that starve nobody: another trigger's ``asyncio.to_thread`` beside 200 Candela triggers on a
+   silent Candela (``trigger_threads``)
 
 The HTTP figures share one emulator subprocess on a free loopback port (reset between figures).
 Exit status: 0 when every figure ran (targets met or not: the table says), 1 when a figure failed.
@@ -36,11 +38,11 @@ from bench.common import BENCH_DIR, Row, airflow_env, bench_emulator, dump_json,
 
 __all__ = ["format_table", "main"]
 
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 8)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> list[Row]:
-    """Run HTTP figure ``number`` (2-8) against ``emulator``; modules are imported only when run."""
+    """Run figure ``number`` (2-9; 9 needs no emulator) against ``emulator``; modules are imported when run."""
     if number == 2:
         from bench import call_overhead
 
@@ -72,6 +74,10 @@ def _emulator_figure(number: int, emulator: CandelaEmulator, quick: bool) -> lis
         if quick:
             return batch.run(emulator, inputs=40, many=2_000, resumed=500, state_inputs=20, state_rounds=2)
         return batch.run(emulator, inputs=100, many=10_000, resumed=2_000, state_inputs=100, state_rounds=5)
+    if number == 9:
+        from bench import trigger_threads
+
+        return trigger_threads.run(rounds=1 if quick else 3)
     raise ValueError(f"no figure {number}: the figures are {FIGURES}")
 
 
@@ -206,7 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             **{key: value for key, value in earlier.items() if key not in ("table", "figures", "merged")},
             "table": format_table(every).splitlines(),
             "figures": [row.to_json() for row in every],
-            "merged": [*earlier.get("merged", []), {**run, "figures": wanted}],
+            # the runs whose figures are all replaced by this one are no longer in the file
+            "merged": [
+                *(m for m in earlier.get("merged", []) if not set(m["figures"]) <= set(wanted)),
+                {**run, "figures": wanted},
+            ],
         }
     dump_json(args.output, result)
     return 1 if failed else 0
