@@ -47,11 +47,13 @@ if TYPE_CHECKING:
     from airflow_provider_candela.models import ObjectId, ObjectMetadata
 
 __all__ = [
+    "SESSION_DEFAULTS",
     "START_DEFAULTS",
     "app_start",
     "check_app_ids_now",
     "may_defer",
     "optional_id",
+    "pick",
     "ready_slot",
     "resume",
     "set_session",
@@ -97,7 +99,7 @@ START_DEFAULTS: Final[Mapping[str, Any]] = {
     "slot_poll_interval": 5.0,
 }
 #: The session arguments of a prompt or batch task and their defaults.
-_SESSION_DEFAULTS: Final[Mapping[str, Any]] = {
+SESSION_DEFAULTS: Final[Mapping[str, Any]] = {
     "session": None,
     "session_id": None,
     "app": None,
@@ -105,6 +107,11 @@ _SESSION_DEFAULTS: Final[Mapping[str, Any]] = {
     "circuit_override": None,
     "directive_override": None,
 }
+
+
+def pick(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments named in ``defaults`` out of an ``__init__``'s ``given`` (its ``locals()`` at the start)."""
+    return {name: given[name] for name in defaults}
 
 
 def set_session(
@@ -128,7 +135,7 @@ def set_session(
     """
     values = dict(arguments)
     running = values["session"] is not None or bool(values["session_id"])
-    own = set(set_on_task(values, _SESSION_DEFAULTS, default_args))
+    own = set(set_on_task(values, SESSION_DEFAULTS, default_args))
     given = [name for name in set_on_task(options, START_DEFAULTS, default_args) if name not in ("deferrable", "scope")]
     given += [name for name in ("circuit_override", "directive_override") if name in own]
     start = dict(options)

@@ -36,8 +36,11 @@ from airflow_provider_candela.exceptions import CandelaError, CandelaInputError
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
 from airflow_provider_candela.operators._session_start import (
+    SESSION_DEFAULTS,
+    START_DEFAULTS,
     app_start,
     may_defer,
+    pick,
     ready_slot,
     resume,
     set_session,
@@ -176,11 +179,12 @@ class _BatchOperatorBase(CandelaOperator):
         slot_poll_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        given = dict(locals())  # the named arguments, before anything else is bound
         default_args = kwargs.get("default_args")
         both_conns = candela_conn_ids is not None and "candela_conn_id" in kwargs
         fan_out = candela_conn_ids is not None
         if fan_out and not set_on_task({"deferrable": deferrable}, {"deferrable": None}, default_args):
-            deferrable = False  # a fan-out waits for its slots in the worker (the configured default aside)
+            given["deferrable"] = False  # a fan-out waits for its slots in the worker (the configured default aside)
         super().__init__(**kwargs)
         tid = self.task_id
         self.prompts = prompts
@@ -194,24 +198,8 @@ class _BatchOperatorBase(CandelaOperator):
         )
         set_session(
             self,
-            {
-                "session": session,
-                "session_id": session_id,
-                "app": app,
-                "model": model,
-                "circuit_override": circuit_override,
-                "directive_override": directive_override,
-            },
-            {
-                "scope": scope,
-                "parent_session": parent_session,
-                "ensure_slot": ensure_slot,
-                "slot_type": slot_type,
-                "slot_ready_timeout": slot_ready_timeout,
-                "if_session_running": if_session_running,
-                "deferrable": deferrable,
-                "slot_poll_interval": slot_poll_interval,
-            },
+            pick(SESSION_DEFAULTS, given),
+            pick(START_DEFAULTS, given),
             default_args=default_args,
         )
         if both_conns:

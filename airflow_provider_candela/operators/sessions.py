@@ -30,12 +30,15 @@ from airflow_provider_candela._validation import (
 from airflow_provider_candela.models import CircuitDTO, Directive, ObjectId, ToolModule
 from airflow_provider_candela.operators._answers import typed, typed_results
 from airflow_provider_candela.operators._base import CandelaOperator
-from airflow_provider_candela.operators._review import Review, set_review_options
+from airflow_provider_candela.operators._review import REVIEW_DEFAULTS, Review, set_review_options
 from airflow_provider_candela.operators._session_start import (
+    SESSION_DEFAULTS,
+    START_DEFAULTS,
     app_start,
     check_app_ids_now,
     may_defer,
     optional_id,
+    pick,
     ready_slot,
     resume,
     set_session,
@@ -140,19 +143,11 @@ class _StartOperatorBase(CandelaOperator):
         slot_poll_interval: float = 5.0,
         **kwargs: Any,
     ) -> None:
+        given = dict(locals())  # the named arguments, before anything else is bound
         super().__init__(**kwargs)
         set_start_options(
             self,
-            {
-                "scope": scope,
-                "parent_session": parent_session,
-                "ensure_slot": ensure_slot,
-                "slot_type": slot_type,
-                "slot_ready_timeout": slot_ready_timeout,
-                "if_session_running": if_session_running,
-                "deferrable": deferrable,
-                "slot_poll_interval": slot_poll_interval,
-            },
+            pick(START_DEFAULTS, given),
         )
 
     def _run_start(self, start: Callable[[CandelaHook], ObjectMetadata]) -> dict[str, Any]:
@@ -398,6 +393,7 @@ class _PromptOperatorBase(CandelaOperator):
         approval_assigned_users: list[dict[str, str]] | dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        given = dict(locals())  # the named arguments, before anything else is bound
         default_args = kwargs.get("default_args")
         super().__init__(**kwargs)
         self.prompt = prompt
@@ -405,36 +401,13 @@ class _PromptOperatorBase(CandelaOperator):
         self._check_now(prompt, lambda v: coerce_prompt(v, task_id=self.task_id))
         set_session(
             self,
-            {
-                "session": session,
-                "session_id": session_id,
-                "app": app,
-                "model": model,
-                "circuit_override": circuit_override,
-                "directive_override": directive_override,
-            },
-            {
-                "scope": scope,
-                "parent_session": parent_session,
-                "ensure_slot": ensure_slot,
-                "slot_type": slot_type,
-                "slot_ready_timeout": slot_ready_timeout,
-                "if_session_running": if_session_running,
-                "deferrable": deferrable,
-                "slot_poll_interval": slot_poll_interval,
-            },
+            pick(SESSION_DEFAULTS, given),
+            pick(START_DEFAULTS, given),
             default_args=default_args,
         )
         set_review_options(
             self,
-            {
-                "require_approval": require_approval,
-                "allow_modifications": allow_modifications,
-                "approval_timeout": approval_timeout,
-                "on_approval_timeout": on_approval_timeout,
-                "approval_notifiers": approval_notifiers,
-                "approval_assigned_users": approval_assigned_users,
-            },
+            pick(REVIEW_DEFAULTS, given),
             default_args=default_args,
         )
 
