@@ -196,3 +196,14 @@ def test_partial_takes_the_review_options() -> None:
             task_id="ask", **PROMPT_OPTIONS, **REVIEW_OPTIONS
         ).expand(prompt=["a", "b"])
     assert mapped.partial_kwargs["require_approval"] is True
+
+
+@pytest.mark.filterwarnings("ignore:Task 't' was never mapped")
+@pytest.mark.parametrize(
+    "operator", [op for op in OPERATORS if op.__module__ != decorated.__name__], ids=lambda cls: cls.__name__
+)
+def test_partial_accepts_every_documented_argument(operator: type[BaseOperator]) -> None:
+    # .partial() checks the names against the named parameters of the class chain; the values are checked
+    # when each mapped task is made (the runs above).
+    with DAG(f"named_partial_{operator.__name__}", schedule=None, start_date=START, catchup=False):
+        operator.partial(task_id="t", **dict.fromkeys(_documented(operator)))
