@@ -184,7 +184,7 @@ test-af31: venv-af31
 test-af34: venv-af34
 	$(call pytest_on,$(VENV_AF34),$(PYTEST_AF34_TESTS))
 
-test: lint typecheck test-py3 test-af2 test-af31 test-af34
+test: system-deps lint typecheck test-py3 test-af2 test-af31 test-af34
 	$(call section,make test: all green)
 
 # KEEP=1 keeps the temporary Airflow home and its logs (the run prints where). The calling agent of
@@ -227,24 +227,52 @@ clean:
 # ---- ui-test ------------------------------------------------------------------------------------------------
 # The browser tests alone (make test, and so .ci/run, runs them too): the Candela connection form, the Candela
 # page and a review on Required Actions in the real Airflow 3.3 UI: `airflow api-server` (SQLite, temp home) + the
-# emulator + headless Debian Chromium driven by Playwright's Python package (no browser download; the test
-# itself apt-installs chromium and chromium-driver when /usr/bin/chromium is missing). Screenshots land in
+# emulator + headless Debian Chromium driven by Playwright's Python package (no browser download; chromium and
+# chromium-driver come from `make system-deps`). Screenshots land in
 # tests/ui/output/ (gitignored). About 1-2 minutes.
 .PHONY: ui-test
-ui-test: venv
+ui-test: system-deps venv
 	$(call section,ui-test: the Candela connection form, the Candela page and a review in the Airflow UI (headless Chromium))
 	@$(VENV)/bin/python -c 'import playwright.sync_api' 2>/dev/null || VIRTUAL_ENV=$(VENV) $(UV) pip install -q "playwright>=1.45"
 	$(VENV)/bin/python -m pytest tests/ui -m ui -q
 
+# ---- system-deps ----------------------------------------------------------------------------------------------
+# The Debian packages the suites use, installed before any of them starts (no test installs anything): chromium and
+# chromium-driver (the browser tests of make test), postgresql and redis-server (make deployment-test; their services
+# are not started: the test runs its own servers on free loopback ports, so service starts are forbidden during the
+# install). As root (or with password-less sudo) apt-get installs what is missing; otherwise one line says what to
+# install, and the target fails.
+SYSTEM_PACKAGES := chromium chromium-driver postgresql redis-server
+.PHONY: system-deps
+system-deps:
+	@missing=""; \
+	{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || missing="chromium chromium-driver"; \
+	{ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && id postgres >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	missing=$$(echo $$missing); \
+	if [ -z "$$missing" ]; then echo "system-deps: $(SYSTEM_PACKAGES) present"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null; then \
+		echo "system-deps: missing $$missing; install as root: apt-get install -y --no-install-recommends $$missing"; exit 1; fi; \
+	printf '\n\033[1m==> %s\033[0m\n' "system-deps: apt-get install $$missing"; \
+	policy=/usr/sbin/policy-rc.d; made=0; \
+	if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' | $$sudo tee $$policy >/dev/null && $$sudo chmod 755 $$policy && made=1; fi; \
+	status=0; \
+	$$sudo apt-get -o DPkg::Lock::Timeout=180 update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=180 install -y -qq \
+			--no-install-recommends $$missing >/dev/null || status=$$?; \
+	[ $$made = 0 ] || $$sudo rm -f $$policy; \
+	[ $$status = 0 ] || { echo "system-deps: apt-get install $$missing failed ($$status)"; exit $$status; }
+
 # ------------------------------------------------------------------------------------------------------------
 # deployment-test (everything it runs lives in tests/deployment/).
-# The example DAGs on a real Airflow 3.3 deployment, from nothing: apt-get installs postgresql and redis-server
-# when missing, .venv-deploy gets Airflow 3.3 + the Celery and Postgres providers + the provider, then
+# The example DAGs on a real Airflow 3.3 deployment, from nothing: postgresql and redis-server come from
+# `make system-deps`, .venv-deploy gets Airflow 3.3 + the Celery and Postgres providers + the provider, then
 # api-server, scheduler, dag-processor, triggerer and two Celery workers run as separate processes (PostgreSQL
 # metadata DB and result backend, Redis broker, the Candela emulator), with the deferral, triggerer-restart and
-# worker-kill scenarios. Needs root. Takes about 2-4 minutes; leaves no process or port behind.
+# worker-kill scenarios. Takes about 2-4 minutes; leaves no process or port behind.
 .PHONY: deployment-test
-deployment-test: uv
+deployment-test: system-deps uv
 	$(call section,deployment-test: the example DAGs on Airflow 3.3 with CeleryExecutor and PostgreSQL and Redis)
 	PYTHON="$(PYTHON)" bash tests/deployment/run.sh
 
