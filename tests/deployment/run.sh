@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # `make deployment-test`: the example DAGs on a real Airflow 3.3 deployment, from nothing.
 #
-# 1. Debian packages: postgresql and redis-server (apt-get, only when missing; their services are not
-#    started by the install: the test starts its own servers on free loopback ports).
+# 1. Debian packages: postgresql and redis-server must be there (`make system-deps` installs them before this
+#    runs; the test starts its own servers on free loopback ports, not the packages' services).
 # 2. .venv-deploy: Airflow 3.3 + the Celery and Postgres providers + psycopg2 + this provider (editable,
 #    with the emulator extra). Rebuilt only when pyproject.toml or the pins below change.
 # 3. tests/deployment/run_deployment.py: starts PostgreSQL, Redis, the Candela emulator, the API server,
 #    scheduler, DAG processor, triggerer and two Celery workers, runs the scenarios, stops everything.
 #
-# Needs root (apt-get; PostgreSQL runs as the `postgres` user the package creates). Extra arguments go
-# to run_deployment.py (e.g. --keep to keep the run directory with every log).
+# PostgreSQL runs as the `postgres` user the package creates. Extra arguments go to run_deployment.py (e.g.
+# --keep to keep the run directory with every log).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -30,23 +30,8 @@ section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 # ---------------------------------------------------------------- 1. PostgreSQL and Redis (Debian)
 have_pg() { compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && id postgres >/dev/null 2>&1; }
 have_redis() { command -v redis-server >/dev/null 2>&1; }
-if ! have_pg || ! have_redis; then
-    section "apt-get install postgresql redis-server"
-    if [ "$(id -u)" != 0 ]; then echo "deployment-test: needs root for apt-get (or preinstall postgresql, redis-server)"; exit 1; fi
-    # The packages' maintainer scripts would start the system services (port 5432/6379); this test runs its
-    # own servers, so forbid service starts during the install (the usual policy-rc.d), unless one exists.
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
-    fi
-    trap '[ "$made_policy" = 1 ] && rm -f "$policy"' EXIT
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server >/dev/null
-    [ "$made_policy" = 1 ] && rm -f "$policy"
-    trap - EXIT
-fi
-have_pg && have_redis || { echo "deployment-test: postgresql or redis-server still missing after apt-get"; exit 1; }
+missing=$(have_pg || printf 'postgresql '; have_redis || printf 'redis-server')
+[ -z "$missing" ] || { echo "deployment-test: ${missing% } missing: run \`make system-deps\` as root"; exit 1; }
 
 # ---------------------------------------------------------------- 2. the deployment venv
 # uv as `make deployment-test` exports it (on PATH, or the Makefile's .venv-tools copy); never pip into $PYTHON.

@@ -1,4 +1,4 @@
-"""Helpers of the browser test: install Chromium / Playwright, run ``airflow api-server``, wait.
+"""Helpers of the browser test: check for Chromium, install Playwright, run ``airflow api-server``, wait.
 
 The processes started here are stopped by the process group of the child that was started (each
 runs in its own session), never by name. Nothing waits a fixed time: every wait polls a condition
@@ -69,27 +69,11 @@ def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> s
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
-def ensure_chromium() -> Path:
-    """Install Debian's chromium and chromium-driver unless both are there already (idempotent)."""
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
-        return CHROMIUM
-    if os.geteuid() == 0:
-        prefix: list[str] = []
-    elif shutil.which("sudo"):
-        prefix = ["sudo", "-n"]
-    else:
-        pytest.fail("Chromium is missing and this user cannot install it: apt-get install chromium chromium-driver")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = ["-o", "DPkg::Lock::Timeout=180"]
-    for cmd in (
-        [*prefix, "apt-get", *lock, "update", "-q"],
-        [*prefix, "apt-get", *lock, "install", "-y", "-q", "chromium", "chromium-driver"],
-    ):
-        done = _run(cmd, timeout=600, env=env)
-        if done.returncode != 0:
-            pytest.fail(f"`{' '.join(cmd)}` failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    if not CHROMIUM.exists():
-        pytest.fail(f"apt-get installed chromium but {CHROMIUM} does not exist")
+def require_chromium() -> Path:
+    """Debian's chromium and chromium-driver, installed beforehand by ``make system-deps``; fails clearly if missing."""
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} missing: run `make system-deps` as root (chromium, chromium-driver)")
     return CHROMIUM
 
 

@@ -1,6 +1,6 @@
 """Fixtures of the browser test: Chromium, a real ``airflow api-server`` and a logged-in page.
 
-Chromium comes from Debian (installed with apt-get when ``/usr/bin/chromium`` is missing) and is
+Chromium comes from Debian (``make system-deps`` installs it before the suite starts) and is
 driven by Playwright's Python package; no browser is downloaded. Every process started here is
 stopped here, by the process group of the child that was started.
 """
@@ -18,8 +18,8 @@ from airflow_ui import (
     CHROMIUM_ARGS,
     VIEWER_USER,
     AirflowServer,
-    ensure_chromium,
     ensure_playwright,
+    require_chromium,
     start_airflow_server,
 )
 
@@ -45,7 +45,7 @@ def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow
 
 @pytest.fixture(scope="session")
 def playwright_driver() -> Iterator[Playwright]:
-    ensure_chromium()
+    require_chromium()
     ensure_playwright()
     from playwright.sync_api import sync_playwright
 
