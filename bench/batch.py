@@ -371,6 +371,7 @@ def _sides(
         emulator.clear_faults()
         with tempfile.TemporaryDirectory(prefix="candela-bench-batch-") as folder:
             memory = {}
+            _batch(20, result_path=f"file://{Path(folder) / 'warm-up.jsonl'}")()  # imports and caches: not traced
             for n in (inputs, many):
                 log(f"figure 8e: {n:,} inputs with result_path, peak allocations")
                 result = Path(folder) / f"out-{n}.jsonl"
