@@ -23,6 +23,18 @@ def fast(hook: CandelaHook) -> CandelaHook:
     return hook
 
 
+def record_waits(hook: CandelaHook) -> list[float]:
+    """The waits ``hook`` asks for between attempts, recorded instead of slept.
+
+    The retry rules (Retry-After, its cap, the deadline) are checked on the waits they choose, with no real
+    waiting: the hook's sleep (its own ``_sleep``, which a cancel cuts short) is replaced, as time is the one
+    thing the emulator cannot speed up.
+    """
+    waits: list[float] = []
+    hook._sleep = waits.append  # type: ignore[method-assign]
+    return waits
+
+
 def closed_port() -> int:
     """A loopback port nobody listens on (connections to it are refused)."""
     with socket.socket() as sock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -73,11 +72,9 @@ def test_ensure_slot_assigns_and_waits_for_host_ready(hook: CandelaHook, emulato
 
 
 def test_ensure_slot_times_out(hook: CandelaHook, emulator: CandelaEmulator) -> None:
-    emulator.configure(slot_startup_seconds=30)
-    started = time.monotonic()
+    emulator.configure(slot_startup_seconds=30)  # ready long after the timeout: the error comes from the timeout
     with pytest.raises(CandelaTimeoutError) as info:
         hook.ensure_slot(timeout=0.3, poll_interval=0.05)
-    assert time.monotonic() - started < 5
     assert "was not ready after 0.3 s (last state" in str(info.value)
 
 

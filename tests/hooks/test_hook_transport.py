@@ -169,8 +169,8 @@ def test_a_forked_child_still_aborts_exchanges_at_their_deadline() -> None:
     if pid == 0:  # the child has no watchdog thread unless it starts its own
         code = 1
         try:
-            started = time.monotonic()
-            code = 0 if _read_until_aborted(0.05).aborted == "deadline" and time.monotonic() - started < 5 else 1
+            # recv returns (b"") only when a watchdog shut the socket down; without one it times out after 10 s
+            code = 0 if _read_until_aborted(0.05).aborted == "deadline" else 1
         finally:
             sys.stdout.flush()
             os._exit(code)
