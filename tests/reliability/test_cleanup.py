@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from airflow.providers.common.compat.sdk import DAG, task
@@ -64,9 +63,8 @@ def test_a_start_cut_by_the_task_timeout_and_carried_out_late_is_stopped(
                 )
             else:
                 CandelaStartSessionOperator(task_id="task", app=PIPELINE, model=MODEL, execution_timeout=timeout)
-        began = time.monotonic()
+        # failed, not succeeded: the 1 s timeout cut the 3 s start
         assert _run_failing(dag) in ({"task": "failed"}, {})
-        assert time.monotonic() - began < 30
         stats = candela.stats()
         assert stats["sessions_started"] == 1, "the emulator carried out the start after the timeout"
         assert running(candela) is None, "the late session was stopped"

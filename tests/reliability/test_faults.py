@@ -477,7 +477,7 @@ def test_on_kill_during_a_prompt_stops_the_session(
             executing[-1].on_kill()  # what Airflow calls when it kills the task
             # the task's execute, its read cut at once, stops the session as it unwinds
             with contextlib.suppress(AssertionError):
-                wait_until(lambda: running(candela) is None, timeout=5)
+                wait_until(lambda: running(candela) is None, timeout=60)
                 stopped_at.append(killed_at)
 
         helper = threading.Thread(target=kill_once_streaming, daemon=True)
@@ -488,9 +488,10 @@ def test_on_kill_during_a_prompt_stops_the_session(
         # The prompt task was still reading its 3 s answer when on_kill was called: on_kill stopped it.
         assert result.ti("prompt").end_date.timestamp() > stopped_at[0]
         assert "Stopped the Candela session of connection 'candela_default' (task 'prompt'" in result.log
-        # ... and the killed task failed at once instead of reading on (or succeeding).
+        # ... and the killed task failed instead of reading on (or succeeding): its read was abandoned by the kill,
+        # not broken off by the stopped session.
         assert result.states["prompt"] == "failed"
-        assert result.ti("prompt").end_date.timestamp() - stopped_at[0] < 2.0
+        assert "was abandoned after" in result.log, result.log[-3000:]
         stats = _clean_end(candela, started=1)
         assert requests_of(stats, "GET /session/stop") == {"204": 1}  # on_kill's (the start found none running)
 

@@ -1,4 +1,4 @@
-"""A killed task never succeeds and exits at once; no call outlives its deadline; redirects are refused.
+"""A killed task never succeeds and does not wait for its call; no call outlives its deadline; redirects are refused.
 
 Kills are real: SIGTERM to a process running the DAG with ``dag.test()``, whose task runner calls the
 operator's ``on_kill`` from its signal handler, as a worker's does.  Slow servers are the emulator
@@ -73,10 +73,20 @@ _KILL_DAG = textwrap.dedent(
 )
 
 
+#: Seconds a killed task process may take to exit before the test stops it and fails: a hang guard, far above
+#: what an exit takes on a busy machine, and far below the answers the tests kill it in (10 minutes).
+EXIT_GUARD = 120
+
+
 def _kill_while(
     tmp_path: Path, kind: str, emulator: CandelaEmulator, busy: Callable[[], bool]
-) -> tuple[float, dict[str, Any], str]:
-    """Run the DAG of ``kind`` in a process, SIGTERM it once ``busy()``; (seconds to exit, result, output)."""
+) -> tuple[dict[str, Any], str]:
+    """Run the DAG of ``kind`` in a process, SIGTERM it once ``busy()`` (the task is inside its call); (result, output).
+
+    ``result`` has the run's and tasks' states and ``failed_after_kill``: whether the task's failure was logged
+    after the signal (the kill failed it).  A process still running :data:`EXIT_GUARD` s after the signal fails
+    the test.
+    """
     dags = tmp_path / "dags"
     dags.mkdir()
     script = dags / "kill_dag.py"
@@ -91,76 +101,71 @@ def _kill_while(
         process = subprocess.Popen([sys.executable, str(script), kind], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(busy, timeout=120)
-        time.sleep(0.3)  # well inside the call: the task is blocked on the server
-        killed = time.monotonic()
         killed_at = time.time()
         process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        exited = time.monotonic() - killed
+            process.wait(timeout=EXIT_GUARD)
+        hung = process.poll() is None
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
     text = log.read_text()
+    assert not hung, f"the task process still ran {EXIT_GUARD} s after SIGTERM (hang guard):\n{text[-3000:]}"
     lines = [line for line in text.splitlines() if line.startswith("RESULT ")]
     result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
-    # Our part of the exit: from the signal to the task's failure (the rest is Airflow winding the process down).
     failed = [line[:27] for line in text.splitlines() if "Task failed with exception" in line]
     if failed:
-        result["failed_after"] = dt.datetime.fromisoformat(failed[-1]).timestamp() - killed_at
-    return exited, result, text
+        result["failed_after_kill"] = dt.datetime.fromisoformat(failed[-1]).timestamp() >= killed_at
+    return result, text
 
 
 @pytest.mark.parametrize(
     ("kind", "config"),
     [
-        pytest.param("agent-long", {"event_delay": 0.2, "agent_chat_events": 500}, id="long-agent-stream"),
+        pytest.param("agent-long", {"event_delay": 0.2, "agent_chat_events": 3000}, id="long-agent-stream"),
         pytest.param("agent-short", {"event_delay": 0.4, "agent_chat_events": 4}, id="short-agent-stream"),
     ],
 )
-def test_sigterm_during_an_agent_stream_fails_the_task_within_5_s(
+def test_sigterm_during_an_agent_stream_fails_the_task(
     candela: CandelaEmulator, airflow_db: Path, tmp_path: Path, kind: str, config: dict[str, Any]
 ) -> None:
     with TALLY.fault(f"SIGTERM during an agent stream ({kind})"):
         candela.configure(**config)
-        exited, result, text = _kill_while(
+        result, text = _kill_while(
             tmp_path, kind, candela, lambda: bool(requests_of(candela.stats(), "POST /session/agent_submit"))
         )
-        assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
-        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
+        assert result.pop("failed_after_kill", None) is True, f"the kill did not fail the task:\n{text[-3000:]}"
         assert result == {"run": "failed", "tasks": {"start": "success", "prompt": "failed"}}, text[-3000:]
         assert "Stopped the Candela session of connection 'candela_default' (task 'prompt'" in text
         assert running(candela) is None
 
 
-def test_sigterm_during_a_pipeline_prompt_fails_the_task_within_5_s(
+def test_sigterm_during_a_pipeline_prompt_fails_the_task(
     candela: CandelaEmulator, airflow_db: Path, tmp_path: Path
 ) -> None:
     with TALLY.fault("SIGTERM during a pipeline prompt"):
-        candela.add_fault(match="POST /session/pipeline_submit", delay=60)  # the answer would take a minute
-        exited, result, text = _kill_while(
+        candela.add_fault(match="POST /session/pipeline_submit", delay=600)  # the answer would take 10 minutes
+        result, text = _kill_while(
             tmp_path,
             "pipeline",
             candela,
             lambda: not candela.faults(),  # the delayed request arrived
         )
-        assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
-        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
+        assert result.pop("failed_after_kill", None) is True, f"the kill did not fail the task:\n{text[-3000:]}"
         assert result == {"run": "failed", "tasks": {"start": "success", "prompt": "failed"}}, text[-3000:]
         assert running(candela) is None
 
 
-def test_sigterm_while_waiting_for_a_slot_fails_the_start_within_5_s(
+def test_sigterm_while_waiting_for_a_slot_fails_the_start(
     candela: CandelaEmulator, airflow_db: Path, tmp_path: Path
 ) -> None:
     with TALLY.fault("SIGTERM while the slot starts"):
-        candela.configure(slot_startup_seconds=120)
-        exited, result, text = _kill_while(
+        candela.configure(slot_startup_seconds=600)
+        result, text = _kill_while(
             tmp_path, "start", candela, lambda: bool(requests_of(candela.stats(), "GET /slot/state"))
         )
-        assert exited < 5, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
-        assert result.pop("failed_after") < 1.0, "the task did not fail at once"
+        assert result.pop("failed_after_kill", None) is True, f"the kill did not fail the task:\n{text[-3000:]}"
         assert result == {"run": "failed", "tasks": {"start": "failed"}}, text[-3000:]
         stats = candela.stats()
         assert stats["sessions_started"] == 0 and running(candela) is None
@@ -173,30 +178,30 @@ def test_sigterm_during_a_start_carried_out_late_leaves_no_session(
     with TALLY.fault(f"SIGTERM during a start that Candela carries out after the client left ({kind})"):
         # The server reads the start, and starts the session 3 s later whether or not the client still waits.
         candela.add_fault(match="POST /session", delay=3, detach=True)
-        exited, result, text = _kill_while(tmp_path, kind, candela, lambda: not candela.faults())
-        assert exited < 30, f"the task process ran {exited:.1f} s after SIGTERM:\n{text[-3000:]}"
-        assert result["tasks"] == {task: "failed"}, text[-3000:]
+        result, text = _kill_while(tmp_path, kind, candela, lambda: not candela.faults())
+        assert result.get("tasks") == {task: "failed"}, text[-3000:]
         stats = candela.stats()
         assert stats["sessions_started"] == 1, "the emulator did not carry out the late start"
         assert running(candela) is None, text[-3000:]
         assert "was carried out after all: stopping session" in text
 
 
-def test_cancel_from_another_thread_ends_the_stream_at_once(candela: CandelaEmulator) -> None:
+def test_cancel_from_another_thread_ends_the_stream(candela: CandelaEmulator) -> None:
     with TALLY.fault("hook cancelled while streaming"):
-        candela.configure(event_delay=0.2, agent_chat_events=200)
+        candela.configure(event_delay=0.2, agent_chat_events=3000)  # a 10-minute answer
         with CandelaHook() as hook:
             hook.ensure_slot(timeout=10)
             session = hook.start_session(AGENT, MODEL).obj_id
             stream = hook.submit_prompt_to_agent(session, "Talk")
-            timer = threading.Timer(1.0, hook.cancel, args=("task 'prompt' was killed",))
-            timer.start()
-            began = time.monotonic()
+            seen = 0
             with pytest.raises(CandelaCancelledError) as info, stream:
                 for _ in stream:
-                    pass
-            assert time.monotonic() - began < 2.5
-            assert "was abandoned after" in str(info.value) and "task 'prompt' was killed" in str(info.value)
+                    seen += 1
+                    if seen == 5:  # the kill comes from another thread while this one reads on
+                        threading.Thread(target=hook.cancel, args=("task 'prompt' was killed",)).start()
+            assert 5 <= seen < 3001, "cut, not read to its end"
+            assert f"was abandoned after {seen} events" in str(info.value)
+            assert "task 'prompt' was killed" in str(info.value)
             with pytest.raises(CandelaCancelledError):
                 hook.user_has_slot()  # a cancelled hook refuses new calls
         with CandelaHook() as other:
@@ -215,7 +220,7 @@ def test_a_stopped_session_cuts_its_stream(candela: CandelaEmulator) -> None:
                     seen += 1
                     if seen == 5:
                         stopper.stop_session()
-            assert seen < 20
+            assert 5 <= seen < 301, "cut, not read to its end"
             assert f"broke off after {seen} events" in str(info.value)
 
 
@@ -307,13 +312,10 @@ def test_a_trickling_body_fails_within_connect_plus_read_timeout(
     tiny_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with TALLY.fault("server trickles its body (1 byte / 0.5 s)"):
-        server = tiny_server(_trickle)
+        server = tiny_server(_trickle)  # 64 bytes in 32 s: read to its end, the call would succeed
         hook = _pat_hook(monkeypatch, server.url, timeout="1,1", max_retries=0)
-        began = time.monotonic()
         with pytest.raises(CandelaApiError) as info, hook:
             hook.user_has_slot()
-        took = time.monotonic() - began
-        assert took < 4, f"the call ran {took:.1f} s with timeout 1,1"
         message = str(info.value)
         assert "no complete answer within 2 s (1 s to connect + 1 s to read bound each attempt)" in message
         assert "trickled its body" in message
@@ -330,11 +332,9 @@ def test_a_trickling_agent_line_fails_after_the_read_timeout(tiny_server: Any, m
     with TALLY.fault("server trickles an agent event"):
         server = tiny_server(handler)
         hook = _pat_hook(monkeypatch, server.url, timeout="1,1.5", max_retries=0)
-        began = time.monotonic()
         with hook, pytest.raises(CandelaTimeoutError) as info:
             for _ in hook.submit_prompt_to_agent("default/session-1", "hi"):
                 pass
-        assert time.monotonic() - began < 4.5
         assert "was cut after 1 events" in str(info.value)
         assert "no event arrived for 1.5 s" in str(info.value)
 
@@ -348,11 +348,9 @@ def test_stream_timeout_bounds_the_whole_agent_answer(
         with CandelaHook() as hook:
             hook.ensure_slot(timeout=10)
             session = hook.start_session(AGENT, MODEL).obj_id
-            began = time.monotonic()
             with pytest.raises(CandelaTimeoutError) as info:
                 for _ in hook.submit_prompt_to_agent(session, "Talk"):
                     pass
-            assert time.monotonic() - began < 4
             assert "took longer than stream_timeout (2 s)" in str(info.value)
             hook.stop_session()
 

@@ -1,13 +1,11 @@
-"""A large agent answer in the task log: formatted in linear time, as lines of bounded length.
+"""A large agent answer in the task log: formatted as lines of bounded length, nothing lost.
 
 An agent may stream a whole report as one chat event.  The transcript must cut it into lines a log
-viewer can show, and must not slow the task down: 1 MiB takes well under a second (the ratio of the
-1 MiB and 256 KiB times is in ``make bench``); the bound here is generous so the test is not flaky.
+viewer can show, and must not slow the task down: how long 1 MiB takes, and the ratio of the 1 MiB
+and 256 KiB times (linear, not quadratic), are figures of ``make bench``, not assertions here.
 """
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -26,14 +24,13 @@ CHUNKS = {
 }
 
 
-def _format(event_type: str, fragments: list[str]) -> tuple[list[str], float]:
+def _format(event_type: str, fragments: list[str]) -> list[str]:
     lines: list[str] = []
     transcript = AgentTranscript(lambda fmt, line: lines.append(fmt % line))
-    began = time.perf_counter()
     for fragment in fragments:
         transcript.add(event_type, fragment)
     transcript.flush()
-    return lines, time.perf_counter() - began
+    return lines
 
 
 def _words(text: str) -> list[str]:
@@ -41,21 +38,19 @@ def _words(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", list(CHUNKS))
-def test_a_1_mib_chat_chunk_becomes_bounded_lines_in_linear_time(kind: str) -> None:
+def test_a_1_mib_chat_chunk_becomes_bounded_lines(kind: str) -> None:
     text = CHUNKS[kind]
     with TALLY.fault(f"agent transcript: a 1 MiB chat chunk ({kind})"):
-        lines, seconds = _format("chat", [text])
-        assert seconds < 2.0, f"formatting 1 MiB took {seconds:.1f} s"
+        lines = _format("chat", [text])
         assert max(len(line) for line in lines) <= HARD_LIMIT
         assert len(lines) <= len(text) // 40, "lines are cut far shorter than needed"
         assert _words(" ".join(lines)) == _words(text) or "".join(lines) == text, "text was lost or changed"
 
 
-def test_a_1_mib_answer_streamed_in_small_fragments_is_linear_too() -> None:
+def test_a_1_mib_answer_streamed_in_small_fragments_becomes_bounded_lines_too() -> None:
     text = CHUNKS["prose"]
     with TALLY.fault("agent transcript: 1 MiB of chat in 64-byte fragments"):
-        lines, seconds = _format("chat", [text[i : i + 64] for i in range(0, len(text), 64)])
-        assert seconds < 2.0, f"formatting 1 MiB took {seconds:.1f} s"
+        lines = _format("chat", [text[i : i + 64] for i in range(0, len(text), 64)])
         assert max(len(line) for line in lines) <= HARD_LIMIT
         assert _words(" ".join(lines)) == _words(text)
 
@@ -63,8 +58,7 @@ def test_a_1_mib_answer_streamed_in_small_fragments_is_linear_too() -> None:
 def test_a_1_mib_event_of_another_type_is_wrapped_with_its_label() -> None:
     text = CHUNKS["no sentence ends"]
     with TALLY.fault("agent transcript: a 1 MiB info event"):
-        lines, seconds = _format("info", [text])
-        assert seconds < 2.0, f"formatting 1 MiB took {seconds:.1f} s"
+        lines = _format("info", [text])
         assert all(line.startswith("[info] ") for line in lines)
         assert max(len(line) for line in lines) <= HARD_LIMIT + len("[info] ")
         assert _words(" ".join(line.removeprefix("[info] ") for line in lines)) == _words(text)
