@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +121,8 @@ def test_a_one_task_prompt_that_fails_on_the_server_stops_its_session(candela: C
 
 @pytest.mark.usefixtures("airflow_db")
 def test_a_one_task_agent_prompt_that_times_out_stops_its_session(candela: CandelaEmulator) -> None:
-    candela.configure(event_delay=0.2, agent_chat_events=100)  # a 20 s answer
+    # A 10-minute answer: read to its end instead of cut by the 3 s timeout, the test would end at pytest's timeout.
+    candela.configure(event_delay=0.2, agent_chat_events=3000)
     with _dag("deco_one_task_timeout") as dag:
 
         @task.candela_agent(app=AGENT, model=MODEL, execution_timeout=dt.timedelta(seconds=3))
@@ -131,13 +131,11 @@ def test_a_one_task_agent_prompt_that_times_out_stops_its_session(candela: Cande
 
         ask()
 
-    started = time.monotonic()
     try:
         assert run_dag(dag).states == {"ask": "failed"}
     except BaseException as err:  # Airflow 2.11's dag.test() re-raises a task timeout after failing the task
         assert sys.modules["airflow"].__version__.startswith("2.")
         assert type(err).__name__ == "AirflowTaskTimeout"
-    assert time.monotonic() - started < 15, "the timeout cut the stream instead of reading it to the end"
     assert candela.stats()["sessions_started"] == 1
     assert _running(candela) is None, "the timed-out task stopped the session it started"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -234,14 +233,12 @@ def test_vendor_options_cannot_retarget_the_call_and_bad_options_are_refused_bef
 def test_the_timeout_cuts_the_request_and_the_session_is_still_stopped(
     hook: CandelaManagedAgentHook, emulator: CandelaEmulator
 ) -> None:
-    emulator.configure(event_delay=1.0)  # an answer of about 12 s
-    began = time.monotonic()
+    emulator.configure(event_delay=1.0)  # an answer of about 12 s: read to its end, the call would succeed
 
     with pytest.raises(CandelaTimeoutError, match=r"did not answer within 1 s"):
         hook.agent(AGENT).invoke(ask("one two three four five six seven eight nine ten", timeout=1))
 
-    assert time.monotonic() - began < 6  # cut at 1 s (the rest: a busy machine), not read to its end
-    wait_until(lambda: running(emulator) == {}, timeout=5)
+    wait_until(lambda: running(emulator) == {})
     assert emulator.stats()["sessions_started"] == 1
 
     emulator.configure(event_delay=0.0)
