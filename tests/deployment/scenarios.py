@@ -29,10 +29,20 @@ result says so (``needs``); every other one runs whatever happened before it.
 9. ``candela_reviewed_summary``: its scheduled run's ``summarise`` waits in ``awaiting_input`` with no
    Candela session running; the review is answered through the REST API with an edit, and the downstream
    task ``send`` receives the edited answer;
-10. every Airflow service sends its metrics to a StatsD listener of the test: the Candela metrics of the
+10. ``candela_deploy_silent_candela``: 200 mapped tasks start straight in the triggerer
+   (``start_from_trigger``), each a ``CandelaSessionExistsTrigger`` with the task's ``hook_params``
+   (read 600 s, no retry) on ``candela_silent``, a loopback server that accepts connections and never
+   answers (the connection itself says: read 1 s, retry 3 times).  Once all 200 run and the Candela
+   triggers' own threads are all blocked on it, ``candela_deploy_to_thread_probe`` defers to a trigger
+   that waits on ``asyncio.to_thread`` (the loop's default executor, shared by every trigger): it must
+   succeed while none of the 200 has fired, the silent Candela must have seen exactly
+   ``trigger_threads`` (16) connections, none closed by the triggerer (the task's read timeout, not the
+   connection's, is in force), and the trigger rows must carry the ``hook_params``; the run is then
+   marked failed and the silent Candela closed;
+11. every Airflow service sends its metrics to a StatsD listener of the test: the Candela metrics of the
    Celery workers (prompts, requests, sessions) and of the triggerer (the deferred slot wait it timed)
    arrived, with their tags, and hold no secret;
-11. the emulator shows no session left running, and every DAG run has ended as expected.
+12. the emulator shows no session left running, and every DAG run has ended as expected.
 
 The example DAGs and the slow DAG start sessions as the same Candela user (one running session per
 user): 5 to 9 each pause the others and wait until none of their runs is in progress before they start.
@@ -41,7 +51,9 @@ user): 5 to 9 each pause the others and wait until none of their runs is in prog
 from __future__ import annotations
 
 import json
+import secrets
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +62,7 @@ from typing import Any
 
 from deployment import TERMINAL_RUN_STATES, TI_HEARTBEAT_TIMEOUT, Deployment, DeploymentTestError
 from processes import log
+from silent_candela import SilentCandela, SilentStats
 
 EXAMPLE_DAGS = (
     "candela_scheduled_pipeline_prompt",
@@ -67,7 +80,13 @@ SLOW_DAG = "candela_deploy_slow_agent"
 BATCH_DAG = "candela_deploy_batch"
 BATCH_INPUTS = 12
 REVIEW_DAG = "candela_reviewed_summary"  # its summarise task waits for a person's review (awaiting_input)
-ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG, BATCH_DAG, REVIEW_DAG)
+SILENT_DAG = "candela_deploy_silent_candela"  # its mapped tasks start in the triggerer, on the silent Candela
+SILENT_WAITERS = 200  # more than the triggerer loop's default executor has threads (at most 32)
+SILENT_CONN_ID = "candela_silent"
+SILENT_CONN_READ_TIMEOUT = 1  # the connection's own read timeout; the tasks' hook_params read for 600 s
+SILENT_HOOK_PARAMS = {"timeout": [5, 600], "max_retries": 0}  # the hook_params of SILENT_DAG's tasks
+PROBE_DAG = "candela_deploy_to_thread_probe"  # another provider's trigger: an asyncio.to_thread call
+ALL_DAGS = (*EXAMPLE_DAGS, SENSOR_DAG, SLOW_DAG, BATCH_DAG, REVIEW_DAG, SILENT_DAG, PROBE_DAG)
 DEMO_USER_DAGS = (*EXAMPLE_DAGS, SLOW_DAG, BATCH_DAG, REVIEW_DAG)  # they all start sessions as the Candela user "demo"
 TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.sessions.CandelaSessionExistsTrigger"
 SLOT_TRIGGER_CLASSPATH = "airflow_provider_candela.triggers.slots.CandelaSlotReadyTrigger"
@@ -103,6 +122,7 @@ def scenarios() -> list[Scenario]:
         Scenario("worker killed -9 mid-stream", worker_killed_mid_stream),
         Scenario("worker killed -9 mid-batch; the retry sends only the rest", worker_killed_mid_batch),
         Scenario(f"{REVIEW_DAG}: the review answered with an edit", reviewed_summary),
+        Scenario(f"{SILENT_WAITERS} Candela triggers on a silent Candela starve no other trigger", silent_candela),
         Scenario("Candela metrics from the workers and the triggerer reach StatsD", metrics_reached_statsd),
         Scenario("nothing left running", nothing_left_running),
     ]
@@ -394,6 +414,79 @@ def reviewed_summary(d: Deployment) -> None:
     )
 
 
+def silent_candela(d: Deployment) -> None:
+    from airflow_provider_candela.triggers._shared import TRIGGER_THREADS  # Airflow imports: after the env is set
+
+    api = d.api
+    silent = SilentCandela()
+    d.ports["silent-candela"] = silent.port  # the end of the run checks that it is closed
+    pat = secrets.token_urlsafe(16)
+    run_id: str | None = None
+    trigger_ids: set[int] = set()
+    try:
+        api.call(
+            "POST",
+            "/connections",
+            {
+                "connection_id": SILENT_CONN_ID,
+                "conn_type": "candela",
+                "host": silent.url,
+                "extra": json.dumps(
+                    {"access_token": pat, "timeout": f"5,{SILENT_CONN_READ_TIMEOUT}", "max_retries": 3}
+                ),
+            },
+            expect=(201,),
+        )
+        for dag_id in (SILENT_DAG, PROBE_DAG):
+            api.set_paused(dag_id, False)
+        run_id = api.trigger(SILENT_DAG, label="silent")
+        waiters = wait_silent_waiters_deferred(d, run_id)
+        trigger_ids = {trigger_id for trigger_id, _job in waiters.values()}
+        jobs = {job for _trigger_id, job in waiters.values()}
+        d.check(len(trigger_ids) == SILENT_WAITERS and len(jobs) == 1, f"{SILENT_WAITERS} triggers, run by job {jobs}")
+        job = jobs.pop()
+        check_silent_trigger_kwargs(d, trigger_ids, pat)
+        wait_silent_triggers_running(d, run_id, job)
+        held = d.wait_for(
+            f"the Candela triggers' {TRIGGER_THREADS} threads to be blocked on the silent Candela",
+            lambda: stats if (stats := silent.stats()).open >= TRIGGER_THREADS else None,
+            120,
+            0.5,
+        )
+        d.ok(f"the silent Candela holds {held.open} connections of the triggerer ({held.accepted} accepted)")
+        d.deferrals.append(
+            f"{run_id}: {SILENT_WAITERS} mapped tasks started in triggerer job {job} (start_from_trigger), "
+            f"waiting on a silent Candela"
+        )
+
+        probe_run_id = api.trigger(PROBE_DAG, label="probe")
+        probe = d.wait_run(PROBE_DAG, probe_run_id, timeout=240)
+        seen = silent.stats()
+        still = wait_silent_waiters_deferred(d, run_id, timeout=0)
+        d.assert_success(probe, f"another trigger's asyncio.to_thread beside {SILENT_WAITERS} silent Candela triggers")
+        check_probe(d, probe_run_id, job)
+        d.check(
+            still == waiters,
+            f"none of the {SILENT_WAITERS} Candela triggers fired while the probe ran (all deferred, same triggers)",
+        )
+        check_silent_connections(d, seen, TRIGGER_THREADS)
+    finally:
+        if run_id is not None:
+            fail_run(d, SILENT_DAG, run_id)
+        silent.close()  # the blocked reads end; the Candela triggers' threads are free
+    d.wait_for(
+        f"the triggerer to drop the {len(trigger_ids)} triggers of the failed run",
+        lambda: not d.query("SELECT id FROM trigger WHERE id = ANY(%s)", (sorted(trigger_ids),)),
+        120,
+        1,
+    )
+    d.record(api.run(SILENT_DAG, run_id), "failed", f"{SILENT_WAITERS} triggers on a silent Candela; marked failed")
+    api.call("DELETE", f"/connections/{SILENT_CONN_ID}", expect=(204,))
+    for dag_id in (SILENT_DAG, PROBE_DAG):
+        api.set_paused(dag_id, True)
+    d.ok(f"{SILENT_DAG} run marked failed, its triggers dropped, the silent Candela closed, {SILENT_CONN_ID} deleted")
+
+
 def metrics_reached_statsd(d: Deployment) -> None:
     statsd = d.statsd
     d.check(
@@ -507,6 +600,14 @@ def next_version(version: str) -> str:
     return f"{major}.{int(minor) + 1}.0"
 
 
+def fail_run(d: Deployment, dag_id: str, run_id: str) -> None:
+    """Mark a run failed through the REST API (its deferred tasks fail, their triggers are dropped); logs a failure."""
+    try:
+        d.api.call("PATCH", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", {"state": "failed"})
+    except Exception as err:
+        log(f"marking {dag_id}/{run_id} failed failed: {type(err).__name__}: {err}")
+
+
 # ------------------------------------------------------------------------------------------ deferral evidence
 def wait_start_deferred(d: Deployment) -> str:
     """The example pipeline DAG's deferrable start waits for its new slot in the triggerer; its run id."""
@@ -523,10 +624,11 @@ def wait_start_deferred(d: Deployment) -> str:
     kwargs = d.trigger_kwargs(trigger_id)
     d.check(
         classpath == SLOT_TRIGGER_CLASSPATH
-        and set(kwargs) == {"slot_id", "assigned", "candela_conn_id", "poll_interval", "end_time", "waiting_since"}
+        and set(kwargs)
+        == {"slot_id", "assigned", "candela_conn_id", "hook_params", "poll_interval", "end_time", "waiting_since"}
         and not d.leaked_secrets(kwargs),
         f"{PIPELINE_DAG} {run_id} start_session deferred to {classpath.rsplit('.', 1)[1]} for slot "
-        f"{kwargs.get('slot_id')} (slot id, conn id and timing only, no credential)",
+        f"{kwargs.get('slot_id')} (slot id, conn id, hook params and timing only, no credential)",
     )
     d.deferrals.append(f"{run_id} start_session: deferred while slot {kwargs.get('slot_id')} started")
     return run_id
@@ -573,11 +675,12 @@ def check_triggers(d: Deployment, run_id: str) -> dict[str, int]:
             f"{task_id}: trigger {trigger_id} is {classpath.rsplit('.', 1)[1]}, the TI resumes in {next_method}",
         )
         kwargs = d.trigger_kwargs(trigger_id)
-        expected_keys = {"scope", "identifier", "version", "candela_conn_id", "poll_interval", "end_time"}
+        expected_keys = {"scope", "identifier", "version", "candela_conn_id", "hook_params", "poll_interval",
+                         "end_time"}  # fmt: skip
         d.check(
             set(kwargs) == expected_keys and not d.leaked_secrets(kwargs),
-            f"{task_id}: trigger kwargs hold ids, conn id ({kwargs.get('candela_conn_id')}) and timing only, "
-            "no credential",
+            f"{task_id}: trigger kwargs hold ids, conn id ({kwargs.get('candela_conn_id')}), hook params and timing "
+            "only, no credential",
         )
         d.deferrals.append(f"{run_id} {task_id}: trigger {trigger_id} run by triggerer job {triggerer_id}")
         jobs[task_id] = int(triggerer_id)  # type: ignore[arg-type]
@@ -594,6 +697,87 @@ def wait_triggers_running(d: Deployment, run_id: str, jobs: dict[str, int]) -> N
             60,
             0.5,
         )
+
+
+def wait_silent_waiters_deferred(d: Deployment, run_id: str, timeout: float = 180) -> dict[int, tuple[int, int]]:
+    """``{map_index: (trigger id, triggerer job id)}`` once every mapped ``wait`` of the run is deferred to a
+    ``CandelaSessionExistsTrigger`` that a triggerer runs; fails at once if one is in any other state than
+    deferred or not yet scheduled (it went to a worker, or its trigger fired).  ``timeout=0``: look once."""
+
+    def deferred() -> dict[int, tuple[int, int]] | None:
+        rows = d.query(
+            "SELECT ti.map_index, ti.state, t.id, t.classpath, t.triggerer_id FROM task_instance ti "
+            "LEFT JOIN trigger t ON t.id = ti.trigger_id WHERE ti.dag_id = %s AND ti.run_id = %s",
+            (SILENT_DAG, run_id),
+        )
+        if others := sorted({state for _, state, *_ in rows if state not in (None, "deferred")}):
+            raise DeploymentTestError(f"{SILENT_DAG}/{run_id}: tasks in state(s) {others}, not deferred")
+        if len(rows) != SILENT_WAITERS or any(row[1] != "deferred" or row[4] is None for row in rows):
+            return None
+        if classpaths := {row[3] for row in rows} - {TRIGGER_CLASSPATH}:
+            raise DeploymentTestError(f"{SILENT_DAG}/{run_id}: triggers of class(es) {classpaths}")
+        return {int(row[0]): (int(row[2]), int(row[4])) for row in rows}
+
+    if timeout == 0:
+        found = deferred()
+        if found is None:
+            raise DeploymentTestError(f"{SILENT_DAG}/{run_id}: not every mapped task is deferred any more")
+        return found
+    waiters = d.wait_for(f"{SILENT_WAITERS} mapped tasks of {SILENT_DAG} deferred to a triggerer", deferred, timeout, 1)
+    d.ok(f"{SILENT_DAG} {run_id}: {SILENT_WAITERS} mapped tasks deferred by the scheduler (no worker ran them)")
+    return waiters
+
+
+def check_silent_trigger_kwargs(d: Deployment, trigger_ids: set[int], pat: str) -> None:
+    """The trigger rows carry the tasks' hook_params and the connection id, and no credential."""
+    kwargs = [d.trigger_kwargs(trigger_id) for trigger_id in sorted(trigger_ids)]
+    wanted = {"hook_params": SILENT_HOOK_PARAMS, "candela_conn_id": SILENT_CONN_ID}
+    wrong = [k for k in kwargs if {key: k.get(key) for key in wanted} != wanted]
+    leaked = [k for k in kwargs if d.leaked_secrets(k) or pat in json.dumps(k, default=str)]
+    d.check(
+        not wrong and not leaked,
+        f"all {len(kwargs)} trigger rows carry the tasks' hook_params {SILENT_HOOK_PARAMS} and conn id "
+        f"{SILENT_CONN_ID}, no credential (first: {kwargs[0] if kwargs else None}; wrong: {wrong[:1]})",
+    )
+
+
+def wait_silent_triggers_running(d: Deployment, run_id: str, job: int) -> None:
+    """Every mapped task's trigger has started in triggerer job ``job`` (its trigger log says so)."""
+    task_dir = d.ti_log(SILENT_DAG, run_id, "wait").parent
+
+    def started() -> int | None:
+        logs = list(task_dir.glob(f"map_index=*/attempt=*.log.trigger.{job}.log"))
+        count = sum("starting" in path.read_text(errors="replace") for path in logs)
+        return count if count == SILENT_WAITERS else None
+
+    d.wait_for(f"triggerer job {job} to start all {SILENT_WAITERS} Candela triggers", started, 180, 1)
+    d.ok(f"triggerer job {job} runs all {SILENT_WAITERS} Candela triggers (each trigger log says it started)")
+
+
+def check_probe(d: Deployment, run_id: str, job: int) -> None:
+    """The probe's trigger ran in triggerer job ``job``; its ``to_thread`` call ran on the loop's default executor."""
+    thread = xcom_value(d, PROBE_DAG, run_id, "probe")
+    logs = sorted(path.name for path in d.ti_log(PROBE_DAG, run_id, "probe").parent.glob("attempt=*.log.trigger.*.log"))
+    d.check(
+        logs == [f"attempt=1.log.trigger.{job}.log"] and isinstance(thread, str) and thread.startswith("asyncio"),
+        f"the probe's trigger ran in triggerer job {job} beside the Candela triggers ({logs}); its to_thread call "
+        f"was answered by {thread!r}, a thread of the loop's default executor",
+    )
+
+
+def check_silent_connections(d: Deployment, seen: SilentStats, threads: int) -> None:
+    """The silent Candela saw the Candela triggers' own threads only, each still waiting with the task's timeout."""
+    d.check(
+        seen.accepted == seen.open == seen.most_open == threads and seen.closed_by_client == 0,
+        f"the silent Candela saw {seen.accepted} connections ({seen.most_open} at most at once, {seen.open} open, "
+        f"{seen.closed_by_client} closed by the triggerer): the Candela triggers' {threads} threads (trigger_threads) "
+        "and no more",
+    )
+    d.check(
+        seen.oldest_open_seconds > SILENT_CONN_READ_TIMEOUT,
+        f"the triggerer's reads waited {seen.oldest_open_seconds:.0f} s, beyond the connection's read timeout "
+        f"({SILENT_CONN_READ_TIMEOUT} s): the trigger's hook reads with the task's hook_params (600 s, no retry)",
+    )
 
 
 def check_deferral_recorded(d: Deployment, run_id: str) -> None:
