@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +65,13 @@ def _submits(emulator: CandelaEmulator) -> int:
     return sum(emulator.stats()["requests"].get(SUBMIT, {}).values())
 
 
+def _in_flight(emulator: CandelaEmulator) -> bool:
+    """Whether a request has reached the emulator and is not answered yet (a prompt held for its delay)."""
+    stats = emulator.stats()
+    answered = sum(sum(by_status.values()) for by_status in stats["requests"].values())
+    return bool(stats["requests_total"] > answered)
+
+
 def _run(tmp_path: Path, emulator: CandelaEmulator, result: str, *, kill_after: int | None) -> dict[str, Any]:
     dags = tmp_path / "dags"
     dags.mkdir(exist_ok=True)
@@ -82,7 +88,7 @@ def _run(tmp_path: Path, emulator: CandelaEmulator, result: str, *, kill_after: 
     try:
         if kill_after is not None:
             wait_until(lambda: _submits(emulator) >= kill_after, timeout=120)
-            time.sleep(0.1)  # inside the next prompt: the server holds it for its delay
+            wait_until(lambda: _in_flight(emulator))  # inside the next prompt: the server holds it for its delay
             process.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=120)

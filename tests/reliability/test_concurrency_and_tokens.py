@@ -21,20 +21,20 @@ import requests
 from airflow_provider_candela.hooks.candela import CandelaHook
 from airflow_provider_candela.testing import CandelaEmulator
 
-from ._support import TALLY
+from ._support import TALLY, requests_of, wait_until
 
 THREADS = 50
 
 
-def _hammer(hook: CandelaHook, seconds: float, during: Any = None) -> list[BaseException]:
-    """``THREADS`` threads calling ``hook`` for ``seconds``; ``during()`` runs meanwhile.  Returns the errors."""
+def _hammer(hook: CandelaHook, during: Callable[[], Any]) -> list[BaseException]:
+    """``THREADS`` threads calling ``hook`` until ``during()``, run meanwhile, returns.  Returns the errors."""
     errors: list[BaseException] = []
-    stop = time.monotonic() + seconds
+    stop = threading.Event()
     barrier = threading.Barrier(THREADS)
 
     def worker() -> None:
         barrier.wait()
-        while time.monotonic() < stop:
+        while not stop.is_set():
             try:
                 hook.user_has_slot()
             except BaseException as exc:  # every failure is a finding: collect it
@@ -42,11 +42,17 @@ def _hammer(hook: CandelaHook, seconds: float, during: Any = None) -> list[BaseE
 
     with ThreadPoolExecutor(THREADS) as pool:
         futures = [pool.submit(worker) for _ in range(THREADS)]
-        if during is not None:
+        try:
             during()
+        finally:
+            stop.set()
         for future in futures:
             future.result()
     return errors
+
+
+def _answered(candela: CandelaEmulator) -> int:
+    return requests_of(candela.stats(), "GET /slot/user_has_slot").get("200", 0)
 
 
 def test_fifty_threads_one_grant_per_expiry_no_failure_no_pool_overflow(
@@ -58,12 +64,18 @@ def test_fifty_threads_one_grant_per_expiry_no_failure_no_pool_overflow(
             hook.user_has_slot()
             before = candela.stats()
 
-            def revoke_twice() -> None:
-                for _ in range(2):
-                    time.sleep(1.0)
-                    candela.expire_tokens()
+            def more_calls() -> None:
+                calls = _answered(candela)
+                wait_until(lambda: _answered(candela) >= calls + THREADS)
 
-            errors = _hammer(hook, 3.5, revoke_twice)
+            def revoke_twice() -> None:
+                for revocations in (1, 2):
+                    more_calls()  # the threads call with a live token
+                    candela.expire_tokens()
+                    wait_until(lambda n=revocations: candela.stats()["token_grants"]["refresh"] >= n)  # renewed
+                more_calls()  # and call on with the new one
+
+            errors = _hammer(hook, revoke_twice)
             grants = dict(hook._auth.grants)
         stats = candela.stats()
         assert errors == [], f"{len(errors)} calls failed, first: {errors[:1]}"
@@ -79,7 +91,8 @@ def test_fifty_threads_with_tokens_living_one_second(candela: CandelaEmulator) -
         try:
             with CandelaHook() as hook:
                 began = time.monotonic()
-                errors = _hammer(hook, 3.0)
+                # until the 1 s token has been renewed four times (about 2 s, at half its lifetime)
+                errors = _hammer(hook, lambda: wait_until(lambda: hook._auth.grants["refresh"] >= 4, timeout=60))
                 elapsed = time.monotonic() - began
                 grants = dict(hook._auth.grants)
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,7 @@ class ScriptedReviewer:
             except BaseException as err:  # surfaced by __exit__
                 self.errors.append(err)
                 return
-            time.sleep(0.2)
+            self._stop.wait(0.2)  # the next look for reviews, or at once when the run is over
 
     def _answer(self, review: dict[str, Any]) -> None:
         task_id = review["task_instance"]["task_id"]
