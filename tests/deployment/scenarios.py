@@ -32,9 +32,9 @@ result says so (``needs``); every other one runs whatever happened before it.
 10. ``candela_deploy_silent_candela``: 200 mapped tasks start straight in the triggerer
    (``start_from_trigger``), each a ``CandelaSessionExistsTrigger`` with the task's ``hook_params``
    (read 600 s, no retry) on ``candela_silent``, a loopback server that accepts connections and never
-   answers (the connection itself says: read 1 s, retry 3 times).  Once all 200 run and the Candela
-   triggers' own threads are all blocked on it, ``candela_deploy_to_thread_probe`` defers to a trigger
-   that waits on ``asyncio.to_thread`` (the loop's default executor, shared by every trigger): it must
+   answers (the connection itself says: read 1 s, retry 3 times).  Once all 200 run and as many of their
+   calls hang on it as the triggerer loop's default executor has threads, ``candela_deploy_to_thread_probe``
+   defers to a trigger that waits on ``asyncio.to_thread`` (that executor, shared by every trigger): it must
    succeed while none of the 200 has fired, the silent Candela must have seen exactly
    ``trigger_threads`` (16) connections, none closed by the triggerer (the task's read timeout, not the
    connection's, is in force), and the trigger rows must carry the ``hook_params``; the run is then
@@ -51,6 +51,7 @@ user): 5 to 9 each pause the others and wait until none of their runs is in prog
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import urllib.parse
@@ -422,6 +423,7 @@ def silent_candela(d: Deployment) -> None:
     d.ports["silent-candela"] = silent.port  # the end of the run checks that it is closed
     pat = secrets.token_urlsafe(16)
     run_id: str | None = None
+    probe_run_id: str | None = None
     trigger_ids: set[int] = set()
     try:
         api.call(
@@ -447,9 +449,13 @@ def silent_candela(d: Deployment) -> None:
         job = jobs.pop()
         check_silent_trigger_kwargs(d, trigger_ids, pat)
         wait_silent_triggers_running(d, run_id, job)
+        # The probe means something once as many Candela calls hang as the triggerer loop's default executor
+        # has threads (asyncio's default, on this machine): on that executor, they would hold every one of them.
+        default_threads = min(32, (os.cpu_count() or 1) + 4)
         held = d.wait_for(
-            f"the Candela triggers' {TRIGGER_THREADS} threads to be blocked on the silent Candela",
-            lambda: stats if (stats := silent.stats()).open >= TRIGGER_THREADS else None,
+            f"{default_threads} Candela calls (the threads of the triggerer loop's default executor) to hang on the "
+            "silent Candela",
+            lambda: stats if (stats := silent.stats()).open >= default_threads else None,
             120,
             0.5,
         )
@@ -460,7 +466,13 @@ def silent_candela(d: Deployment) -> None:
         )
 
         probe_run_id = api.trigger(PROBE_DAG, label="probe")
-        probe = d.wait_run(PROBE_DAG, probe_run_id, timeout=240)
+        try:
+            probe = d.wait_run(PROBE_DAG, probe_run_id, timeout=120)
+        except DeploymentTestError as err:
+            raise DeploymentTestError(
+                f"{err}: another trigger's asyncio.to_thread was not answered while {SILENT_WAITERS} Candela "
+                f"triggers waited on a silent Candela (holding {silent.stats().open} connections)"
+            ) from None
         seen = silent.stats()
         still = wait_silent_waiters_deferred(d, run_id, timeout=0)
         d.assert_success(probe, f"another trigger's asyncio.to_thread beside {SILENT_WAITERS} silent Candela triggers")
@@ -471,9 +483,14 @@ def silent_candela(d: Deployment) -> None:
         )
         check_silent_connections(d, seen, TRIGGER_THREADS)
     finally:
-        if run_id is not None:
-            fail_run(d, SILENT_DAG, run_id)
-        silent.close()  # the blocked reads end; the Candela triggers' threads are free
+        # Best effort, also after a failure: no run of the scenario left running, the blocked reads ended.
+        for dag_id, started in ((SILENT_DAG, run_id), (PROBE_DAG, probe_run_id)):
+            if started is not None:
+                fail_run_in_progress(d, dag_id, started)
+        silent.close()
+        for dag_id in (SILENT_DAG, PROBE_DAG):
+            api.set_paused(dag_id, True)
+        api.call("DELETE", f"/connections/{SILENT_CONN_ID}", expect=(204, 404))
     d.wait_for(
         f"the triggerer to drop the {len(trigger_ids)} triggers of the failed run",
         lambda: not d.query("SELECT id FROM trigger WHERE id = ANY(%s)", (sorted(trigger_ids),)),
@@ -481,9 +498,6 @@ def silent_candela(d: Deployment) -> None:
         1,
     )
     d.record(api.run(SILENT_DAG, run_id), "failed", f"{SILENT_WAITERS} triggers on a silent Candela; marked failed")
-    api.call("DELETE", f"/connections/{SILENT_CONN_ID}", expect=(204,))
-    for dag_id in (SILENT_DAG, PROBE_DAG):
-        api.set_paused(dag_id, True)
     d.ok(f"{SILENT_DAG} run marked failed, its triggers dropped, the silent Candela closed, {SILENT_CONN_ID} deleted")
 
 
@@ -600,12 +614,14 @@ def next_version(version: str) -> str:
     return f"{major}.{int(minor) + 1}.0"
 
 
-def fail_run(d: Deployment, dag_id: str, run_id: str) -> None:
-    """Mark a run failed through the REST API (its deferred tasks fail, their triggers are dropped); logs a failure."""
+def fail_run_in_progress(d: Deployment, dag_id: str, run_id: str) -> None:
+    """Mark a run failed through the REST API unless it has ended (its deferred tasks fail, their triggers are
+    dropped); a failure to do so is logged, not raised (this runs in a scenario's cleanup)."""
     try:
-        d.api.call("PATCH", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", {"state": "failed"})
+        if d.api.run(dag_id, run_id)["state"] not in TERMINAL_RUN_STATES:
+            d.api.call("PATCH", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", {"state": "failed"})
     except Exception as err:
-        log(f"marking {dag_id}/{run_id} failed failed: {type(err).__name__}: {err}")
+        log(f"marking {dag_id}/{run_id} failed did not work: {type(err).__name__}: {err}")
 
 
 # ------------------------------------------------------------------------------------------ deferral evidence
