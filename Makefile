@@ -63,16 +63,17 @@ PYTEST_AF2_DIRS := tests/operators tests/batch tests/decorators tests/sensors te
 # are 3.3+, and tests/compat/test_review_deferred.py runs it on a real scheduler and triggerer instead. The
 # connection form's browser test is written for 3.3's UI (tests/hooks/test_hook_form.py checks what the UI of 3.1
 # and 3.4 is given): 3.1's renders no extra field as a password input and its `connections list` prints the extras
-# in a URI; 3.4.0b2's dialog picks the type and lays out the sections differently.
-PYTEST_AF31_TESTS := tests/compat tests/ui/test_candela_page_api.py tests/ui/test_candela_page.py \
-	tests/hooks/test_hook_form.py tests/batch/test_batch_resume.py \
-	tests/batch/test_batch.py::test_a_retry_sends_only_what_did_not_succeed tests/triggers \
-	tests/e2e/test_example_dags.py tests/operators/test_one_hook_per_task.py tests/operators/test_fail_fast.py
-PYTEST_AF34_TESTS := tests/review tests/compat tests/ui/test_candela_page_api.py tests/ui/test_candela_page.py \
-	tests/ui/test_review_ui.py tests/hooks/test_hook_form.py \
+# in a URI; 3.4.0b2's dialog picks the type and lays out the sections differently. The browser tests come last:
+# Playwright's sync API keeps an event loop running in pytest's thread, where the triggers' tests call asyncio.run.
+PYTEST_AF31_TESTS := tests/compat tests/ui/test_candela_page_api.py tests/hooks/test_hook_form.py \
+	tests/batch/test_batch_resume.py tests/batch/test_batch.py::test_a_retry_sends_only_what_did_not_succeed \
+	tests/triggers tests/e2e/test_example_dags.py tests/operators/test_one_hook_per_task.py \
+	tests/operators/test_fail_fast.py tests/ui/test_candela_page.py
+PYTEST_AF34_TESTS := tests/review tests/compat tests/ui/test_candela_page_api.py tests/hooks/test_hook_form.py \
 	tests/batch/test_batch_resume.py tests/batch/test_batch_in_loop.py \
 	tests/batch/test_batch.py::test_a_retry_sends_only_what_did_not_succeed tests/triggers \
-	tests/e2e/test_example_dags.py tests/operators/test_one_hook_per_task.py tests/operators/test_fail_fast.py
+	tests/e2e/test_example_dags.py tests/operators/test_one_hook_per_task.py tests/operators/test_fail_fast.py \
+	tests/ui/test_candela_page.py tests/ui/test_review_ui.py
 
 STAMP_KEY := $(shell (cat pyproject.toml; echo 'uv-bin compileall $(AF3_REQS) | $(AF2_REQS)') | sha256sum | cut -c1-16)
 VENV_STAMP := $(VENV)/.installed-$(STAMP_KEY)
