@@ -305,5 +305,7 @@ $(DOCS_STAMP): | uv
 .PHONY: docs
 docs: $(DOCS_STAMP)
 	$(call section,docs: sphinx-build -W -n into docs/_build/html)
-	$(DOCS_VENV)/bin/sphinx-build -E -W -n --keep-going -q -b html docs docs/_build/html
+	@home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	AIRFLOW_HOME="$$home" AIRFLOW__CORE__LOAD_EXAMPLES=False \
+		$(DOCS_VENV)/bin/sphinx-build -E -W -n --keep-going -q -b html docs docs/_build/html
 	@echo "docs: file://$(CURDIR)/docs/_build/html/index.html"
