@@ -123,7 +123,7 @@ def scenarios() -> list[Scenario]:
         Scenario("worker killed -9 mid-stream", worker_killed_mid_stream),
         Scenario("worker killed -9 mid-batch; the retry sends only the rest", worker_killed_mid_batch),
         Scenario(f"{REVIEW_DAG}: the review answered with an edit", reviewed_summary),
-        Scenario(f"{SILENT_WAITERS} Candela triggers on a silent Candela starve no other trigger", silent_candela),
+        Scenario(f"{SILENT_WAITERS} Candela triggers on a silent Candela starve nobody", silent_candela),
         Scenario("Candela metrics from the workers and the triggerer reach StatsD", metrics_reached_statsd),
         Scenario("nothing left running", nothing_left_running),
     ]
