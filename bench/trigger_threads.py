@@ -19,15 +19,13 @@ which is tens of microseconds).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+from airflow_provider_candela.testing import SilentCandela
 from bench.common import Row, log, median
 
 __all__ = ["run"]
@@ -37,28 +35,6 @@ TRIGGERS: Final = 200
 #: The silent Candela's connection: a PAT (each call is one plain request) and a short read timeout, so that
 #: the design-before measurement ends; the triggers' own hook_params read for longer than the measurement.
 CONNECTION_TIMEOUT: Final = "2,1"
-
-
-class _Silent:
-    """Accepts TCP connections on a free loopback port and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self.accepted.append(self.sock.accept()[0])
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
 
 
 async def _to_thread_latencies(samples: int) -> list[float]:
@@ -79,7 +55,7 @@ async def _until(condition: Any, limit: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _scenario(mode: str, silent: _Silent, samples: int) -> list[float]:
+async def _scenario(mode: str, silent: SilentCandela, samples: int) -> list[float]:
     """Latencies of another trigger's calls in one loop: ``none``, ``ours`` (triggers) or ``before``."""
     from airflow_provider_candela.triggers._shared import TRIGGER_THREADS
     from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger
@@ -87,14 +63,14 @@ async def _scenario(mode: str, silent: _Silent, samples: int) -> list[float]:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor())  # the triggerer's: min(32, cores + 4) threads
     tasks: list[asyncio.Task[Any]] = []
-    seen = len(silent.accepted)
+    seen = silent.stats().accepted
     if mode == "ours":
         for i in range(TRIGGERS):
             trigger = CandelaSlotReadyTrigger(
                 f"slot-{i}", candela_conn_id=CONN_ID, hook_params={"timeout": [2, 600], "max_retries": 0}
             )
             tasks.append(asyncio.create_task(anext(trigger.run())))
-        await _until(lambda: len(silent.accepted) - seen >= TRIGGER_THREADS, 60)
+        await _until(lambda: silent.stats().accepted - seen >= TRIGGER_THREADS, 60)
     elif mode == "before":
         from asgiref.sync import sync_to_async
 
@@ -104,7 +80,7 @@ async def _scenario(mode: str, silent: _Silent, samples: int) -> list[float]:
         hook.get_conn()
         call = sync_to_async(hook.get_slot_state, thread_sensitive=False)  # the loop's default executor
         tasks = [asyncio.create_task(call()) for _ in range(TRIGGERS)]
-        await _until(lambda: len(silent.accepted) - seen >= min(32, (os.cpu_count() or 1) + 4), 60)
+        await _until(lambda: silent.stats().accepted - seen >= min(32, (os.cpu_count() or 1) + 4), 60)
     try:
         return await _to_thread_latencies(samples)
     finally:
@@ -120,10 +96,10 @@ def run(*, rounds: int = 3, samples: int = 50) -> list[Row]:
     results: dict[str, list[float]] = {"none": [], "ours": [], "before": []}
     for round_no in range(rounds):
         for mode in ("none", "ours", "before") if round_no == 0 else ("none", "ours"):
-            silent = _Silent()
+            silent = SilentCandela()
             conn = {
                 "conn_type": "candela",
-                "host": f"http://127.0.0.1:{silent.port}",
+                "host": silent.url,
                 "extra": {"access_token": "pat-bench", "timeout": CONNECTION_TIMEOUT, "max_retries": 0},
             }
             os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(conn)

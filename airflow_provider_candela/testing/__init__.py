@@ -40,6 +40,7 @@ from typing import IO, Any, Final, TypeVar
 
 from airflow_provider_candela.testing._reviewer import ApiServer, Reviewer, ReviewerError, ReviewReplacedError
 from airflow_provider_candela.testing._run_dag import DagRunResult, run_dag
+from airflow_provider_candela.testing._silent import SilentCandela, SilentStats
 
 __all__ = [
     "ApiServer",
@@ -49,6 +50,8 @@ __all__ = [
     "ReviewReplacedError",
     "Reviewer",
     "ReviewerError",
+    "SilentCandela",
+    "SilentStats",
     "StatsdListener",
     "candela_connection",
     "candela_emulator",

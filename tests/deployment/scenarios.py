@@ -63,7 +63,8 @@ from typing import Any
 
 from deployment import TERMINAL_RUN_STATES, TI_HEARTBEAT_TIMEOUT, Deployment, DeploymentTestError
 from processes import log
-from silent_candela import SilentCandela, SilentStats
+
+from airflow_provider_candela.testing import SilentCandela, SilentStats
 
 EXAMPLE_DAGS = (
     "candela_scheduled_pipeline_prompt",

@@ -7,22 +7,20 @@ whole read timeout of each call: here 200 Candela triggers wait on such a Candel
 with a default executor sized as the triggerer's, and another trigger's ``asyncio.to_thread`` is still
 answered while every one of them is still waiting.
 
-The silent Candela is a loopback TCP server that accepts connections and never answers (the emulator
-always answers).
+The silent Candela (``testing.SilentCandela``) is a loopback TCP server that accepts connections and never
+answers (the emulator always answers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from airflow_provider_candela.testing import SilentCandela
 from airflow_provider_candela.triggers._shared import TRIGGER_THREADS
 from airflow_provider_candela.triggers.slots import CandelaSlotReadyTrigger
 
@@ -30,38 +28,13 @@ CONN_ID = "candela_silent"
 TRIGGERS = 200
 
 
-class SilentServer:
-    """Accepts TCP connections on a free loopback port and never sends a byte."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                self.accepted.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        self._thread.join(10)
-
-
 @pytest.fixture
-def silent(monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentServer]:
+def silent(monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentCandela]:
     """A silent Candela and connection ``candela_silent`` to it (a PAT: every call is a plain request)."""
-    server = SilentServer()
+    server = SilentCandela()
     conn = {
         "conn_type": "candela",
-        "host": f"http://127.0.0.1:{server.port}",
+        "host": server.url,
         "extra": {"access_token": "pat-silent", "timeout": "5,600", "max_retries": 0},
     }
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
@@ -72,7 +45,7 @@ def silent(monkeypatch: pytest.MonkeyPatch) -> Iterator[SilentServer]:
 
 
 def test_another_triggers_to_thread_is_answered_while_200_candela_triggers_wait_on_a_silent_candela(
-    silent: SilentServer,
+    silent: SilentCandela,
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -87,10 +60,10 @@ def test_another_triggers_to_thread_is_answered_while_200_candela_triggers_wait_
         waiting = [asyncio.create_task(_first(trigger)) for trigger in triggers]
         try:
             # Every thread of the Candela pool is blocked reading from the silent Candela.
-            await asyncio.wait_for(_until(lambda: len(silent.accepted) >= TRIGGER_THREADS), 120)
+            await asyncio.wait_for(_until(lambda: silent.stats().accepted >= TRIGGER_THREADS), 120)
             answer = await asyncio.wait_for(asyncio.to_thread(lambda: "answered"), 120)
             still_waiting = sum(not task.done() for task in waiting)
-            return answer, still_waiting, len(silent.accepted)
+            return answer, still_waiting, silent.stats().accepted
         finally:
             silent.close()  # the blocked reads end; the triggers' hooks are released
             for task in waiting:
@@ -103,7 +76,7 @@ def test_another_triggers_to_thread_is_answered_while_200_candela_triggers_wait_
     assert connections == TRIGGER_THREADS, "the Candela triggers held only their own threads"
 
 
-def test_the_tasks_hook_params_reach_the_triggers_hook(silent: SilentServer) -> None:
+def test_the_tasks_hook_params_reach_the_triggers_hook(silent: SilentCandela) -> None:
     # The connection reads for 600 s; the task's hook_params read for 1 s without retrying: the trigger
     # gives up on the silent Candela with the task's settings, not the connection's.
     trigger = CandelaSlotReadyTrigger(
@@ -118,7 +91,7 @@ def test_the_tasks_hook_params_reach_the_triggers_hook(silent: SilentServer) -> 
     event = asyncio.run(asyncio.wait_for(_first(rebuilt), 300))
     assert event["status"] == "error"
     assert "timed out" in event["message"].lower() or "timeout" in event["message"].lower(), event["message"]
-    assert len(silent.accepted) == 1, "max_retries=0 from hook_params: one attempt"
+    assert silent.stats().accepted == 1, "max_retries=0 from hook_params: one attempt"
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -8,10 +8,8 @@ password shown as the hook's message, and a slow Candela cut off within the conn
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -23,7 +21,7 @@ from airflow_ui import VIEWER_USER, AirflowServer, wait_for
 from candela_sessions import local_hook, slot_with_sessions
 
 from airflow_provider_candela.models import ObjectMetadata
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, SilentCandela
 
 pytestmark = pytest.mark.ui
 CONN_ID = "candela_page_api"
@@ -451,33 +449,13 @@ def test_no_docs_pages_nothing_from_the_internet_and_a_login_everywhere_but_the_
     assert "http" not in policy and "unsafe-inline" not in policy
 
 
-class _Stalled:
-    """A Candela on loopback that accepts connections and never answers (holds them until closed)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.accepted: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self.accepted.append(self.listener.accept()[0])
-
-    def close(self) -> None:
-        self.listener.close()
-        for conn in self.accepted:
-            conn.close()
-
-
 def test_a_stalled_candela_does_not_stall_airflow(
     airflow_server: AirflowServer, emulator_conn: CandelaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_provider_candela.plugins._app import PER_CONNECTION
 
     slot_with_sessions(emulator_conn, monkeypatch, "default/demo-pipeline")
-    stalled = _Stalled()
+    stalled = SilentCandela()
     conn_id = "candela_page_stalled"
     conn = json.loads(emulator_conn.connection_json(pat=True, timeout="10,300"))
     airflow_server.cli("connections", "add", conn_id, "--conn-json", json.dumps({**conn, "host": stalled.url}))
@@ -494,7 +472,7 @@ def test_a_stalled_candela_does_not_stall_airflow(
             thread.start()
         # The page holds PER_CONNECTION calls on the stalled Candela; every other page load is answered at once.
         wait_for(lambda: len(answers) == loads - PER_CONNECTION, 120, "the page loads beyond the page's bound")
-        assert len(stalled.accepted) == PER_CONNECTION
+        assert stalled.stats().accepted == PER_CONNECTION
         for status, page in answers:
             error = {c["conn_id"]: c for c in page["connections"]}[conn_id]["error"]
             assert status == 200 and error.startswith("The Candela page is busy: "), error

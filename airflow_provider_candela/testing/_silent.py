@@ -1,10 +1,10 @@
-"""A Candela that accepts connections and never answers, for the deployment test's triggerer scenario.
+"""A Candela that accepts connections and never answers: what a hung server or a stalled proxy looks like.
 
 :class:`SilentCandela` listens on a free loopback port, accepts every TCP connection, reads and discards
 what the client sends and never sends a byte back: a hook call to it blocks until its read timeout.  It
 records what a client can be seen doing from the server's side: each connection accepted (and when),
 the most connections open at once, and each one the client closed (a read timeout or a retry closes
-it).  The emulator always answers, so it cannot play this part.
+it).  The emulator always answers, so it cannot play this part.  Standard library only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+__all__ = ["SilentCandela", "SilentStats"]
+
 
 @dataclass(frozen=True)
 class SilentStats:
+    """What :meth:`SilentCandela.stats` saw from the server's side."""
+
     accepted: int  # connections accepted since the start
     open: int  # connections open now
     most_open: int  # the most connections open at once
@@ -27,7 +31,11 @@ class SilentStats:
 
 
 class SilentCandela:
-    """A loopback TCP server that accepts connections and never answers (a thread of the test process)."""
+    """A loopback TCP server that accepts connections and never answers (a thread of this process).
+
+    Point a connection's host at :attr:`url`; :meth:`close` (also at the end of a ``with`` block) closes every
+    connection, so each blocked call fails at once.
+    """
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=512)
@@ -81,7 +89,14 @@ class SilentCandela:
             self._open.pop(conn, None)
             self._closed_by_client += 1
 
+    def __enter__(self) -> SilentCandela:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def stats(self) -> SilentStats:
+        """The connections seen so far: accepted, open now, most open at once, closed by the client."""
         with self._lock:
             oldest = min(self._open.values(), default=None)
             return SilentStats(
