@@ -108,3 +108,15 @@ def candela(candela_emulator: Any, candela_connection: str) -> Iterator[Any]:
     """The reset emulator with ``candela_default`` pointing at it and instant slot start-up."""
     candela_emulator.configure(slot_startup_seconds=0)
     yield candela_emulator
+
+
+@pytest.fixture(scope="session")
+def api_server(airflow_db: Path) -> Iterator[Any]:
+    """A real ``airflow api-server`` over the suite's Airflow home (it shares the metadata database), for reviews."""
+    from airflow_provider_candela.testing import ApiServer
+
+    server = ApiServer.start(dict(os.environ))
+    try:
+        yield server
+    finally:
+        server.stop()

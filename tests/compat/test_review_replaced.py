@@ -10,9 +10,7 @@ emulator over HTTP.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,15 +26,6 @@ pytestmark = [
 ]
 
 DAG_ID = "review_replaced"
-
-
-@pytest.fixture
-def api_server(airflow_db: Any) -> Iterator[ApiServer]:
-    server = ApiServer.start(dict(os.environ))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_an_answer_to_a_replaced_review_is_refused_and_the_waiting_one_is_answered(

@@ -5,18 +5,13 @@ The api-server runs over the suite's Airflow home, so it shares the metadata dat
 :class:`ScriptedReviewer` thread answers each review when it opens, and records what it saw then (the
 review's subject and body, and which session the emulator was running for the user).
 
-Airflow 3.3 only (``awaiting_input``): the 2.11 parse-time error is tested in ``tests/compat``.
+The ``api_server`` fixture is the suite's (tests/conftest.py).  Airflow 3.3 only (``awaiting_input``): the
+2.11 parse-time error is tested in ``tests/compat``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-
-from airflow_provider_candela.testing._reviewer import ApiServer
 
 try:
     from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
@@ -25,12 +20,3 @@ except ImportError:  # pragma: no cover - an old common-compat
 
 if not AIRFLOW_V_3_3_PLUS:
     pytest.skip("the review tests run on Airflow 3.3 (awaiting_input)", allow_module_level=True)
-
-
-@pytest.fixture(scope="session")
-def api_server(airflow_db: Any) -> Iterator[ApiServer]:
-    server = ApiServer.start(dict(os.environ))
-    try:
-        yield server
-    finally:
-        server.stop()
