@@ -169,31 +169,39 @@ typecheck: venv
 	$(call section,mypy --strict airflow_provider_candela/)
 	$(VENV)/bin/mypy airflow_provider_candela
 
-test-py3: venv
-	$(call section,pytest on Airflow $$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))'))
-	$(VENV)/bin/python -m pytest --durations=15 tests
-
-test-af2: venv-af2
-	$(call section,pytest on Airflow $$($(VENV_AF2)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') ($(PYTEST_AF2_DIRS)))
-	@dirs=""; for d in $(PYTEST_AF2_DIRS); do [ -e "$$d" ] && dirs="$$dirs $$d"; done; \
-	if [ -z "$$dirs" ]; then echo "no Airflow 2.11 test directories yet"; exit 1; fi; \
-	echo "$(VENV_AF2)/bin/python -m pytest$$dirs"; \
-	$(VENV_AF2)/bin/python -m pytest --durations=10 $$dirs
-
-# The version-sensitive tests on one more Airflow: $(1) the venv, $(2) the tests.
-define pytest_on
-	$(call section,pytest on Airflow $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))') (version-sensitive tests))
-	$(1)/bin/python -m pytest --durations=10 $(2)
+# pytest on one Airflow: $(1) the venv, $(2) the tests, $(3) the name of its timings file in $(TIMES). Test files
+# run side by side in $(PYTEST_WORKERS) processes (pytest-xdist; a file's tests stay in one process, in order, so a
+# module's fixtures start once): most tests wait on processes and sockets (Airflow's, the emulator's, Chromium),
+# so four processes keep 2 cores busy. Each process has its own Airflow home, emulator and temporary folder
+# (tests/conftest.py). The junit XML feeds the summary at the end of `make test` (tests/timings.py).
+PYTEST_WORKERS ?= 4
+TIMES := .out/test-times
+airflow_version = $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))')
+define run_pytest
+	@mkdir -p $(TIMES)
+	$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=10 \
+		--junitxml=$(TIMES)/$(3).xml -o junit_suite_name="Airflow $(call airflow_version,$(1))" $(2)
 endef
 
+test-py3: venv
+	$(call section,pytest on Airflow $(call airflow_version,$(VENV)))
+	$(call run_pytest,$(VENV),tests,1-py3)
+
+test-af2: venv-af2
+	$(call section,pytest on Airflow $(call airflow_version,$(VENV_AF2)) ($(PYTEST_AF2_DIRS)))
+	$(call run_pytest,$(VENV_AF2),$(PYTEST_AF2_DIRS),2-af2)
+
 test-af31: venv-af31
-	$(call pytest_on,$(VENV_AF31),$(PYTEST_AF31_TESTS))
+	$(call section,pytest on Airflow $(call airflow_version,$(VENV_AF31)) (version-sensitive tests))
+	$(call run_pytest,$(VENV_AF31),$(PYTEST_AF31_TESTS),3-af31)
 
 test-af34: venv-af34
-	$(call pytest_on,$(VENV_AF34),$(PYTEST_AF34_TESTS))
+	$(call section,pytest on Airflow $(call airflow_version,$(VENV_AF34)) (version-sensitive tests))
+	$(call run_pytest,$(VENV_AF34),$(PYTEST_AF34_TESTS),4-af34)
 
 test: system-deps lint typecheck test-py3 test-af2 test-af31 test-af34
-	$(call section,make test: all green)
+	$(call section,make test: all green; the time of each Airflow version and its slowest tests)
+	@$(VENV)/bin/python tests/timings.py $(TIMES)/1-py3.xml $(TIMES)/2-af2.xml $(TIMES)/3-af31.xml $(TIMES)/4-af34.xml
 
 # KEEP=1 keeps the temporary Airflow home and its logs (the run prints where). The calling agent of
 # candela_managed_agent runs on pydantic-ai's offline test model (it calls every tool once), so the demo needs no LLM.

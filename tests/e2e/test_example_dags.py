@@ -4,26 +4,25 @@ Parsing: every file in ``example_dags/`` is loaded into a DagBag while every soc
 recorded, and the emulator's request counter must stay at zero: a DAG file must never open a
 connection at parse time (every scheduler loop would pay for it).
 
-Running: each DAG is run with ``airflow dags test`` in a subprocess (exactly what a user and
-``make demo`` run) against the emulator, then the emulator's statistics say what happened.
+Running: each DAG is run in this process with ``dag.test()`` (``run_dag``) against the emulator, then the
+emulator's statistics and the task logs say what happened.  ``airflow dags test`` in a process of its own,
+exactly what a user and ``make demo`` run, is tried by ``tests/compat/test_run_dags.py`` on every Airflow
+version (a subprocess costs about ten seconds of CPU to import Airflow and parse the folder, where the run
+itself costs a fraction of one).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import socket
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_1_PLUS
 
-from airflow_provider_candela.testing import CandelaEmulator
+from airflow_provider_candela.testing import CandelaEmulator, run_dag
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
 EXAMPLE_DAG_IDS = {
@@ -41,15 +40,15 @@ if importlib.util.find_spec("airflow.providers.common.ai") is not None:  # the c
 pytestmark = pytest.mark.e2e
 
 
-def _dagbag() -> Any:
+def _dagbag(folder: Path = EXAMPLES) -> Any:
     try:  # Airflow 3 (no example DAGs of Airflow's own: load_examples is off in tests/conftest.py)
         from airflow.dag_processing.dagbag import DagBag
 
-        return DagBag(dag_folder=str(EXAMPLES))
+        return DagBag(dag_folder=str(folder))
     except ImportError:  # Airflow 2.11
         from airflow.models.dagbag import DagBag
 
-        return DagBag(dag_folder=str(EXAMPLES), include_examples=False)
+        return DagBag(dag_folder=str(folder), include_examples=False)
 
 
 @pytest.fixture
@@ -88,27 +87,31 @@ def test_example_dags_stop_their_sessions_in_teardowns() -> None:
         assert dag.get_task("start_session").is_setup
 
 
-def _dags_test(dag_id: str, emulator: CandelaEmulator, conf: dict[str, Any] | None = None) -> str:
-    """Run ``airflow dags test`` in a subprocess against the emulator; return its output."""
-    env = os.environ.copy()
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(EXAMPLES)
-    env["AIRFLOW_CONN_CANDELA_DEFAULT"] = emulator.connection_json()
-    cmd = [str(Path(sys.executable).with_name("airflow")), "dags", "test", dag_id]
-    if conf is not None:
-        cmd += ["-c", json.dumps(conf)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"`airflow dags test {dag_id}` exited {proc.returncode}:\n{output[-6000:]}"
-    assert "state=success" in output and "state=failed" not in output, output[-6000:]
-    return output
+@pytest.fixture
+def run_example(
+    airflow_db: Path, candela: CandelaEmulator, candela_connection: str, capfd: Any, caplog: Any
+) -> Callable[..., str]:
+    """``run_example(dag_id, run_conf=None)``: run an example DAG, require every task green, return its logs."""
+
+    def run(dag_id: str, run_conf: dict[str, Any] | None = None) -> str:
+        dag = _dagbag(EXAMPLES / f"{dag_id}.py").dags[dag_id]  # parsed afresh: every run starts from the file
+        caplog.clear()
+        result = run_dag(dag, **({} if run_conf is None else {"run_conf": run_conf}))
+        captured = capfd.readouterr()
+        output = captured.out + captured.err + caplog.text  # Airflow 3 logs to the console, 2.11 to its loggers
+        assert result.state == "success", f"{dag_id}: {result.states}\n{output[-6000:]}"
+        assert set(result.states.values()) == {"success"}, result.states
+        return output
+
+    return run
 
 
 def _running(emulator: CandelaEmulator) -> dict[str, Any]:
     return {user: run for user, run in emulator.stats()["running_sessions"].items() if run}
 
 
-def test_taskflow_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
-    output = _dags_test("candela_taskflow", candela_emulator)
+def test_taskflow_runs_green(run_example: Callable[..., str], candela_emulator: CandelaEmulator) -> None:
+    output = run_example("candela_taskflow")
 
     stats = candela_emulator.stats()
     assert stats["sessions_started"] == 2, "the one-task pipeline session, then the shared agent session"
@@ -118,8 +121,8 @@ def test_taskflow_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator
     assert "Daily summary (" in output  # the downstream task read the typed answer
 
 
-def test_batch_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
-    output = _dags_test("candela_batch", candela_emulator)
+def test_batch_runs_green(run_example: Callable[..., str], candela_emulator: CandelaEmulator) -> None:
+    output = run_example("candela_batch")
 
     stats = candela_emulator.stats()
     assert stats["sessions_started"] == 1, "one session for the whole batch"
@@ -130,8 +133,10 @@ def test_batch_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -
     assert "4/4 answered: 4 succeeded" in output
 
 
-def test_scheduled_pipeline_prompt_runs_green(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
-    output = _dags_test("candela_scheduled_pipeline_prompt", candela_emulator)
+def test_scheduled_pipeline_prompt_runs_green(
+    run_example: Callable[..., str], candela_emulator: CandelaEmulator
+) -> None:
+    output = run_example("candela_scheduled_pipeline_prompt")
 
     stats = candela_emulator.stats()
     assert stats["sessions_started"] == 1
@@ -141,9 +146,9 @@ def test_scheduled_pipeline_prompt_runs_green(airflow_db: Path, candela_emulator
 
 
 def test_agent_prompt_runs_green_with_streamed_answers_in_the_logs(
-    airflow_db: Path, candela_emulator: CandelaEmulator
+    run_example: Callable[..., str], candela_emulator: CandelaEmulator
 ) -> None:
-    output = _dags_test("candela_agent_prompt", candela_emulator)
+    output = run_example("candela_agent_prompt")
 
     stats = candela_emulator.stats()
     assert stats["sessions_started"] == 1
@@ -154,30 +159,28 @@ def test_agent_prompt_runs_green_with_streamed_answers_in_the_logs(
     assert output.count("Answer ") >= 3, "the report task received every mapped answer"
 
 
-def test_session_cleanup_deletes_only_what_the_params_say(airflow_db: Path, candela_emulator: CandelaEmulator) -> None:
+def test_session_cleanup_deletes_only_what_the_params_say(
+    run_example: Callable[..., str], candela_emulator: CandelaEmulator
+) -> None:
     from airflow_provider_candela.hooks.candela import CandelaHook
 
-    os.environ["AIRFLOW_CONN_CANDELA_DEFAULT"] = candela_emulator.connection_json()
-    try:
-        with CandelaHook() as hook:
-            hook.ensure_slot(timeout=30, poll_interval=0.1)
-            for _ in range(2):
-                hook.start_session("default/demo-pipeline", "default/demo-model")
-                hook.stop_session()
-    finally:
-        del os.environ["AIRFLOW_CONN_CANDELA_DEFAULT"]
+    with CandelaHook() as hook:
+        hook.ensure_slot(timeout=30, poll_interval=0.1)
+        for _ in range(2):
+            hook.start_session("default/demo-pipeline", "default/demo-model")
+            hook.stop_session()
     assert candela_emulator.stats()["sessions_stored"] == 2
 
     # Defaults: older than 7 days -> the two fresh sessions stay.
-    output = _dags_test("candela_session_cleanup", candela_emulator)
+    output = run_example("candela_session_cleanup")
     assert "Deleted 0 session version(s)." in output
     assert candela_emulator.stats()["sessions_stored"] == 2
 
     # Dry run of "older than 0 days": both listed, none deleted.
-    output = _dags_test("candela_session_cleanup", candela_emulator, {"older_than_days": 0, "dry_run": True})
+    output = run_example("candela_session_cleanup", {"older_than_days": 0, "dry_run": True})
     assert "Would delete 2 session version(s)." in output
     assert candela_emulator.stats()["sessions_stored"] == 2
 
-    output = _dags_test("candela_session_cleanup", candela_emulator, {"older_than_days": 0})
+    output = run_example("candela_session_cleanup", {"older_than_days": 0})
     assert "Deleted 2 session version(s)." in output
     assert candela_emulator.stats()["sessions_stored"] == 0
