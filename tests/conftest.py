@@ -5,6 +5,10 @@ this home and never the user's ``~/airflow``.  The Candela emulator fixtures com
 package's pytest plugin (``airflow_provider_candela.testing``), enabled by ``-p`` in pyproject.toml's
 pytest ``addopts``, as a user enables it.
 
+The metadata database is migrated once per ``pytest`` run: the first process that needs it (of the
+pytest-xdist workers ``make test`` starts) runs ``airflow db migrate`` into a folder the run's processes
+share, under a lock, and every process copies that file into its own home.
+
 The session checks that it leaves nothing behind: every temporary file of the suite and of the
 processes it starts goes to a folder of its own (``TMPDIR``; pytest's ``tmp_path`` folders stay
 where pytest keeps them), and every process it starts carries ``CANDELA_TEST_SESSION`` in its
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -41,6 +46,12 @@ os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
 os.environ.pop("AIRFLOW_CONN_CANDELA_DEFAULT", None)
+# Shared by the processes of one pytest run: pytest-xdist's workers inherit the variable from the process that ran
+# this first (and that process alone removes the folder when it exits).
+_SHARED_VAR = "CANDELA_TESTS_SHARED"
+if _SHARED_VAR not in os.environ:
+    os.environ[_SHARED_VAR] = tempfile.mkdtemp(prefix="candela-tests-shared-")
+    atexit.register(shutil.rmtree, os.environ[_SHARED_VAR], True)
 
 
 def _processes_with_env(name: str, value: str) -> list[str]:
@@ -95,11 +106,42 @@ def _nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     assert not problems, "The test session left things behind:\n" + "\n".join(problems)
 
 
+def copy_migrated_database(home: Path) -> Path:
+    """Put a migrated SQLite metadata database at ``home/airflow.db``; returns its path.
+
+    The run's first call migrates one (``airflow db migrate`` in a home of its own, under a lock the run's
+    processes share); every call copies that file.
+    """
+    shared = Path(os.environ[_SHARED_VAR])
+    template = shared / "airflow.db"
+    with (shared / "migrate.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not template.exists():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+            env.update(
+                AIRFLOW_HOME=str(shared / "home"),
+                AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{shared / 'migrating.db'}",
+            )
+            airflow = Path(sys.executable).with_name("airflow")
+            done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=env, check=False)
+            assert done.returncode == 0, f"airflow db migrate failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            (shared / "migrating.db").rename(template)  # whole or absent: a failed migration is tried again
+    target = home / "airflow.db"
+    shutil.copyfile(template, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def migrated_database() -> Callable[[Path], Path]:
+    """``migrated_database(home)``: :func:`copy_migrated_database`, for the fixtures of other folders."""
+    return copy_migrated_database
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Iterator[Path]:
-    """Create the SQLite metadata database once per test session (needed by ``run_dag()``)."""
-    airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    """The suite's SQLite metadata database (needed by ``run_dag()``), migrated once per run and copied."""
+    copy_migrated_database(_HOME)
     yield _HOME
 
 

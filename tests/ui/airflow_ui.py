@@ -152,8 +152,16 @@ def _healthy(url: str) -> bool:
     return bool(body.get("metadatabase", {}).get("status") == "healthy")
 
 
-def start_airflow_server(home: Path, timeout: float = 120, users: dict[str, str] | None = None) -> AirflowServer:
+def start_airflow_server(
+    home: Path,
+    timeout: float = 120,
+    users: dict[str, str] | None = None,
+    database: Callable[[Path], Path] | None = None,
+) -> AirflowServer:
     """``airflow db migrate`` then ``airflow api-server`` on a free loopback port, healthy on return.
+
+    ``database(home)``, when given, puts a migrated database at ``home/airflow.db`` instead of the migration
+    (the suite's ``copy_migrated_database``).
 
     SQLite in ``home``, no example DAGs, ``[core] test_connection = Enabled``, and the simple auth
     manager with one admin user (and ``users``: name -> role) whose random passwords are written to its
@@ -182,7 +190,10 @@ def start_airflow_server(home: Path, timeout: float = 120, users: dict[str, str]
             "no_proxy": "127.0.0.1,localhost",
         }
     )
-    airflow_cli(env, "db", "migrate", timeout=180)
+    if database is None:
+        airflow_cli(env, "db", "migrate", timeout=180)
+    else:
+        database(home)
     log_path = home / "api-server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -8,7 +8,7 @@ stopped here, by the process group of the child that was started.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
-    """A real Airflow 3 ``api-server`` (SQLite, temp AIRFLOW_HOME) for the whole session."""
-    server = start_airflow_server(tmp_path_factory.mktemp("airflow-ui-home"), users={VIEWER_USER: "viewer"})
+def airflow_server(
+    tmp_path_factory: pytest.TempPathFactory, migrated_database: Callable[[Path], Path]
+) -> Iterator[AirflowServer]:
+    """A real Airflow 3 ``api-server`` (SQLite, temp AIRFLOW_HOME, the run's migrated database) for the session."""
+    home = tmp_path_factory.mktemp("airflow-ui-home")
+    server = start_airflow_server(home, users={VIEWER_USER: "viewer"}, database=migrated_database)
     try:
         yield server
     finally:
@@ -47,8 +50,9 @@ def airflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow
 def playwright_driver() -> Iterator[Playwright]:
     require_chromium()
     ensure_playwright()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=120_000)  # the same guard as the pages' default timeout below (5 s by default)
     with sync_playwright() as driver:
         yield driver
 
@@ -63,7 +67,9 @@ def browser_context(playwright_driver: Playwright, tmp_path: Path) -> Iterator[B
         args=CHROMIUM_ARGS,
         viewport={"width": 1400, "height": 1100},
     )
-    context.set_default_timeout(30_000)
+    # A guard against a hang, not a bound on speed: the api-server shares 2 cores with the other test processes
+    # (make test runs four), and a first page load there can take more than Playwright's usual 30 s.
+    context.set_default_timeout(120_000)
     try:
         yield context
     finally:
