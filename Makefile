@@ -63,8 +63,7 @@ PYTEST_AF2_DIRS := tests/operators tests/batch tests/decorators tests/sensors te
 # are 3.3+, and tests/compat/test_review_deferred.py runs it on a real scheduler and triggerer instead. The
 # connection form's browser test is written for 3.3's UI (tests/hooks/test_hook_form.py checks what the UI of 3.1
 # and 3.4 is given): 3.1's renders no extra field as a password input and its `connections list` prints the extras
-# in a URI; 3.4.0b2's dialog picks the type and lays out the sections differently. The browser tests come last:
-# Playwright's sync API keeps an event loop running in pytest's thread, where the triggers' tests call asyncio.run.
+# in a URI; 3.4.0b2's dialog picks the type and lays out the sections differently.
 PYTEST_AF31_TESTS := tests/compat tests/ui/test_candela_page_api.py tests/hooks/test_hook_form.py \
 	tests/batch/test_batch_resume.py tests/batch/test_batch.py::test_a_retry_sends_only_what_did_not_succeed \
 	tests/triggers tests/e2e/test_example_dags.py tests/operators/test_one_hook_per_task.py \
@@ -172,14 +171,14 @@ typecheck: venv
 # pytest on one Airflow: $(1) the venv, $(2) the tests, $(3) the name of its timings file in $(TIMES). Test files
 # run side by side in $(PYTEST_WORKERS) processes (pytest-xdist; a file's tests stay in one process, in order, so a
 # module's fixtures start once): most tests wait on processes and sockets (Airflow's, the emulator's, Chromium),
-# so four processes keep 2 cores busy. Each process has its own Airflow home, emulator and temporary folder
+# so four processes keep 2 cores busy. The longest files start first (tests/conftest.py), in the order collected. Each process has its own Airflow home, emulator and temporary folder
 # (tests/conftest.py). The junit XML feeds the summary at the end of `make test` (tests/timings.py).
 PYTEST_WORKERS ?= 4
 TIMES := .out/test-times
 airflow_version = $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))')
 define run_pytest
 	@mkdir -p $(TIMES)
-	$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=10 \
+	$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 \
 		--junitxml=$(TIMES)/$(3).xml -o junit_suite_name="Airflow $(call airflow_version,$(1))" $(2)
 endef
 

@@ -54,6 +54,38 @@ if _SHARED_VAR not in os.environ:
     atexit.register(shutil.rmtree, os.environ[_SHARED_VAR], True)
 
 
+# The test files that take longest (each starts Airflow processes, a browser or a child that imports Airflow; from
+# the summary at the end of `make test`), longest first. They run first, so that the run's processes share the
+# long ones instead of one process ending the run with one of them. `make test` keeps this order
+# (--no-loadscope-reorder; pytest-xdist would otherwise hand out the files with the most tests first).
+_LONGEST_FIRST = (
+    "tests/reliability/test_kills_and_deadlines.py",
+    "tests/ui/test_candela_page_api.py",
+    "tests/batch/test_batch_kill.py",
+    "tests/e2e/test_example_dags.py",
+    "tests/ui/test_airflow_ui_connection.py",
+    "tests/compat/test_run_dags.py",
+    "tests/ui/test_docs_site.py",
+    "tests/ui/test_review_ui.py",
+    "tests/review/test_review.py",
+    "tests/reliability/test_faults.py",
+    "tests/reliability/test_secrets.py",
+    "tests/operators/test_one_hook_per_task.py",
+    "tests/ui/test_candela_page.py",
+    "tests/compat/test_review_deferred.py",
+    "tests/ui/test_candela_page_forgery.py",
+    "tests/reliability/test_cleanup.py",
+    "tests/reliability/test_load.py",
+    "tests/reliability/test_bad_input.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of ``_LONGEST_FIRST`` first, in that order; the others after them, as collected."""
+    rank = {path: index for index, path in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: a file's order stays
+
+
 def _processes_with_env(name: str, value: str) -> list[str]:
     """Live processes (``"pid: command line"``) whose environment holds ``name=value``."""
     needle = f"{name}={value}".encode()

@@ -46,8 +46,10 @@ def airflow_server(
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
+    """Playwright's driver, for one test module: its sync API runs an event loop in pytest's thread while it is
+    open, where a later module's ``asyncio.run`` (the triggers' tests) would fail; closed, it leaves none."""
     require_chromium()
     ensure_playwright()
     from playwright.sync_api import expect, sync_playwright
