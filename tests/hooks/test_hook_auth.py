@@ -35,7 +35,7 @@ def test_refresh_grant_when_the_token_is_about_to_expire(hook: CandelaHook, emul
     emulator.configure(token_ttl=1)
     hook.user_has_slot()
     assert grants(emulator) == {"password": 1, "refresh": 0}
-    wait_until(hook._auth.needs_renewal, timeout=5)
+    wait_until(hook._auth.needs_renewal, timeout=60)
     # The renewed token lives long: on a busy machine a 1 s one could expire again before its call arrives.
     emulator.configure(token_ttl=3600)
     hook.user_has_slot()
@@ -47,7 +47,7 @@ def test_refresh_grant_when_the_token_is_about_to_expire(hook: CandelaHook, emul
 def test_refused_refresh_falls_back_to_the_password_grant(hook: CandelaHook, emulator: CandelaEmulator) -> None:
     emulator.configure(token_ttl=1)
     hook.user_has_slot()
-    wait_until(hook._auth.needs_renewal, timeout=5)
+    wait_until(hook._auth.needs_renewal, timeout=60)
     emulator.add_fault(
         match="POST /oauth2/token",
         status=400,
@@ -142,7 +142,7 @@ def test_credentials_with_form_metacharacters_authenticate(monkeypatch: pytest.M
         monkeypatch.setenv("AIRFLOW_CONN_CANDELA_METACHARACTERS", emulator.connection_json())
         with fast(CandelaHook("candela_metacharacters")) as hook:
             assert hook.user_has_slot() is False  # password grant: everything in the form body
-            wait_until(hook._auth.needs_renewal, timeout=5)
+            wait_until(hook._auth.needs_renewal, timeout=60)
             emulator.configure(token_ttl=3600)  # the renewed token outlives its call, however busy the machine
             assert hook.user_has_slot() is False  # refresh grant: the client as HTTP Basic auth
         assert grants(emulator) == {"password": 1, "refresh": 1}
@@ -201,7 +201,7 @@ def test_tokens_are_masked_as_soon_as_obtained(hook: CandelaHook, emulator: Cand
     emulator.configure(token_ttl=1)
     hook.user_has_slot()
     first_access, first_refresh = hook._auth._access_token, hook._auth._refresh_token
-    wait_until(hook._auth.needs_renewal, timeout=5)
+    wait_until(hook._auth.needs_renewal, timeout=60)
     hook.user_has_slot()  # refresh grant: a new access token
     second_access = hook._auth._access_token
     assert first_access and first_refresh and second_access and second_access != first_access
@@ -227,7 +227,7 @@ def test_hook_logs_never_contain_tokens(
     caplog.set_level(logging.DEBUG)
     emulator.configure(token_ttl=1)
     hook.ensure_slot(poll_interval=0.01)
-    wait_until(hook._auth.needs_renewal, timeout=5)
+    wait_until(hook._auth.needs_renewal, timeout=60)
     emulator.expire_tokens()
     emulator.add_fault(match="GET /slot/state", status=503, retry_after="0")
     hook.get_slot_state()
