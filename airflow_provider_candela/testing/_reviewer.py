@@ -146,7 +146,10 @@ class Reviewer:
     url: str
     username: str
     password: str = field(repr=False)
+    #: Seconds a review's task must have been seen parked before :meth:`pending` offers it (see there).
+    settle: float = 1.0
     _token: str | None = field(default=None, repr=False)
+    _parked_since: dict[str, float] = field(default_factory=dict, repr=False)
 
     def call(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         """One call of the API server's REST API as this reviewer: the JSON answer (``None`` when empty).
@@ -197,14 +200,24 @@ class Reviewer:
     def pending(self, dag_id: str = "~") -> list[dict[str, Any]]:
         """The reviews waiting for an answer (of ``dag_id``, or of every DAG), each with its ``task_instance``.
 
-        Only those whose task has parked to wait (``awaiting_input``, or ``deferred`` before Airflow 3.3): the
-        request is written a moment before.  On SQLite, which has no row locks, an answer given in that moment
-        can be recorded without resuming the task, which then waits forever; a person is never that quick, a
-        script is.
+        Only those whose task has parked to wait (``awaiting_input``, or ``deferred`` before Airflow 3.3), and
+        was seen parked at least :attr:`settle` seconds ago: the request is written a moment before the task parks,
+        and ``dag.test()`` (``airflow dags test``) writes the parked state once more after its execution API did.
+        An answer given in between is recorded without resuming the task, or its resume is overwritten (SQLite
+        has no row locks), and the task then waits forever: a person is never that quick, a script is.
         """
         path = f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='~')}/dagRuns/~/hitlDetails?response_received=false"
         details: list[dict[str, Any]] = self.call("GET", path)["hitl_details"]
-        return [review for review in details if review["task_instance"].get("state") in _PARKED]
+        now = time.monotonic()
+        ready = []
+        for review in details:
+            ti = review["task_instance"]
+            if ti.get("state") not in _PARKED:
+                continue
+            request = json.dumps([self._review_path(ti), review.get("created_at")])  # this try's request
+            if now - self._parked_since.setdefault(request, now) >= self.settle:
+                ready.append(review)
+        return ready
 
     def detail(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
         """The review of one task instance (its latest try)."""
