@@ -171,8 +171,9 @@ typecheck: venv
 # pytest on one Airflow: $(1) the venv, $(2) the tests, $(3) the name of its timings file in $(TIMES). Test files
 # run side by side in $(PYTEST_WORKERS) processes (pytest-xdist; a file's tests stay in one process, in order, so a
 # module's fixtures start once): most tests wait on processes and sockets (Airflow's, the emulator's, Chromium),
-# so four processes keep 2 cores busy. The longest files start first (tests/conftest.py), in the order collected. Each process has its own Airflow home, emulator and temporary folder
-# (tests/conftest.py). The junit XML feeds the summary at the end of `make test` (tests/timings.py).
+# so four processes keep 2 cores busy. The longest files start first (tests/conftest.py _LONGEST_FIRST, kept by
+# --no-loadscope-reorder). Each process has its own Airflow home, emulator and temporary folder (tests/conftest.py).
+# The junit XML feeds the summary at the end of `make test` (tests/timings.py).
 PYTEST_WORKERS ?= 4
 TIMES := .out/test-times
 airflow_version = $$($(1)/bin/python -c 'import importlib.metadata as m; print(m.version("apache-airflow"))')
